@@ -1,0 +1,35 @@
+# pgi_detect developer entry points. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install test test-fast demo lint bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): $(VENV)/bin/python setup.cfg constraints.txt
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: install
+	$(PY) scripts/demo.py
+
+lint: install
+	$(PY) -m pyflakes src tests scripts 2>/dev/null || $(PY) -m compileall -q src tests scripts
+
+clean:
+	rm -rf $(VENV) build dist demo_data demo_runs .pytest_cache
