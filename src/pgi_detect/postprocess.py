@@ -1,0 +1,113 @@
+"""Post-processing of decoded predictions: NMS with the reference's semantics, and letterbox undoing."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, box_convert
+
+
+@dataclass(frozen=True)
+class NMSSettings:
+    """A named NMS configuration. It is a mapping, so `non_max_suppression(pred, **NMS_EVAL)` works, and
+    `dataclasses.replace(NMS_EVAL, max_det=100)` derives a variant."""
+
+    conf_thres: float
+    iou_thres: float
+    multi_label: bool
+    max_det: int
+
+    def keys(self) -> Iterator[str]:
+        return (f.name for f in fields(self))
+
+    def __getitem__(self, key: str) -> float | bool | int:
+        return getattr(self, key)
+
+
+# COCO evaluation (val.py --conf 0.001 --iou 0.7); multi-label is switched off automatically when nc == 1.
+NMS_EVAL = NMSSettings(conf_thres=0.001, iou_thres=0.7, multi_label=True, max_det=300)
+# Visual detection (detect.py thresholds). detect.py itself keeps up to 1000 boxes; 300 is what the golden used.
+NMS_DETECT = NMSSettings(conf_thres=0.25, iou_thres=0.45, multi_label=False, max_det=300)
+
+
+def _candidates(
+    boxes_xyxy: Tensor, class_scores: Tensor, conf_thres: float, multi_label: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(boxes, scores, classes) of one image above `conf_thres`: one row per (box, class) pair when
+    multi-label, else one row per box with its best class."""
+    if multi_label:
+        box_index, classes = (class_scores > conf_thres).nonzero(as_tuple=True)
+        return boxes_xyxy[box_index], class_scores[box_index, classes], classes
+    scores, classes = class_scores.max(1)
+    keep = scores > conf_thres
+    return boxes_xyxy[keep], scores[keep], classes[keep]
+
+
+def non_max_suppression(
+    pred: Tensor,
+    conf_thres: float,
+    iou_thres: float,
+    multi_label: bool,
+    max_det: int,
+    classes: Sequence[int] | None = None,
+    max_nms: int = 30000,
+) -> list[Tensor]:
+    """Per-class NMS of decoded predictions `(B, 4 + nc, N)` (xywh pixels + class probabilities).
+
+    Returns one `(n, 6)` tensor per image, rows `[x1, y1, x2, y2, score, class]`, by decreasing score. Like the
+    reference: anchors whose best score is <= conf are dropped first, the candidates are sorted by score and
+    capped at `max_nms`, NMS runs per class, and the first `max_det` survivors are kept. No time limit.
+    """
+    num_classes = pred.shape[1] - 4
+    multi_label = multi_label and num_classes > 1
+    wanted_classes = None if classes is None else torch.as_tensor(classes, device=pred.device)
+    outputs = []
+    for image_pred in pred.transpose(1, 2):  # (N, 4 + nc); per-image candidate counts differ
+        image_pred = image_pred[image_pred[:, 4:].amax(1) > conf_thres]
+        boxes = box_convert(image_pred[:, :4], "cxcywh", "xyxy")
+        boxes, scores, labels = _candidates(boxes, image_pred[:, 4:], conf_thres, multi_label)
+        if wanted_classes is not None:
+            keep = torch.isin(labels, wanted_classes)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        order = scores.argsort(descending=True, stable=True)[:max_nms]
+        boxes, scores, labels = boxes[order], scores[order], labels[order]
+        keep = batched_nms(boxes, scores, labels, iou_thres)[:max_det]
+        outputs.append(torch.cat((boxes[keep], scores[keep, None], labels[keep, None].to(boxes.dtype)), 1))
+    return outputs
+
+
+def scale_boxes(
+    boxes: Tensor, scale: Sequence[float] | Tensor, pad: Sequence[float] | Tensor, orig_shape: Sequence[int] | Tensor
+) -> Tensor:
+    """Map xyxy boxes from the letterboxed network input back to original-image pixels, clipped to the image.
+
+    `scale` is the letterbox gain `(gain_x, gain_y)`, `pad` the offset `(pad_x, pad_y)`, `orig_shape` `(h, w)`;
+    original = (letterboxed - pad) / gain. Returns a new tensor; extra columns beyond the first 4 are untouched.
+    """
+    gain = torch.as_tensor(scale, dtype=boxes.dtype, device=boxes.device).reshape(2).repeat(2)
+    offset = torch.as_tensor(pad, dtype=boxes.dtype, device=boxes.device).reshape(2).repeat(2)
+    limits = torch.as_tensor(orig_shape, dtype=boxes.dtype, device=boxes.device).reshape(2).flip(0).repeat(2)
+    out = boxes.clone()
+    out[..., :4] = torch.minimum(((boxes[..., :4] - offset) / gain).clamp(min=0), limits)
+    return out
+
+
+def scale_detections(detections: Sequence[Tensor], scales: Tensor, pads: Tensor, orig_shapes: Tensor) -> list[Tensor]:
+    """`scale_boxes` for a whole batch of NMS outputs at once (one concatenation, no per-image arithmetic).
+
+    detections: per-image `(n_i, >=4)` rows; scales/pads `(B, 2)` as (x, y); orig_shapes `(B, 2)` as (h, w).
+    """
+    if not detections:
+        return []
+    counts = [d.shape[0] for d in detections]
+    rows = torch.cat(list(detections))
+    device, dtype = rows.device, rows.dtype
+    image_of_row = torch.repeat_interleave(torch.arange(len(detections), device=device), torch.tensor(counts, device=device))
+    gain = scales.to(device, dtype)[image_of_row].repeat(1, 2)
+    offset = pads.to(device, dtype)[image_of_row].repeat(1, 2)
+    limits = orig_shapes.to(device, dtype)[image_of_row].flip(-1).repeat(1, 2)  # (w, h, w, h)
+    out = rows.clone()
+    out[:, :4] = torch.minimum(((rows[:, :4] - offset) / gain).clamp(min=0), limits)
+    return list(out.split(counts))
