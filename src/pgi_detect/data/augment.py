@@ -1,0 +1,267 @@
+"""The official YOLOv9 training augmentation, as small pure functions on RGB uint8 arrays and xyxy pixel boxes.
+
+All randomness comes from an explicit `np.random.Generator`, so a dataset can be made reproducible by seeding one
+generator per worker. Order and numbers follow docs/yolov9-reference.md §5; docs/data.md lists our defaults.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+
+
+@dataclass
+class AugmentationConfig:
+    """Probabilities and magnitudes of the training augmentation; the defaults are the official hyp.scratch-high.
+
+    Set a probability to 0 to disable a step. `AugmentationConfig.disabled()` turns everything off (training then
+    sees letterboxed images only).
+    """
+
+    mosaic: float = 1.0  # probability of the 4-image mosaic (close-mosaic turns it off regardless)
+    mixup: float = 0.15  # probability of blending in a second mosaic (only when mosaic ran)
+    mixup_beta: float = 32.0  # blend ratio r ~ Beta(mixup_beta, mixup_beta)
+    degrees: float = 0.0  # rotation U(-degrees, degrees)
+    translate: float = 0.1  # translation U(0.5 - t, 0.5 + t) of the output size
+    scale: float = 0.9  # scale gain U(1 - scale, 1 + scale)
+    shear: float = 0.0  # shear U(-shear, shear) degrees
+    perspective: float = 0.0  # perspective U(-p, p)
+    hsv_h: float = 0.015  # HSV gains: r = U(-1, 1) * gain + 1 per channel
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+    flipud: float = 0.0
+    blur: float = 0.01  # albumentations pixel transforms (official probabilities)
+    median_blur: float = 0.01
+    to_gray: float = 0.01
+    clahe: float = 0.01
+    brightness_contrast: float = 0.0
+    gamma: float = 0.0
+    jpeg: float = 0.0
+    jpeg_quality: int = 75
+    min_box_size: float = 2.0  # box_candidates: width and height must exceed this (pixels)
+    max_aspect_ratio: float = 100.0  # box_candidates: max(w/h, h/w) below this
+    min_area_ratio: float = 0.1  # box_candidates: area after / (area before * scale^2) above this
+
+    @classmethod
+    def disabled(cls) -> "AugmentationConfig":
+        off = {f.name: 0.0 for f in fields(cls) if f.name not in ("mixup_beta", "jpeg_quality", "min_box_size",
+                                                                   "max_aspect_ratio", "min_area_ratio")}
+        return cls(**off)
+
+    @classmethod
+    def from_any(cls, value: "AugmentationConfig | dict[str, Any] | None") -> "AugmentationConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"unknown augmentation settings {sorted(unknown)}")
+            return cls(**value)
+        raise TypeError(f"augmentation must be an AugmentationConfig or a dict, got {type(value).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+
+
+def letterbox(image: np.ndarray, new_shape: tuple[int, int], scaleup: bool = True,
+              pad_value: int = PAD_VALUE) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
+    """Resize keeping the aspect ratio into `new_shape` (h, w) and pad centred with `pad_value`.
+
+    Returns (image, (gain_x, gain_y), (pad_x, pad_y)); a point maps as new = old * gain + pad. With scaleup=False
+    images are only shrunk. The odd pixel of padding goes bottom/right.
+    """
+    h, w = image.shape[:2]
+    ratio = min(new_shape[0] / h, new_shape[1] / w)
+    if not scaleup:
+        ratio = min(ratio, 1.0)
+    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+    if (new_w, new_h) != (w, h):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    dw, dh = (new_shape[1] - new_w) / 2, (new_shape[0] - new_h) / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    if top or bottom or left or right:
+        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
+    return image, (new_w / w, new_h / h), (left, top)
+
+
+def scale_and_shift_boxes(boxes: np.ndarray, gain: tuple[float, float], pad: tuple[float, float]) -> np.ndarray:
+    return boxes * np.asarray([gain[0], gain[1], gain[0], gain[1]], np.float32) + np.asarray(
+        [pad[0], pad[1], pad[0], pad[1]], np.float32)
+
+
+def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
+            center: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste four images around `center` on a (2·size)² canvas filled with 114: top-left, top-right, bottom-left,
+    bottom-right, each touching the centre with its inner corner and cropped at the canvas border.
+
+    `boxes` are xyxy pixels of each (already resized) image. Returns (canvas, boxes on canvas clipped to it,
+    index of the source image per box).
+    """
+    canvas_size = 2 * size
+    canvas = np.full((canvas_size, canvas_size, 3), PAD_VALUE, np.uint8)
+    xc, yc = center
+    all_boxes, owners = [], []
+    for i, (image, image_boxes) in enumerate(zip(images, boxes)):
+        h, w = image.shape[:2]
+        left = xc - w if i in (0, 2) else xc  # canvas position of the image's top-left corner
+        top = yc - h if i in (0, 1) else yc
+        x1, y1 = max(left, 0), max(top, 0)
+        x2, y2 = min(left + w, canvas_size), min(top + h, canvas_size)
+        if x2 > x1 and y2 > y1:
+            canvas[y1:y2, x1:x2] = image[y1 - top:y2 - top, x1 - left:x2 - left]
+        all_boxes.append(image_boxes + np.asarray([left, top, left, top], np.float32))
+        owners.append(np.full(len(image_boxes), i, np.int64))
+    merged = np.concatenate(all_boxes).clip(0, canvas_size) if all_boxes else np.zeros((0, 4), np.float32)
+    return canvas, merged.astype(np.float32), np.concatenate(owners)
+
+
+def affine_matrix(rng: np.random.Generator, config: AugmentationConfig, in_size: tuple[int, int],
+                  out_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Random 3×3 transform T·S·R·P·C (centre, perspective, rotation+scale, shear, translation) and its scale.
+
+    in_size/out_size are (width, height).
+    """
+    centre = np.eye(3)
+    centre[0, 2], centre[1, 2] = -in_size[0] / 2, -in_size[1] / 2
+    persp = np.eye(3)
+    persp[2, 0], persp[2, 1] = rng.uniform(-config.perspective, config.perspective, 2)
+    angle = math.radians(rng.uniform(-config.degrees, config.degrees))
+    scale = rng.uniform(1 - config.scale, 1 + config.scale)
+    rot = np.eye(3)
+    rot[:2, :2] = [[scale * math.cos(angle), scale * math.sin(angle)],
+                   [-scale * math.sin(angle), scale * math.cos(angle)]]
+    shear = np.eye(3)
+    shear[0, 1], shear[1, 0] = np.tan(np.radians(rng.uniform(-config.shear, config.shear, 2)))
+    translate = np.eye(3)
+    translate[0, 2] = rng.uniform(0.5 - config.translate, 0.5 + config.translate) * out_size[0]
+    translate[1, 2] = rng.uniform(0.5 - config.translate, 0.5 + config.translate) * out_size[1]
+    return translate @ shear @ rot @ persp @ centre, scale
+
+
+def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Warp the 4 corners of each box, take their min/max and clip to the output (width, height)."""
+    if not len(boxes):
+        return boxes.reshape(0, 4)
+    x1, y1, x2, y2 = boxes.T
+    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
+                        np.stack([x1, y2], 1)], 1).reshape(-1, 2)
+    homogeneous = np.concatenate([corners, np.ones((len(corners), 1))], 1) @ matrix.T
+    xy = homogeneous[:, :2] / homogeneous[:, 2:3] if matrix[2, 0] or matrix[2, 1] else homogeneous[:, :2]
+    xy = xy.reshape(-1, 4, 2)
+    out = np.concatenate([xy.min(1), xy.max(1)], 1)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, out_size[0])
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, out_size[1])
+    return out.astype(np.float32)
+
+
+def box_candidates(before: np.ndarray, after: np.ndarray, config: AugmentationConfig) -> np.ndarray:
+    """Keep boxes that survive a warp: w and h > min_box_size px, aspect < max_aspect_ratio, and
+    area after / area before (both already in output scale) > min_area_ratio."""
+    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    eps = 1e-16
+    aspect = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return ((w2 > config.min_box_size) & (h2 > config.min_box_size)
+            & (w2 * h2 / (w1 * h1 + eps) > config.min_area_ratio) & (aspect < config.max_aspect_ratio))
+
+
+def random_perspective(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, config: AugmentationConfig,
+                       rng: np.random.Generator, border: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random affine/perspective warp; the output is the input size + 2·border (border −size/2 crops a mosaic
+    canvas back to size). Boxes are warped and filtered with `box_candidates`."""
+    out_w, out_h = image.shape[1] + 2 * border, image.shape[0] + 2 * border
+    matrix, scale = affine_matrix(rng, config, (image.shape[1], image.shape[0]), (out_w, out_h))
+    if border != 0 or not np.array_equal(matrix, np.eye(3)):
+        if config.perspective:
+            image = cv2.warpPerspective(image, matrix, (out_w, out_h), borderValue=(PAD_VALUE,) * 3)
+        else:
+            image = cv2.warpAffine(image, matrix[:2], (out_w, out_h), borderValue=(PAD_VALUE,) * 3)
+    if len(boxes):
+        warped = transform_boxes(boxes, matrix, (out_w, out_h))
+        keep = box_candidates(boxes * scale, warped, config)
+        boxes, classes = warped[keep], classes[keep]
+    return image, boxes, classes
+
+
+# ---------------------------------------------------------------------------------------------------- photometric
+
+
+def mixup(image: np.ndarray, other: np.ndarray, rng: np.random.Generator, beta: float) -> np.ndarray:
+    """Blend two same-size images with r ~ Beta(beta, beta); the caller concatenates the labels."""
+    ratio = float(rng.beta(beta, beta))
+    return cv2.addWeighted(image, ratio, other, 1.0 - ratio, 0.0)
+
+
+def augment_hsv(image: np.ndarray, rng: np.random.Generator, gains: tuple[float, float, float]) -> np.ndarray:
+    """Random hue/saturation/value gains applied through lookup tables on OpenCV HSV (H mod 180)."""
+    if not any(gains):
+        return image
+    r = rng.uniform(-1, 1, 3) * np.asarray(gains) + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
+    x = np.arange(0, 256, dtype=np.float64)
+    lut_hue = ((x * r[0]) % 180).astype(np.uint8)
+    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def flip_left_right(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    width = image.shape[1]
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
+def flip_up_down(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    height = image.shape[0]
+    flipped = boxes.copy()
+    flipped[:, 1], flipped[:, 3] = height - boxes[:, 3], height - boxes[:, 1]
+    return np.ascontiguousarray(image[::-1]), flipped
+
+
+class PixelAugmenter:
+    """The official albumentations pixel transforms, really applied (upstream they silently vanish with
+    albumentations >= 2 because the old keyword arguments raise and the exception is swallowed).
+
+    Whether a transform runs is drawn from our generator; the transforms are built with p=1 and only draw their
+    own parameters (blur size, CLAHE clip...) from their own generators, seeded per worker through `reseed`.
+    """
+
+    def __init__(self, config: AugmentationConfig) -> None:
+        candidates = [
+            (config.blur, A.Blur(p=1.0)),
+            (config.median_blur, A.MedianBlur(p=1.0)),
+            (config.to_gray, A.ToGray(num_output_channels=3, p=1.0)),
+            (config.clahe, A.CLAHE(p=1.0)),
+            (config.brightness_contrast, A.RandomBrightnessContrast(p=1.0)),
+            (config.gamma, A.RandomGamma(p=1.0)),
+            (config.jpeg, A.ImageCompression(quality_range=(config.jpeg_quality, config.jpeg_quality), p=1.0)),
+        ]
+        self.transforms = [(p, t) for p, t in candidates if p > 0]
+        self.reseed(0)
+
+    def reseed(self, seed: int) -> None:
+        for i, (_, transform) in enumerate(self.transforms):
+            transform.set_random_seed((seed + 7919 * (i + 1)) % 2**32)  # distinct stream per transform
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+        applied = []
+        for probability, transform in self.transforms:
+            if rng.random() < probability:
+                image = transform(image=image)["image"]
+                applied.append(type(transform).__name__)
+        return image, applied

@@ -1,0 +1,121 @@
+"""check-data: parse a dataset, decode every image and list everything wrong with it, file by file."""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .images import decode_image
+from .problems import DataError, DataProblem
+from .sources import read_source
+from .yolo_txt import size_yolo_records
+
+
+@dataclass
+class DataReport:
+    """What check_dataset found. `ok` is False when any problem (error or warning) was found."""
+
+    location: str
+    format: str = "?"
+    num_images: int = 0
+    num_annotations: int = 0  # training targets (crowd excluded, repaired boxes included)
+    num_crowd: int = 0
+    class_names: list[str] = field(default_factory=list)
+    per_class: dict[str, int] = field(default_factory=dict)
+    negatives: list[str] = field(default_factory=list)  # usable images without objects
+    unlabeled_images: list[str] = field(default_factory=list)  # YOLO: no label file (counted as negatives)
+    orphan_label_files: list[str] = field(default_factory=list)
+    problems: list[DataProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def errors(self) -> list[DataProblem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def summary(self, max_problems: int = 50) -> str:
+        lines = [f"dataset: {self.location} ({self.format})",
+                 f"images: {self.num_images}  annotations: {self.num_annotations}  crowd (not trained on): "
+                 f"{self.num_crowd}  classes: {len(self.class_names)}",
+                 f"negatives (no objects): {len(self.negatives)}"
+                 + (f", of which without a label file: {len(self.unlabeled_images)}" if self.unlabeled_images else "")]
+        for path in self.unlabeled_images[:max_problems]:
+            lines.append(f"  no label file (negative): {path}")
+        if self.per_class:
+            width = max(len(n) for n in self.per_class)
+            lines.append("per-class objects:")
+            lines += [f"  {name:<{width}}  {count}" for name, count in self.per_class.items()]
+        if self.problems:
+            kinds = Counter(f"{p.severity}:{p.kind}" for p in self.problems)
+            lines.append(f"PROBLEMS: {len(self.problems)} ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})")
+            lines += [f"  [{p.severity}] {p}" for p in self.problems[:max_problems]]
+            if len(self.problems) > max_problems:
+                lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        else:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def check_dataset(path: str | Path, images: str | Path | None = None, format: str = "auto",
+                  class_names: list[str] | None = None, decode: bool = True, progress: bool = True) -> DataReport:
+    """Parse and (with decode=True) decode every image; never raises for bad data, everything goes in the report."""
+    report = DataReport(location=str(path))
+    try:
+        source = read_source(path, images, format, class_names)
+    except DataError as exc:
+        report.problems.append(DataProblem(str(path), str(exc).removeprefix(f"{path}: "), "unreadable_dataset"))
+        return report
+    report.format, report.class_names = source.format, list(source.class_names)
+    report.problems = list(source.problems)
+    report.unlabeled_images = list(source.unlabeled_images)
+    report.orphan_label_files = list(source.orphan_label_files)
+    if source.coco_dict is not None:
+        report.num_crowd = sum(1 for a in source.coco_dict["annotations"] if a.get("iscrowd", 0))
+    if decode:
+        usable = []
+        for record in tqdm(source.records, desc="decoding images", unit="img", disable=not progress):
+            try:
+                image = decode_image(record.path)
+            except DataError as exc:
+                report.problems.append(DataProblem(str(record.path), str(exc).split(": ", 1)[-1], "corrupt_image"))
+                continue
+            shape = image.shape[:2]
+            if record.height is not None and (record.height, record.width) != shape:
+                report.problems.append(DataProblem(
+                    str(record.path), f"decoded size {shape[1]}x{shape[0]} (EXIF orientation applied) differs from "
+                    f"the annotated size {record.width}x{record.height}", "size_mismatch"))
+                continue
+            usable.append(record)
+        source.records = usable
+    elif source.format == "yolo":
+        size_yolo_records(source)
+        report.problems = list(source.problems)
+    counts = Counter(int(c) for r in source.records for c in r.classes)
+    report.num_images = len(source.records)
+    report.num_annotations = sum(counts.values())
+    report.per_class = {name: counts.get(i, 0) for i, name in enumerate(source.class_names)}
+    report.negatives = [str(r.path) for r in source.records if r.num_objects == 0]
+    return report
+
+
+def check_data_main(argv: list[str] | None = None) -> int:
+    """`pgi-detect check-data`: print the report; exit code 1 when problems were found, 0 otherwise."""
+    parser = argparse.ArgumentParser(prog="pgi-detect check-data",
+                                     description="Validate a COCO JSON or YOLO txt detection dataset.")
+    parser.add_argument("--path", required=True, help="COCO annotation .json or YOLO dataset folder")
+    parser.add_argument("--images", default=None, help="image folder (COCO; guessed when omitted)")
+    parser.add_argument("--format", choices=("auto", "coco", "yolo"), default="auto")
+    parser.add_argument("--class-names", nargs="+", default=None, help="class names (YOLO without classes.yaml)")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding images (only headers/annotations)")
+    parser.add_argument("--max-problems", type=int, default=50, help="problems listed individually")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    report = check_dataset(args.path, args.images, args.format, args.class_names, decode=not args.no_decode,
+                           progress=not args.quiet)
+    print(report.summary(args.max_problems))
+    return 0 if report.ok else 1

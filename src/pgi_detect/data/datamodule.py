@@ -1,0 +1,207 @@
+"""DetectionDataModule: the Lightning face of the data package (datasets, loaders, class table, ground truth).
+
+Every init argument is a plain value so a LightningCLI YAML can set it (docs/data.md shows one).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .augment import AugmentationConfig
+from .collate import collate_detections, seed_worker
+from .dataset import DetectionDataset
+from .problems import DataError, enforce_policy
+from .records import DetectionSource
+from .samplers import FixedBatchSampler, rect_batches
+from .sources import ground_truth_coco, load_source
+from .yolo_txt import size_yolo_records
+
+
+Split = Literal["train", "val", "test"]
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """COCO JSON or YOLO txt detection data with the official YOLOv9 training augmentation.
+
+    Args:
+        train, val, test: COCO annotation .json file or YOLO dataset folder (images/ + labels/).
+        train_images, val_images, test_images: image folder (COCO: guessed from the json path when omitted).
+        format: 'auto' (json file → coco, folder → yolo), 'coco' or 'yolo'.
+        class_names: overrides/provides class names (YOLO without classes.yaml).
+        img_size: training/eval size, a multiple of 32.
+        batch_size: training batch; val_batch_size defaults to 2·batch_size like the reference.
+        augmentation: AugmentationConfig fields (dict in YAML); None = official defaults.
+        cache_images: keep decoded, resized images in RAM (filled before workers start).
+        rect_val: rectangular evaluation batches sorted by aspect ratio (rect_pad = 0.5 as in training-time val).
+        on_bad_sample: 'error' (fail fast naming the file) or 'skip' (log each bad sample, drop it, summarise).
+        seed: seeds shuffling and augmentation; identical seeds give identical batches.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        train_images: str | None = None,
+        val: str | None = None,
+        val_images: str | None = None,
+        test: str | None = None,
+        test_images: str | None = None,
+        format: Literal["auto", "coco", "yolo"] = "auto",
+        class_names: list[str] | None = None,
+        img_size: int = 640,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        num_workers: int = 8,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        augmentation: AugmentationConfig | dict[str, Any] | None = None,
+        cache_images: bool = False,
+        rect_val: bool = False,
+        rect_pad: float = 0.5,
+        on_bad_sample: Literal["error", "skip"] = "error",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if img_size % 32:
+            raise ValueError(f"img_size must be a multiple of 32 (the largest stride), got {img_size}")
+        if not (train or val or test):
+            raise ValueError("give at least one of train, val, test")
+        self.paths = {"train": (train, train_images), "val": (val, val_images), "test": (test, test_images)}
+        self.format = format
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or 2 * batch_size
+        self.num_workers = num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.pin_memory = pin_memory
+        self.augmentation = AugmentationConfig.from_any(augmentation)
+        self.cache_images = cache_images
+        self.rect_val = rect_val
+        self.rect_pad = rect_pad
+        self.on_bad_sample = on_bad_sample
+        self.seed = seed
+        self._class_names_arg = list(class_names) if class_names is not None else None
+        self._sources: dict[str, DetectionSource] = {}
+        self._datasets: dict[str, DetectionDataset] = {}
+        self._rect: dict[str, list[list[int]]] = {}
+        self._mosaic = True
+
+    # ------------------------------------------------------------------------------------------------ class table
+
+    def source(self, split: Split) -> DetectionSource:
+        """The parsed split (loaded once, bad-input policy applied)."""
+        if split not in self._sources:
+            path, images = self.paths[split]
+            if path is None:
+                raise ValueError(f"no {split} dataset configured")
+            need_sizes = split != "train" and self.rect_val
+            self._sources[split] = load_source(path, images, self.format, self._class_names_arg,
+                                               self.on_bad_sample, need_sizes=need_sizes)
+            self._check_same_classes(split)
+        return self._sources[split]
+
+    def _first_split(self) -> Split:
+        return next(s for s in ("train", "val", "test") if self.paths[s][0] is not None)  # type: ignore[return-value]
+
+    def _check_same_classes(self, split: str) -> None:
+        names = self._sources[split].class_names
+        for other, source in self._sources.items():
+            if other != split and source.class_names != names:
+                raise DataError(f"{self.paths[split][0]}: classes differ from the {other} set "
+                                f"({len(names)} vs {len(source.class_names)} classes)")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source(self._first_split()).class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def category_ids(self) -> list[int]:
+        """Contiguous class index → dataset category id (for COCO JSON results); taken from the val set when there
+        is one, so it matches val_coco()."""
+        split = "val" if self.paths["val"][0] is not None else self._first_split()
+        return list(self.source(split).category_ids)
+
+    def val_coco(self) -> Any:
+        """pycocotools COCO ground truth of the val set (original pixels, dataset image and category ids)."""
+        return self._ground_truth("val")
+
+    def test_coco(self) -> Any:
+        """Ground truth of the set the test/predict loaders run on."""
+        return self._ground_truth(self._eval_split("test"))
+
+    def _ground_truth(self, split: Split) -> Any:
+        source = self.source(split)
+        if source.format == "yolo":
+            new_problems = size_yolo_records(source)
+            enforce_policy(new_problems, self.on_bad_sample, source.location)
+        return ground_truth_coco(source)
+
+    # ------------------------------------------------------------------------------------------------ datasets
+
+    def _eval_split(self, split: Split) -> Split:
+        return split if self.paths[split][0] is not None else "val"
+
+    def dataset(self, split: Split) -> DetectionDataset:
+        if split not in self._datasets:
+            train = split == "train"
+            dataset = DetectionDataset(self.source(split), self.img_size, train=train,
+                                       augmentation=self.augmentation, cache_images=self.cache_images,
+                                       on_bad_sample=self.on_bad_sample, seed=self.seed)
+            if train:
+                dataset.set_mosaic(self._mosaic)
+            elif self.rect_val:
+                sizes = [(r.height, r.width) for r in dataset.records]
+                batches, shapes = rect_batches(sizes, self.val_batch_size, self.img_size, pad=self.rect_pad)
+                dataset.set_rect_shapes(shapes)
+                self._rect[split] = batches
+            dataset.cache_all()
+            self._datasets[split] = dataset
+        return self._datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.dataset("train")
+        if stage in (None, "fit", "validate") and self.paths["val"][0] is not None:
+            self.dataset("val")
+        if stage in ("test", "predict"):
+            self.dataset(self._eval_split("test"))
+
+    def set_mosaic(self, enabled: bool) -> None:
+        """close-mosaic switch; reaches running persistent workers."""
+        self._mosaic = bool(enabled)
+        if "train" in self._datasets:
+            self._datasets["train"].set_mosaic(enabled)
+
+    # ------------------------------------------------------------------------------------------------ loaders
+
+    def _loader_args(self) -> dict[str, Any]:
+        return dict(num_workers=self.num_workers, persistent_workers=self.persistent_workers,
+                    pin_memory=self.pin_memory, collate_fn=collate_detections, worker_init_fn=seed_worker,
+                    generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, **self._loader_args())
+
+    def _eval_loader(self, split: Split) -> DataLoader:
+        dataset = self.dataset(split)
+        if split in self._rect:
+            trainer = getattr(self, "trainer", None)
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            sampler = FixedBatchSampler(self._rect[split], rank, world)
+            return DataLoader(dataset, batch_sampler=sampler, **self._loader_args())
+        return DataLoader(dataset, batch_size=self.val_batch_size, shuffle=False, **self._loader_args())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._eval_split("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._eval_split("test"))

@@ -1,0 +1,229 @@
+"""DetectionDataset: records → augmented (training) or letterboxed (evaluation) samples.
+
+Training follows the official pipeline (docs/yolov9-reference.md §5): mosaic-4 → random_perspective (border −s/2)
+→ mixup, or with mosaic off letterbox → random_perspective (border 0); then albumentations pixel transforms, HSV,
+flips. The mosaic switch lives in shared memory so `set_mosaic` reaches running (persistent) worker processes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import augment as aug
+from .augment import AugmentationConfig
+from .images import decode_image, resize_long_side
+from .problems import DataError, check_policy
+from .records import DetectionSource, ImageRecord, clip_boxes_to_image
+
+logger = logging.getLogger("pgi_detect.data")
+
+# Final validity rule, every pipeline: boxes are clipped to the output image and dropped when their width or height
+# is below this many pixels (zero-area after clipping). Training boxes have already passed box_candidates (> 2 px).
+MIN_OUTPUT_BOX_SIZE = 1e-3
+
+
+class DetectionDataset(Dataset):
+    """Samples are dicts: image (3,H,W) uint8 RGB tensor, boxes (n,4) xyxy pixels of that image, classes (n,),
+    image_id, orig_shape (h, w), scale (gain_x, gain_y), pad (pad_x, pad_y), path, pipeline.
+
+    scale/pad invert the letterbox of evaluation samples (original = (letterboxed − pad) / gain); for training
+    samples they describe the main image's resize only. `pipeline` is 'mosaic', 'mosaic+mixup', 'letterbox'
+    (training, mosaic off) or 'eval'.
+    """
+
+    def __init__(self, source: DetectionSource | list[ImageRecord], img_size: int = 640, train: bool = False,
+                 augmentation: AugmentationConfig | dict | None = None, cache_images: bool = False,
+                 on_bad_sample: str = "error", seed: int = 0) -> None:
+        self.records = list(source.records if isinstance(source, DetectionSource) else source)
+        if not self.records:
+            raise DataError("dataset has no usable images")
+        self.img_size = int(img_size)
+        self.train = train
+        self.config = AugmentationConfig.from_any(augmentation) if train else AugmentationConfig.disabled()
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.cache_images = cache_images
+        self.pixel_augmenter = aug.PixelAugmenter(self.config) if train else None
+        self.rect_shapes: dict[int, tuple[int, int]] | None = None
+        self._mosaic_flag = torch.ones(1, dtype=torch.uint8).share_memory_()
+        self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
+        self._bad: set[int] = set()
+        self.reseed(seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # ------------------------------------------------------------------------------------------------ switches
+
+    def set_mosaic(self, enabled: bool) -> None:
+        """close-mosaic: takes effect in worker processes too (shared-memory flag)."""
+        self._mosaic_flag[0] = int(bool(enabled))
+
+    @property
+    def mosaic_enabled(self) -> bool:
+        return bool(self._mosaic_flag[0])
+
+    def reseed(self, seed: int) -> None:
+        """Reset the augmentation randomness (called per worker by collate.seed_worker)."""
+        self.rng = np.random.default_rng(seed)
+        if self.pixel_augmenter is not None:
+            self.pixel_augmenter.reseed(seed)
+
+    def set_rect_shapes(self, shapes: dict[int, tuple[int, int]] | None) -> None:
+        """Per-index letterbox shapes for rectangular evaluation batches (see samplers.rect_batches)."""
+        self.rect_shapes = shapes
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
+        """(image resized so the long side = img_size, original (h, w), boxes in resized pixels, classes)."""
+        record = self.records[index]
+        cached = self._cache.get(index)
+        if cached is None:
+            image = decode_image(record.path)
+            orig = image.shape[:2]
+            if record.height is not None and (record.height, record.width) != orig:
+                raise DataError(f"{record.path}: decoded size {orig[1]}x{orig[0]} (w x h, EXIF orientation applied) "
+                                f"differs from the annotated size {record.width}x{record.height}")
+            image = resize_long_side(image, self.img_size, augment=self.train)
+            if self.cache_images:
+                self._cache[index] = (image, orig)
+        else:
+            image, orig = cached
+        boxes = record.pixel_boxes(*orig)
+        if len(boxes):
+            gain = (image.shape[1] / orig[1], image.shape[0] / orig[0])
+            boxes = aug.scale_and_shift_boxes(boxes, gain, (0, 0))
+        return image, orig, boxes, record.classes
+
+    def cache_all(self, threads: int = 2) -> None:
+        """Decode and keep every (resized) image in RAM; call before creating workers so they share it by fork."""
+        if not self.cache_images:
+            return
+        lock = threading.Lock()
+
+        def load(index: int) -> None:
+            try:
+                image, orig, _, _ = self.load_image(index)
+            except DataError as exc:
+                self._handle_bad(index, exc)
+                return
+            with lock:
+                self._cache[index] = (image, orig)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(load, range(len(self))))
+
+    # ------------------------------------------------------------------------------------------------ samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for _ in range(len(self)):
+            if index not in self._bad:
+                try:
+                    return self._sample(index)
+                except DataError as exc:
+                    self._handle_bad(index, exc)
+            index = (index + 1) % len(self)
+        raise DataError("every image of the dataset failed to load")
+
+    def _handle_bad(self, index: int, exc: DataError) -> None:
+        if self.on_bad_sample == "error":
+            raise exc
+        self._bad.add(index)
+        logger.warning("%s (skipped; %d bad image(s) so far in this process)", exc, len(self._bad))
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        if not self.train:
+            image, boxes, classes, orig, gain, pad = self._letterboxed(index, self._eval_shape(index), scaleup=False)
+            pipeline = "eval"
+        elif self.mosaic_enabled and self.rng.random() < self.config.mosaic:
+            image, boxes, classes, orig = self._mosaic(index)
+            pipeline = "mosaic"
+            if self.rng.random() < self.config.mixup:
+                other, other_boxes, other_classes, _ = self._mosaic(int(self.rng.integers(len(self))))
+                image = aug.mixup(image, other, self.rng, self.config.mixup_beta)
+                boxes = np.concatenate([boxes, other_boxes])
+                classes = np.concatenate([classes, other_classes])
+                pipeline = "mosaic+mixup"
+            gain, pad = (self.img_size / max(orig), self.img_size / max(orig)), (0.0, 0.0)
+        else:
+            image, boxes, classes, orig, gain, pad = self._letterboxed(index, (self.img_size, self.img_size), True)
+            image, boxes, classes = aug.random_perspective(image, boxes, classes, self.config, self.rng, border=0)
+            pipeline = "letterbox"
+        if self.train:
+            image, boxes = self._photometric_and_flips(image, boxes)
+        boxes, keep, _ = clip_boxes_to_image(boxes.reshape(-1, 4), image.shape[1], image.shape[0])
+        keep &= ((boxes[:, 2] - boxes[:, 0]) >= MIN_OUTPUT_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_OUTPUT_BOX_SIZE)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "boxes": boxes[keep].astype(np.float32),
+            "classes": np.asarray(classes)[keep].astype(np.int64),
+            "image_id": int(record.image_id),
+            "orig_shape": (int(orig[0]), int(orig[1])),
+            "scale": (float(gain[0]), float(gain[1])),
+            "pad": (float(pad[0]), float(pad[1])),
+            "path": str(record.path),
+            "pipeline": pipeline,
+        }
+
+    def _eval_shape(self, index: int) -> tuple[int, int]:
+        if self.rect_shapes is not None:
+            return self.rect_shapes[index]
+        return self.img_size, self.img_size
+
+    def _letterboxed(self, index: int, shape: tuple[int, int], scaleup: bool):
+        image, orig, boxes, classes = self.load_image(index)
+        resized_hw = image.shape[:2]
+        image, gain, pad = aug.letterbox(image, shape, scaleup=scaleup)
+        boxes = aug.scale_and_shift_boxes(boxes, gain, pad) if len(boxes) else boxes
+        total_gain = (gain[0] * resized_hw[1] / orig[1], gain[1] * resized_hw[0] / orig[0])
+        return image, boxes, classes, orig, total_gain, pad
+
+    def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """Mosaic-4 of `index` and three random images, then random_perspective back to img_size."""
+        size = self.img_size
+        indices = [index] + [int(i) for i in self.rng.integers(0, len(self), 3)]
+        self.rng.shuffle(indices)
+        images, boxes, classes, main_orig = [], [], [], (size, size)
+        for i in indices:
+            image, orig, image_boxes, image_classes = self._load_for_mosaic(i, required=(i == index))
+            images.append(image)
+            boxes.append(image_boxes)
+            classes.append(image_classes)
+            if i == index:
+                main_orig = orig
+        center = (int(self.rng.uniform(size / 2, 3 * size / 2)), int(self.rng.uniform(size / 2, 3 * size / 2)))
+        canvas, canvas_boxes, _ = aug.mosaic4(images, boxes, size, center)
+        image, out_boxes, out_classes = aug.random_perspective(canvas, canvas_boxes, np.concatenate(classes), self.config,
+                                                               self.rng, border=-size // 2)
+        return image, out_boxes, out_classes, main_orig
+
+    def _load_for_mosaic(self, index: int, required: bool):
+        """Load a mosaic tile; in skip mode a bad extra tile is replaced by another random image."""
+        for _ in range(len(self)):
+            if index not in self._bad:
+                try:
+                    return self.load_image(index)
+                except DataError as exc:
+                    if required:
+                        raise
+                    self._handle_bad(index, exc)
+            index = int(self.rng.integers(len(self)))
+        raise DataError("every image of the dataset failed to load")
+
+    def _photometric_and_flips(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.pixel_augmenter is not None:
+            image, _ = self.pixel_augmenter(image, self.rng)
+        config = self.config
+        image = aug.augment_hsv(image, self.rng, (config.hsv_h, config.hsv_s, config.hsv_v))
+        if self.rng.random() < config.flipud:
+            image, boxes = aug.flip_up_down(image, boxes)
+        if self.rng.random() < config.fliplr:
+            image, boxes = aug.flip_left_right(image, boxes)
+        return image, boxes

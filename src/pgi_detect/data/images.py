@@ -1,0 +1,123 @@
+"""Robust image decoding to 8-bit RGB, with EXIF orientation applied.
+
+Rules (docs/data.md): JPEG is decoded with OpenCV (fast; it applies the EXIF orientation) after checking the file
+ends with an end-of-image marker, so truncated downloads fail instead of silently decoding a grey bottom half.
+Other formats go through Pillow: EXIF orientation applied, grayscale → RGB, palette → RGB, RGBA/LA composited over
+grey 114 (the padding colour), 16-bit → 8-bit by scaling 0..65535 to 0..255. Boxes are always relative to the
+displayed (EXIF-oriented) image.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .problems import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+BACKGROUND_GREY = 114
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # orientations that swap width and height
+
+cv2.setNumThreads(0)  # the DataLoader parallelises over workers; OpenCV threads would oversubscribe the CPUs
+
+
+class ImageDecodeError(DataError):
+    """An image file that is missing, truncated or not decodable; the message names the file."""
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8"
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    # 0xFFD9 (end of image) cannot occur inside entropy-coded data (0xFF is byte-stuffed), so finding it near the end
+    # means the file was not cut off; a few writers append padding after it, hence the search window.
+    return b"\xff\xd9" in data[-1024:]
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read an image file as a (H, W, 3) uint8 RGB array in displayed orientation; raise ImageDecodeError if bad."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read image file ({exc})") from None
+    if not data:
+        raise ImageDecodeError(f"{path}: image file is empty")
+    if _is_jpeg(data):
+        if not _jpeg_is_complete(data):
+            raise ImageDecodeError(f"{path}: truncated JPEG (no end-of-image marker)")
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ImageDecodeError(f"{path}: corrupt JPEG (OpenCV cannot decode it)")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _decode_with_pillow(data, path)
+
+
+def _decode_with_pillow(data: bytes, path: Path) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()  # raises on truncated data
+            image = ImageOps.exif_transpose(opened)
+            return pil_to_rgb8(image)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # Pillow raises many exception types for bad files
+        raise ImageDecodeError(f"{path}: corrupt or unsupported image ({type(exc).__name__}: {exc})") from None
+
+
+def pil_to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode → (H, W, 3) uint8 RGB."""
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        gray = np.asarray(image).astype(np.float32)
+        gray8 = np.clip(np.rint(gray * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(gray8[:, :, None], 3, axis=2)
+    if mode == "F":
+        gray = np.asarray(image, dtype=np.float32)
+        scale = 255.0 if gray.size and float(np.nanmax(gray)) <= 1.0 else 1.0  # float images in [0, 1] or [0, 255]
+        gray8 = np.clip(np.rint(np.nan_to_num(gray) * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray8[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        rgb = rgba[:, :, :3] * alpha + BACKGROUND_GREY * (1.0 - alpha)
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the displayed image from the file header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: image file not found") from None
+    except Exception as exc:
+        raise ImageDecodeError(f"{path}: cannot read image header ({type(exc).__name__}: {exc})") from None
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return int(height), int(width)
+
+
+def resize_long_side(image: np.ndarray, size: int, augment: bool) -> np.ndarray:
+    """Resize so the long side equals `size` (aspect kept, no padding), like the reference load_image.
+
+    INTER_LINEAR when augmenting or upscaling, INTER_AREA when downscaling for evaluation.
+    """
+    h0, w0 = image.shape[:2]
+    ratio = size / max(h0, w0)
+    if ratio == 1:
+        return image
+    interpolation = cv2.INTER_LINEAR if (augment or ratio > 1) else cv2.INTER_AREA
+    new_w = max(1, min(size, round(w0 * ratio)))
+    new_h = max(1, min(size, round(h0 * ratio)))
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
