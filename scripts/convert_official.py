@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Convert official YOLOv9 / GELAN weights into a file pgi_detect loads (`pgi_detect.models.load_detector`).
+
+    python scripts/convert_official.py --weights yolov9-c.pt --model yolov9-c --strip --output gelan-c.pt
+
+The official file is read with a restricted unpickler (no official code needed or imported).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pgi_detect.models import count_parameters, list_models
+from pgi_detect.models.convert import ConversionError, convert_official, read_official_checkpoint, save_detector
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="official .pt (pickled model) or a state-dict file")
+    parser.add_argument("--model", required=True, choices=list_models(), help="architecture of the weights")
+    parser.add_argument("--strip", action="store_true", help="drop the PGI auxiliary branch (yolov9-x -> gelan-x)")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="class count of the output model (default: the checkpoint's); a different value re-initialises "
+        "only the class output convs, for fine-tuning",
+    )
+    parser.add_argument("--output", required=True, help="where to write the converted file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        official = read_official_checkpoint(args.weights)
+        detector = convert_official(
+            official, args.model, num_classes=args.num_classes, strip=args.strip, source=args.weights
+        )
+    except (ConversionError, FileNotFoundError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    save_detector(detector, args.output)
+    print(
+        f"wrote {args.output}: {detector.name} (from {detector.source_name}), nc={detector.num_classes}, "
+        f"{count_parameters(detector):,} params"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

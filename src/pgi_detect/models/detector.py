@@ -1,0 +1,184 @@
+"""The Detector: a layer table executed in order, plus decoding, auxiliary-branch removal and fusion."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pgi_detect.models.blocks import Conv, RepConvN, Silence
+from pgi_detect.models.configs import MODEL_TABLES, get_table, inference_name
+from pgi_detect.models.graph import IMAGE, Layer, Routing, build_layers, resolve, run_layers
+from pgi_detect.models.heads import REG_MAX, STRIDES, DetectHead, DualDetectHead, anchor_grid, decode_maps
+
+
+class Detector(nn.Module):
+    """A GELAN / YOLOv9 detector (pure PyTorch).
+
+    `forward(images)` returns the raw per-level maps of every branch, main branch last (`[main]` or
+    `[aux, main]`), in train and eval mode alike; `decode` turns one branch into `(B, 4 + nc, N)`.
+    State-dict keys are `layers.<official idx>.<our submodule names>` (see `convert.py`).
+    """
+
+    reg_max: int = REG_MAX
+    strides: tuple[int, int, int] = STRIDES
+
+    def __init__(
+        self,
+        table: Sequence[Layer],
+        num_classes: int = 80,
+        name: str = "custom",
+        layers: nn.ModuleList | None = None,
+        stripped: bool = False,
+        source_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"detector.py: num_classes must be >= 1, got {num_classes}")
+        self.table: tuple[Layer, ...] = tuple(table)
+        self.layers = layers if layers is not None else build_layers(self.table, num_classes)
+        if not isinstance(self.layers[-1], (DetectHead, DualDetectHead)):
+            raise ValueError("detector.py: the last layer of a table must be a DetectHead or DualDetectHead")
+        self.routing = Routing(self.table)
+        self.num_classes = num_classes
+        self.name = name
+        self.source_name = source_name or name  # zoo name this model was built or stripped from
+        self.stripped = stripped  # True when made by strip_auxiliary from a model that had an aux branch
+        self.fused = False
+        self.num_branches = 2 if isinstance(self.layers[-1], DualDetectHead) else 1
+        self._anchor_cache: dict = {}
+
+    # ------------------------------------------------------------------ forward / decode
+    def forward(self, images: Tensor) -> list[list[Tensor]]:
+        return run_layers(self.layers, self.routing, images)
+
+    @property
+    def main_head(self) -> DetectHead:
+        head = self.layers[-1]
+        return head.main if isinstance(head, DualDetectHead) else head
+
+    @property
+    def is_gelan(self) -> bool:
+        """True for single-branch (inference-form) models: gelan-x, stripped yolov9-x, custom backbones."""
+        return self.num_branches == 1
+
+    def anchors(self, maps: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Anchor centres (2, N) in grid units and strides (1, N) for these map shapes, cached per shape."""
+        shapes = tuple(tuple(m.shape[-2:]) for m in maps)
+        reference = maps[0]
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return anchor_grid(shapes, self.strides, reference.device, reference.dtype)
+        key = (shapes, reference.device, reference.dtype)
+        cached = self._anchor_cache.get(key)
+        if cached is None:
+            cached = anchor_grid(shapes, self.strides, reference.device, reference.dtype)
+            self._anchor_cache = {key: cached}  # keep one entry: shapes rarely change within a run
+        return cached
+
+    def decode(self, maps: Sequence[Tensor]) -> Tensor:
+        """One branch's raw maps -> `(B, 4 + nc, N)`: xywh in input pixels + sigmoid class scores."""
+        points, strides = self.anchors(maps)
+        return decode_maps(maps, points, strides, self.main_head.dfl)
+
+    def predict_raw(self, images: Tensor) -> Tensor:
+        return self.decode(self.forward(images)[-1])
+
+    # ------------------------------------------------------------------ conversion to inference form
+    def strip_auxiliary(self) -> Detector:
+        """A new Detector with only the main branch (yolov9-x -> gelan-x), sharing no tensors with this one.
+
+        Drops auxiliary rows, an unreferenced Silence and the aux head, and renumbers sources; the kept
+        modules are copied unchanged, so main-branch outputs are bit-identical.
+        """
+        table = self.table
+        dropped = [row.auxiliary for row in table]
+        for index, row in enumerate(table):
+            if row.block is Silence and not self._explicitly_referenced(index, dropped):
+                dropped[index] = True
+        new_index: dict[int, int] = {}
+        for index, gone in enumerate(dropped):
+            if not gone:
+                new_index[index] = len(new_index)
+
+        def remap(absolute: int, consumer: int) -> int:
+            if absolute == IMAGE:
+                return IMAGE
+            if absolute in new_index:
+                return new_index[absolute]
+            if table[absolute].block is Silence:  # identity: read what the Silence read
+                return remap(resolve(table[absolute].sources[0], absolute), consumer)
+            raise ValueError(
+                f"detector.py: cannot strip {self.name}: main layer {consumer} reads auxiliary layer {absolute}"
+            )
+
+        rows: list[Layer] = []
+        modules = nn.ModuleList()
+        for index, row in enumerate(table):
+            if dropped[index]:
+                continue
+            sources, module, block = row.sources, self.layers[index], row.block
+            if isinstance(module, DualDetectHead):
+                sources, module, block = sources[module.num_levels :], module.main, DetectHead
+            at = new_index[index]
+            new_sources = []
+            for source in sources:
+                absolute = remap(resolve(source, index), index)
+                new_sources.append(source if source < 0 and absolute == at + source else absolute)
+            source = new_sources[0] if isinstance(row.source, int) else tuple(new_sources)
+            module = copy.deepcopy(module)
+            if isinstance(block, nn.Module):  # a prebuilt row (custom backbone): the row names the copy
+                block = module
+            rows.append(Layer(source, block, row.args))
+            modules.append(module)
+
+        stripped = Detector(
+            rows,
+            self.num_classes,
+            name=inference_name(self.name),
+            layers=modules,
+            stripped=self.stripped or self.num_branches == 2,
+            source_name=self.source_name,
+        )
+        stripped.fused = self.fused
+        return stripped.train(self.training)
+
+    def _explicitly_referenced(self, index: int, dropped: list[bool]) -> bool:
+        """Whether a kept row names row `index` other than as its implicit previous layer (-1)."""
+        for consumer, row in enumerate(self.table):
+            if dropped[consumer]:
+                continue
+            for source in row.sources:
+                if source != -1 and resolve(source, consumer) == index:
+                    return True
+        return False
+
+    @torch.no_grad()
+    def fuse(self) -> Detector:
+        """Fold every BN into its conv and merge RepConvN branches, in place (use in eval mode)."""
+        for module in [m for m in self.modules() if isinstance(m, RepConvN)]:
+            module.fuse()
+        for module in [m for m in self.modules() if isinstance(m, Conv)]:
+            module.fuse()
+        self.fused = True
+        return self
+
+    # ------------------------------------------------------------------ custom backbones
+    @classmethod
+    def from_backbone(
+        cls, backbone: nn.Module, num_classes: int = 80, neck="gelan-s", name: str = "custom"
+    ) -> Detector:
+        """A detector on any backbone returning (P3, P4, P5) maps at strides 8/16/32 and exposing
+        `out_channels`, with a GELAN neck (`neck`: "gelan-t", "gelan-s" or a `NeckSpec`) and a DetectHead."""
+        from pgi_detect.models.backbones import gelan_neck_table
+
+        return cls(gelan_neck_table(backbone, neck), num_classes, name=name)
+
+
+def build_model(name: str, num_classes: int = 80) -> Detector:
+    """A freshly initialised zoo model: gelan-{t,s,m,c,e} or yolov9-{t,s,m,c,e}."""
+    return Detector(get_table(name), num_classes, name=name)
+
+
+def list_models() -> list[str]:
+    return list(MODEL_TABLES)
