@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+# Busy-waiting OpenMP threads slow small convolutions badly when the 2 cores are shared; sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

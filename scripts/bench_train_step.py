@@ -1,0 +1,190 @@
+"""Training-step benchmark: forward + DetectionLoss + backward on random data, the protocol of the reference's
+CPU timing table (docs/yolov9-reference.md §7): batch 8, 320x320, 3 random boxes per image, fixed seeds, 2 warm-up
+steps, median of N timed steps, an SGD step after each timed step (not timed).
+
+    .venv/bin/python scripts/bench_train_step.py                                   # CPU, 2 threads, 4 models
+    .venv/bin/python scripts/bench_train_step.py --models gelan-t --memory-format both --breakdown
+    .venv/bin/python scripts/bench_train_step.py --models gelan-t --profile        # where the time goes
+    # GPU: images/s and peak memory with autocast
+    .venv/bin/python scripts/bench_train_step.py --device cuda --models gelan-c yolov9-c --size 640 --batch 16 \
+        --precision bf16-mixed 16-mixed 32
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pgi_detect.loss import DetectionLoss
+from pgi_detect.models import build_model
+
+REFERENCE_MS = {"gelan-t": 743, "yolov9-t": 1289, "gelan-s": 1575, "yolov9-s": 2094}  # official, run 2 medians
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+@dataclass
+class StepTimes:
+    total: list[float]
+    forward: list[float]
+    loss: list[float]
+    backward: list[float]
+    first_loss: float
+    peak_memory_mb: float | None
+
+
+def random_batch(batch: int, size: int, boxes: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and `[image, class, cx, cy, w, h]` targets (normalised), reproducible from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    n = batch * boxes
+    image_index = torch.arange(batch).repeat_interleave(boxes).float()
+    classes = torch.randint(0, num_classes, (n,), generator=generator).float()
+    centres = torch.rand(n, 2, generator=generator) * 0.6 + 0.2
+    sizes = torch.rand(n, 2, generator=generator) * 0.35 + 0.05
+    return images, torch.cat((image_index[:, None], classes[:, None], centres, sizes), 1)
+
+
+def synchronize(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    return contextlib.nullcontext()
+
+
+def time_steps(
+    name: str, args: argparse.Namespace, precision: str, channels_last: bool,
+    profiler: contextlib.AbstractContextManager | None = None,
+) -> StepTimes:
+    """Build the model and run warm-up + timed steps; with `profiler`, one step after warm-up runs inside it."""
+    device = torch.device(args.device)
+    sync = synchronize(device)
+    torch.manual_seed(args.seed)
+    model = build_model(name, num_classes=args.num_classes).to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    criterion = DetectionLoss(args.num_classes, strides=model.strides, reg_max=model.reg_max)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    images_u8, targets = random_batch(args.batch, args.size, args.boxes, args.num_classes, args.seed)
+    images_u8, targets = images_u8.to(device), targets.to(device)
+    times = StepTimes([], [], [], [], float("nan"), None)
+    steps = args.warmup + (1 if profiler is not None else args.steps)
+    for step in range(steps):
+        if device.type == "cuda" and step == args.warmup:
+            torch.cuda.reset_peak_memory_stats(device)
+        context = profiler if profiler is not None and step == steps - 1 else contextlib.nullcontext()
+        with context:
+            sync()
+            start = time.perf_counter()
+            images = (images_u8.float() / 255.0).contiguous(memory_format=memory_format)
+            with autocast(device, precision):
+                branches = model(images)
+            if args.breakdown:
+                sync()
+            after_forward = time.perf_counter()
+            loss, _ = criterion(branches, targets)
+            if args.breakdown:
+                sync()
+            after_loss = time.perf_counter()
+            scaler.scale(loss).backward()
+            sync()
+            end = time.perf_counter()
+        if step == 0:
+            times.first_loss = float(loss.detach())
+        if step >= args.warmup:
+            times.total.append(end - start)
+            times.forward.append(after_forward - start)
+            times.loss.append(after_loss - after_forward)
+            times.backward.append(end - after_loss)
+        scaler.step(optimizer)  # not timed, like the reference
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        times.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return times
+
+
+def profile_step(name: str, args: argparse.Namespace, precision: str, channels_last: bool) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    profiler = profile(activities=activities)
+    time_steps(name, args, precision, channels_last, profiler=profiler)
+    sort = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
+    print(f"--- {name} {precision} {'channels_last' if channels_last else 'contiguous'}: one training step")
+    print(profiler.key_averages().table(sort_by=sort, row_limit=args.profile_rows))
+
+
+def memory_formats(choice: str) -> Iterator[bool]:
+    if choice in ("contiguous", "both"):
+        yield False
+    if choice in ("channels_last", "both"):
+        yield True
+
+
+def milliseconds(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["gelan-t", "yolov9-t", "gelan-s", "yolov9-s"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--boxes", type=int, default=3, help="random boxes per image")
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=7, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels_last", "both"])
+    parser.add_argument("--breakdown", action="store_true", help="synchronise between forward/loss/backward")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per model")
+    parser.add_argument("--profile-rows", type=int, default=25)
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cudnn.benchmark = True
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()} "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), batch {args.batch}, "
+          f"{args.size}x{args.size}, {args.steps} timed steps after {args.warmup} warm-up")
+    header = f"{'model':<10} {'precision':<10} {'format':<13} {'median ms':>9} {'min ms':>7} {'img/s':>7}"
+    header += f" {'fwd/loss/bwd ms':>17}" if args.breakdown else ""
+    header += f" {'peak MiB':>9}" if args.device.startswith("cuda") else f" {'vs official':>11}"
+    print(header + "  step-0 loss")
+    for name in args.models:
+        for precision in args.precision:
+            for channels_last in memory_formats(args.memory_format):
+                if args.profile:
+                    profile_step(name, args, precision, channels_last)
+                    continue
+                times = time_steps(name, args, precision, channels_last)
+                median = milliseconds(times.total)
+                line = (f"{name:<10} {precision:<10} {'channels_last' if channels_last else 'contiguous':<13} "
+                        f"{median:9.0f} {min(times.total) * 1000:7.0f} {args.batch / (median / 1000):7.1f}")
+                if args.breakdown:
+                    parts = (milliseconds(times.forward), milliseconds(times.loss), milliseconds(times.backward))
+                    line += f" {'/'.join(f'{p:.0f}' for p in parts):>17}"
+                if times.peak_memory_mb is not None:
+                    line += f" {times.peak_memory_mb:9.0f}"
+                elif name in REFERENCE_MS and (args.batch, args.size) == (8, 320):
+                    line += f" {median / REFERENCE_MS[name]:10.2f}x"
+                else:
+                    line += f" {'':>11}"
+                print(line + f"  {times.first_loss:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

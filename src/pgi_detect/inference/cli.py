@@ -1,0 +1,60 @@
+"""`detect`: predict any image / folder / video with a checkpoint, without a dataset config (Predictor +
+run_prediction). Complements the LightningCLI `predict`, which runs on a configured datamodule split.
+
+    python -m pgi_detect.inference.cli --checkpoint best.ckpt --source street.jpg clips/ --output runs/detect
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from pgi_detect.inference.predictor import Predictor
+from pgi_detect.inference.runner import PredictionRun, run_prediction
+from pgi_detect.postprocess import NMS_DETECT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgi-detect detect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="DetectionTask .ckpt or a converted official file")
+    parser.add_argument("--source", nargs="+", required=True, help="image files, folders and/or video files")
+    parser.add_argument("--output", default="runs/detect", help="folder for predictions.json, images/, videos/")
+    parser.add_argument("--img-size", type=int, default=640)
+    parser.add_argument("--conf", type=float, default=NMS_DETECT.conf_thres)
+    parser.add_argument("--iou", type=float, default=NMS_DETECT.iou_thres)
+    parser.add_argument("--max-det", type=int, default=NMS_DETECT.max_det)
+    parser.add_argument("--multi-label", action="store_true")
+    parser.add_argument("--classes", type=int, nargs="+", help="keep only these class ids")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--half", action="store_true", help="float16 network on CUDA")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on CPU)")
+    parser.add_argument("--no-images", action="store_true", help="do not write annotated images")
+    parser.add_argument("--no-videos", action="store_true", help="do not write annotated videos")
+    parser.add_argument("--no-json", action="store_true", help="do not write predictions.json")
+    return parser
+
+
+def detect(argv: Sequence[str] | None = None) -> PredictionRun:
+    """Parse `detect` arguments, predict, write the outputs and return what was written."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=args.device, img_size=args.img_size, conf=args.conf, iou=args.iou,
+        max_det=args.max_det, multi_label=args.multi_label, classes=args.classes, batch_size=args.batch_size,
+        half=args.half, channels_last=args.channels_last,
+    )
+    run = run_prediction(
+        predictor, args.source, args.output, save_json=not args.no_json, save_images=not args.no_images,
+        save_videos=not args.no_videos,
+    )
+    print(f"{run.frames} images/frames, {run.detections} detections -> {run.output_dir}")
+    return run
+
+
+def detect_main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (exit status 0), e.g. for an EXTRA_COMMANDS entry in pgi_detect.main."""
+    detect(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(detect_main())

@@ -1,0 +1,71 @@
+"""`Detections`: one image's final boxes in original pixels, the result type of the Python API."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Detections:
+    """Detections of one image, by decreasing score.
+
+    boxes: (n, 4) float32 xyxy in original-image pixels; scores: (n,); class_ids: (n,) int64 contiguous class
+    indices; class_names: n names (the class index as text when the model has no names); image_shape: (h, w)
+    of the original image (None when unknown).
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    class_ids: Tensor
+    class_names: list[str]
+    image_shape: tuple[int, int] | None = None
+
+    @classmethod
+    def from_rows(
+        cls, rows: Tensor, image_shape: tuple[int, int], names: Sequence[str] | None = None
+    ) -> "Detections":
+        """From NMS rows `[x1, y1, x2, y2, score, class]` already mapped to original pixels."""
+        rows = rows.detach().float().cpu()
+        class_ids = rows[:, 5].long()
+        return cls(
+            boxes=rows[:, :4].contiguous(),
+            scores=rows[:, 4].contiguous(),
+            class_ids=class_ids,
+            class_names=[class_name(c, names) for c in class_ids.tolist()],
+            image_shape=(int(image_shape[0]), int(image_shape[1])),
+        )
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def rows(self) -> Tensor:
+        """(n, 6) rows `[x1, y1, x2, y2, score, class]`, the format of `postprocess.non_max_suppression`."""
+        return torch.cat((self.boxes, self.scores[:, None], self.class_ids[:, None].float()), 1)
+
+    def to_coco(
+        self, image_id: int, category_ids: Sequence[int] | None = None, file_name: str | None = None
+    ) -> list[dict]:
+        """COCO result dicts (bbox = [x, y, w, h] rounded to 3 decimals, score to 5, like val.py), plus the
+        class name and, when given, the file name. `category_ids` maps class index -> dataset category id."""
+        records = []
+        for (x1, y1, x2, y2), score, class_id, name in zip(
+            self.boxes.tolist(), self.scores.tolist(), self.class_ids.tolist(), self.class_names
+        ):
+            record = {
+                "image_id": int(image_id),
+                "category_id": int(category_ids[class_id]) if category_ids is not None else int(class_id),
+                "category_name": name,
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(score, 5),
+            }
+            if file_name is not None:
+                record["file_name"] = file_name
+            records.append(record)
+        return records
+
+
+def class_name(class_id: int, names: Sequence[str] | None) -> str:
+    return str(names[class_id]) if names is not None and 0 <= class_id < len(names) else str(class_id)

@@ -1,0 +1,267 @@
+"""ONNX export of the deployable detector (auxiliary branch stripped, BN folded, RepConvN merged).
+
+Two output forms:
+
+* raw (default): `predictions` (B, 4 + nc, N), xywh in input pixels + class probabilities, exactly
+  `Detector.predict_raw`; NMS is left to the runtime (NMS-free graph, any backend runs it).
+* `nms=True`: `detections` (K, 7) rows `[batch_index, x1, y1, x2, y2, score, class]` in input pixels, grouped by
+  image and sorted by score, at most `max_det` per image; NMS is the standard ONNX `NonMaxSuppression` operator.
+
+Input `images`: float32 (B, 3, H, W) RGB in [0, 1], letterboxed like `Predictor.preprocess`. The legacy TorchScript
+exporter is used (`dynamo=False`): the torch.export one needs `onnxscript`, which is not a dependency.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
+from pgi_detect.postprocess import NMS_DETECT
+
+DEFAULT_OPSET = 17
+
+
+class RawOutput(nn.Module):
+    """Export wrapper: images -> decoded predictions (B, 4 + nc, N)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.detector.predict_raw(images)
+
+
+class OnnxNonMaxSuppression(torch.autograd.Function):
+    """ONNX `NonMaxSuppression` (center_point_box=1, xywh boxes) with an equivalent eager implementation, so the
+    traced graph contains the standard operator and the eager result can be compared with onnxruntime.
+
+    boxes (B, N, 4) xywh, scores (B, C, N) -> selected (K, 3) int64 `[batch, class, box]`, ordered by batch, then
+    class, then decreasing score; per (batch, class) at most `max_per_class` boxes with score > `score_threshold`.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
+                score_threshold: float) -> Tensor:
+        from torchvision.ops import box_convert, nms
+
+        selected = []
+        xyxy = box_convert(boxes, "cxcywh", "xyxy")
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                candidates = (scores[b, c] > score_threshold).nonzero().flatten()
+                keep = candidates[nms(xyxy[b, candidates], scores[b, c, candidates], iou_threshold)][:max_per_class]
+                index = torch.stack((torch.full_like(keep, b), torch.full_like(keep, c), keep), 1)
+                selected.append(index)
+        return torch.cat(selected) if selected else torch.zeros(0, 3, dtype=torch.long)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+        def constant(value: Tensor):
+            return g.op("Constant", value_t=value)
+
+        return g.op(
+            "NonMaxSuppression", boxes, scores,
+            constant(torch.tensor([max_per_class], dtype=torch.long)),
+            constant(torch.tensor([iou_threshold], dtype=torch.float32)),
+            constant(torch.tensor([score_threshold], dtype=torch.float32)),
+            center_point_box_i=1,
+        )
+
+
+class NMSOutput(nn.Module):
+    """Export wrapper: images -> (K, 7) detections `[batch_index, x1, y1, x2, y2, score, class]`.
+
+    Same selection rule as `postprocess.non_max_suppression`: single-label keeps each anchor's best class only,
+    multi-label every (anchor, class) pair above `conf`; per-class NMS at `iou`; first `max_det` per image by
+    score. Unlike it there is no `max_nms` pre-cap of 30000 candidates (irrelevant at detection thresholds).
+    """
+
+    def __init__(self, detector: nn.Module, conf: float, iou: float, max_det: int, multi_label: bool) -> None:
+        super().__init__()
+        self.detector = detector
+        self.conf, self.iou, self.max_det, self.multi_label = float(conf), float(iou), int(max_det), multi_label
+
+    def forward(self, images: Tensor) -> Tensor:
+        pred = self.detector.predict_raw(images)
+        boxes_xywh, scores = pred[:, :4].transpose(1, 2), pred[:, 4:]  # (B, N, 4), (B, C, N)
+        if not self.multi_label:
+            best = scores.argmax(1, keepdim=True)
+            classes = torch.arange(scores.shape[1], device=scores.device)[None, :, None]
+            scores = scores * (classes == best).to(scores.dtype)
+        selected = OnnxNonMaxSuppression.apply(boxes_xywh.contiguous(), scores.contiguous(), self.max_det,
+                                               self.iou, self.conf)
+        batch_index, class_index, box_index = selected[:, 0], selected[:, 1], selected[:, 2]
+        score = scores[batch_index, class_index, box_index]
+        xywh = boxes_xywh[batch_index, box_index]
+        xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+        # Group by image, best score first (scores lie in [0, 1], so batch * 2 - score orders both at once).
+        order = torch.argsort(batch_index.to(score.dtype) * 2 - score)
+        batch_index, class_index, score, xyxy = batch_index[order], class_index[order], score[order], xyxy[order]
+        # Rank within its image = position - number of rows of earlier images.
+        images_in_batch = torch.arange(images.shape[0], device=images.device)
+        per_image = (batch_index[:, None] == images_in_batch[None, :]).to(torch.long).sum(0)
+        first_row = torch.cumsum(per_image, 0) - per_image
+        rank = torch.arange(batch_index.shape[0], device=images.device) - first_row[batch_index]
+        keep = rank < self.max_det
+        rows = torch.cat(
+            (batch_index[:, None].to(score.dtype), xyxy, score[:, None], class_index[:, None].to(score.dtype)), 1
+        )
+        return rows[keep]
+
+
+def _image_shape(img_size: int | Sequence[int], stride: int) -> tuple[int, int]:
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    return math.ceil(height / stride) * stride, math.ceil(width / stride) * stride
+
+
+def export_onnx(
+    detector: nn.Module,
+    path: str | Path,
+    img_size: int | Sequence[int] = 640,
+    *,
+    dynamic_batch: bool = True,
+    dynamic_shape: bool = False,
+    batch_size: int = 1,
+    opset: int = DEFAULT_OPSET,
+    nms: bool = False,
+    conf: float = NMS_DETECT.conf_thres,
+    iou: float = NMS_DETECT.iou_thres,
+    max_det: int = NMS_DETECT.max_det,
+    multi_label: bool = False,
+    class_names: Sequence[str] | None = None,
+    prepare: bool = True,
+) -> Path:
+    """Write `detector` as ONNX to `path` and return it.
+
+    `prepare=True` exports a stripped + fused eval copy (the caller's model is untouched). `img_size` is the traced
+    input size (int or (h, w), rounded up to multiples of 32); `dynamic_batch` / `dynamic_shape` make the batch /
+    height and width symbolic. Class names, strides and the output format are stored as ONNX metadata.
+    """
+    if opset < DEFAULT_OPSET:
+        raise ValueError(f"opset {opset} is not supported; use {DEFAULT_OPSET} or newer")
+    model = inference_copy(detector) if prepare else detector.eval()
+    stride = int(max(getattr(model, "strides", (32,))))
+    height, width = _image_shape(img_size, stride)
+    wrapper = NMSOutput(model, conf, iou, max_det, multi_label) if nms else RawOutput(model)
+    wrapper = wrapper.eval()
+    output_name = "detections" if nms else "predictions"
+    axes: dict[str, dict[int, str]] = {"images": {}, output_name: {}}
+    if dynamic_batch:
+        axes["images"][0] = "batch"
+        if not nms:
+            axes[output_name][0] = "batch"
+    if dynamic_shape:
+        axes["images"].update({2: "height", 3: "width"})
+        if not nms:
+            axes[output_name][2] = "anchors"
+    if nms:
+        axes[output_name][0] = "detections"
+    dummy = torch.rand(batch_size, 3, height, width)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
+        torch.onnx.export(
+            wrapper, (dummy,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
+            output_names=[output_name], dynamic_axes={k: v for k, v in axes.items() if v}, do_constant_folding=True,
+        )
+    _write_metadata(path, {
+        "format": "nms" if nms else "raw",
+        "output": "(K, 7) [batch, x1, y1, x2, y2, score, class]" if nms else "(B, 4+nc, N) [cx, cy, w, h, scores...]",
+        "stride": str(stride),
+        "img_size": json.dumps([height, width]),
+        "num_classes": str(getattr(model, "num_classes", "")),
+        "names": json.dumps(list(class_names) if class_names is not None else None),
+    })
+    return path
+
+
+def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def run_onnx(path: str | Path, images: Tensor) -> Tensor:
+    """Run an exported model with onnxruntime (CPU) on float images (B, 3, H, W); returns its single output."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # No busy-waiting between runs: spinning ORT threads would starve PyTorch's threads in the same process.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"images": images.detach().cpu().float().numpy()})
+    return torch.from_numpy(output)
+
+
+def verify_onnx(path: str | Path, detector: nn.Module, images: Tensor, prepare: bool = True) -> float:
+    """Max absolute difference between onnxruntime and PyTorch raw predictions on `images` (raw exports)."""
+    model = inference_copy(detector) if prepare else detector.eval()
+    with torch.no_grad():
+        expected = model.predict_raw(images.float())
+    return float((run_onnx(path, images) - expected).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgi-detect export", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="DetectionTask .ckpt or a converted official checkpoint")
+    source.add_argument("--model", help="zoo name: export an untrained model (for deployment tests)")
+    parser.add_argument("--num-classes", type=int, default=80, help="with --model")
+    parser.add_argument("--output", help="target .onnx (default: next to the checkpoint, or <model>.onnx)")
+    parser.add_argument("--img-size", type=int, nargs="+", default=[640], help="traced size: S or H W")
+    parser.add_argument("--batch-size", type=int, default=1, help="traced batch size")
+    parser.add_argument("--static-batch", action="store_true", help="fix the batch dimension")
+    parser.add_argument("--dynamic-shape", action="store_true", help="symbolic height and width")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--nms", action="store_true", help="include NMS; output (K, 7) detections")
+    parser.add_argument("--conf", type=float, default=NMS_DETECT.conf_thres)
+    parser.add_argument("--iou", type=float, default=NMS_DETECT.iou_thres)
+    parser.add_argument("--max-det", type=int, default=NMS_DETECT.max_det)
+    parser.add_argument("--multi-label", action="store_true")
+    parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch (raw export)")
+    return parser
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """`pgi-detect export ...`: load a checkpoint (or build a zoo model) and write ONNX. Returns the exit status
+    (the console script passes it to sys.exit)."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.checkpoint:
+        loaded = load_for_inference(args.checkpoint)
+        detector, names = loaded.detector, loaded.class_names
+        output = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
+    else:
+        from pgi_detect.models import build_model
+
+        detector, names = build_model(args.model, num_classes=args.num_classes), None
+        output = Path(args.output or f"{args.model}.onnx")
+    img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size[:2])
+    path = export_onnx(
+        detector, output, img_size, dynamic_batch=not args.static_batch, dynamic_shape=args.dynamic_shape,
+        batch_size=args.batch_size, opset=args.opset, nms=args.nms, conf=args.conf, iou=args.iou,
+        max_det=args.max_det, multi_label=args.multi_label, class_names=names,
+    )
+    print(f"exported {path} ({'NMS inside' if args.nms else 'raw predictions'}, opset {args.opset})")
+    if args.verify and not args.nms:
+        height, width = _image_shape(img_size, int(max(getattr(detector, "strides", (32,)))))
+        with contextlib.suppress(ImportError):
+            diff = verify_onnx(path, detector, torch.rand(max(args.batch_size, 1), 3, height, width))
+            print(f"onnxruntime vs PyTorch: max abs difference {diff:.3g}")
+    return 0

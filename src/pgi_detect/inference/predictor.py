@@ -1,0 +1,145 @@
+"""`Predictor`: the Python inference API. Letterbox a batch, run the stripped + fused detector once, NMS, and map
+boxes back to original pixels."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
+from pgi_detect.inference.detections import Detections
+from pgi_detect.inference.sources import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
+from pgi_detect.postprocess import NMS_DETECT, non_max_suppression, scale_boxes
+
+
+@dataclass(frozen=True)
+class LetterboxMeta:
+    """How one image was placed into the network input: original = (letterboxed - pad) / gain."""
+
+    orig_shape: tuple[int, int]  # (h, w)
+    gain: tuple[float, float]  # (x, y)
+    pad: tuple[float, float]  # (x, y)
+
+
+def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize keeping the aspect ratio (up or down) and pad with grey 114 to (size, size), like detect.py with a
+    square input; returns (image, gain (x, y), pad (x, y))."""
+    from pgi_detect.data.augment import letterbox
+
+    return letterbox(image, (size, size))
+
+
+class Predictor:
+    """Run a detector on images and return `Detections` in original-image pixels.
+
+    Args:
+        detector: a `pgi_detect` Detector (any branch count). With `prepare=True` (default) a stripped, fused,
+            eval-mode copy is made, so the caller's (training) model is untouched.
+        class_names: names indexed by class id (optional).
+        img_size: square network input side; rounded up to a multiple of the largest stride (32).
+        conf, iou, max_det, multi_label, classes: NMS settings; the defaults are detect.py's (0.25 / 0.45 /
+            single label), with at most 300 boxes per image.
+        batch_size: images per forward pass when a list or a folder is predicted.
+        device: where the model runs ("cpu", "cuda", "cuda:1", ...).
+        half: run the network in float16 (CUDA only); NMS always runs in float32.
+        channels_last: NHWC memory format for weights and inputs; about 20 % faster on CPU (oneDNN) in our
+            measurement (gelan-t, 640), same results up to float rounding.
+    """
+
+    def __init__(
+        self,
+        detector: nn.Module,
+        class_names: Sequence[str] | None = None,
+        *,
+        img_size: int = 640,
+        conf: float = NMS_DETECT.conf_thres,
+        iou: float = NMS_DETECT.iou_thres,
+        max_det: int = NMS_DETECT.max_det,
+        multi_label: bool = NMS_DETECT.multi_label,
+        classes: Sequence[int] | None = None,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        half: bool = False,
+        channels_last: bool = False,
+        prepare: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.half = bool(half) and self.device.type == "cuda"
+        model = inference_copy(detector) if prepare else detector.eval()
+        model = model.to(self.device)
+        model = model.half() if self.half else model
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
+        self.stride = int(max(getattr(detector, "strides", (32,))))
+        self.img_size = math.ceil(img_size / self.stride) * self.stride
+        self.class_names = list(class_names) if class_names is not None else None
+        self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
+        self.multi_label = bool(multi_label)
+        self.classes = list(classes) if classes is not None else None
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
+        """Load a `DetectionTask` Lightning checkpoint (EMA weights, class names from its hyperparameters) or a
+        converted official checkpoint; keyword arguments go to the constructor (conf, iou, img_size, ...)."""
+        loaded = load_for_inference(path)
+        kwargs.setdefault("class_names", loaded.class_names)
+        return cls(loaded.detector, device=device, **kwargs)
+
+    # ------------------------------------------------------------------ pipeline stages
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[LetterboxMeta]]:
+        """Letterbox RGB uint8 arrays to (img_size, img_size) and stack them as a float batch in [0, 1]."""
+        tensors, metas = [], []
+        for image in images:
+            boxed, gain, pad = letterbox_image(image, self.img_size)
+            tensors.append(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
+            metas.append(LetterboxMeta(orig_shape=tuple(image.shape[:2]), gain=gain, pad=pad))
+        batch = torch.stack(tensors).to(self.device, non_blocking=True)
+        batch = batch.half() if self.half else batch.float()
+        return batch / 255.0, metas
+
+    @torch.no_grad()  # not inference_mode: its tensors (e.g. cached anchors) would break a later training forward
+    def raw_predictions(self, batch: Tensor) -> Tensor:
+        """Decoded network output (B, 4 + nc, N): xywh input pixels + class probabilities (float32)."""
+        return self.model.predict_raw(batch.contiguous(memory_format=self.memory_format)).float()
+
+    def postprocess(self, pred: Tensor, metas: Sequence[LetterboxMeta]) -> list[Detections]:
+        rows = non_max_suppression(pred, self.conf, self.iou, self.multi_label, self.max_det, classes=self.classes)
+        return [
+            Detections.from_rows(scale_boxes(r, meta.gain, meta.pad, meta.orig_shape), meta.orig_shape, self.class_names)
+            for r, meta in zip(rows, metas)
+        ]
+
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detections for RGB uint8 arrays, `batch_size` images per forward pass."""
+        results: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch, metas = self.preprocess(chunk)
+            results.extend(self.postprocess(self.raw_predictions(batch), metas))
+        return results
+
+    # ------------------------------------------------------------------ public entry points
+
+    def __call__(self, images: Source) -> Detections | list[Detections]:
+        """One image (path, RGB array or PIL image) -> `Detections`; a list, folder or video -> a list of
+        `Detections` in source order (one per image / frame)."""
+        if isinstance(images, (np.ndarray, Image.Image)):
+            return self.predict_arrays([to_rgb_array(images)])[0]
+        if isinstance(images, (str, Path)) and is_image_file(Path(images)) and Path(images).is_file():
+            return next(self.stream(images))[1]
+        return [detections for _, detections in self.stream(images)]
+
+    def stream(self, source: Source) -> Iterator[tuple[Frame, Detections]]:
+        """(frame, detections) pairs for any source, reading and predicting `batch_size` frames at a time, so
+        long videos and large folders never sit in memory."""
+        for frames in batched(iter_frames(source), self.batch_size):
+            for frame, detections in zip(frames, self.predict_arrays([f.image for f in frames])):
+                yield frame, detections

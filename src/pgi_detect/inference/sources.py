@@ -1,0 +1,165 @@
+"""Turn whatever the user points prediction at (file, folder, video, array, PIL image, or a list of those) into one
+stream of RGB frames with stable names and image ids, so the predictor and the writers never care where pixels
+came from."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pgi_detect.data.images import IMAGE_SUFFIXES, decode_image, pil_to_rgb8
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+ImageLike = Union[np.ndarray, Image.Image]
+Source = Union[str, Path, ImageLike, Sequence[Union[str, Path, ImageLike]]]
+
+
+@dataclass
+class Frame:
+    """One RGB image to predict on.
+
+    `name` is a file-system-safe label used for output files; `image_id` goes into the COCO JSON. For video frames
+    `video` is the source file, `frame_index` the 0-based frame number and `fps` the source frame rate.
+    """
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    name: str
+    image_id: int
+    path: Path | None = None
+    video: Path | None = None
+    frame_index: int | None = None
+    fps: float | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The original file's name (the video's name for video frames, `name` for in-memory images)."""
+        source = self.video or self.path
+        return source.name if source is not None else self.name
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """A (H, W, 3) uint8 RGB array from an RGB numpy array (HWC, HW gray, or HWC with alpha) or a PIL image."""
+    if isinstance(image, Image.Image):
+        return pil_to_rgb8(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image array, got shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.size and float(array.max()) <= 1.0:
+            array = array * 255.0  # float images in [0, 1]
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Images and videos directly inside `folder`, sorted by name (deterministic ids)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and (is_image_file(p) or is_video_file(p)))
+
+
+def _expand(source: Source) -> list[Any]:
+    """Flatten a source into a list of image paths, video paths and in-memory images."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise FileNotFoundError(f"{path}: no images or videos found (suffixes {IMAGE_SUFFIXES + VIDEO_SUFFIXES})")
+            return found
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if not (is_image_file(path) or is_video_file(path)):
+            raise ValueError(f"{path}: not a known image or video suffix")
+        return [path]
+    if isinstance(source, (np.ndarray, Image.Image)):
+        return [source]
+    items: list[Any] = []
+    for item in source:
+        items.extend(_expand(item))
+    return items
+
+
+def _stem_ids(paths: list[Path]) -> dict[Path, int] | None:
+    """COCO convention (val.py): image_id = int(file stem), used when every still image has a distinct numeric stem."""
+    stems = [p.stem for p in paths]
+    if not paths or not all(s.isdigit() for s in stems) or len(set(stems)) != len(stems):
+        return None
+    return {p: int(p.stem) for p in paths}
+
+
+def iter_video(path: Path, first_id: int = 0) -> Iterator[Frame]:
+    """Decode a video with OpenCV, one RGB Frame per video frame."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot open this video")
+    fps = float(capture.get(cv2.CAP_PROP_FPS)) or 25.0
+    try:
+        index = 0
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            yield Frame(
+                image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), name=f"{path.stem}_{index:06d}", image_id=first_id + index,
+                video=path, frame_index=index, fps=fps,
+            )
+            index += 1
+    finally:
+        capture.release()
+
+
+def iter_frames(source: Source) -> Iterator[Frame]:
+    """Frames of a source in order: still images get `int(stem)` ids when all stems are distinct numbers (COCO),
+    otherwise running ids; video frames and in-memory images always take running ids after them."""
+    items = _expand(source)
+    stills = [item for item in items if isinstance(item, Path) and is_image_file(item)]
+    stem_ids = _stem_ids(stills)
+    next_id = (max(stem_ids.values()) + 1) if stem_ids else 0
+    for position, item in enumerate(items):
+        if isinstance(item, Path) and is_video_file(item):
+            count = 0
+            for frame in iter_video(item, first_id=next_id):
+                count += 1
+                yield frame
+            next_id += count
+        elif isinstance(item, Path):
+            image_id = stem_ids[item] if stem_ids else next_id
+            if not stem_ids:
+                next_id += 1
+            yield Frame(image=decode_image(item), name=item.stem, image_id=image_id, path=item)
+        else:
+            yield Frame(image=to_rgb_array(item), name=f"image_{position:06d}", image_id=next_id)
+            next_id += 1
+
+
+def batched(frames: Iterable[Frame], batch_size: int) -> Iterator[list[Frame]]:
+    """Group a frame stream into lists of at most `batch_size` (the last one may be shorter)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

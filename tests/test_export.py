@@ -1,0 +1,116 @@
+"""ONNX export checked with onnxruntime against PyTorch: raw output (dynamic batch, dynamic H/W), NMS inside, CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from pgi_detect.inference.export import NMSOutput, export_main, export_onnx, run_onnx
+from pgi_detect.models import build_model
+from pgi_detect.postprocess import non_max_suppression
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a shared 2-core VM can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def yolov9_t() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("yolov9-t", num_classes=3)  # dual branch: export must strip it
+
+
+@pytest.fixture(scope="module")
+def raw_dynamic_onnx(yolov9_t: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "raw.onnx"
+    return export_onnx(yolov9_t, path, 64, dynamic_batch=True, dynamic_shape=True, class_names=["a", "b", "c"])
+
+
+def reference(detector: nn.Module, images: Tensor) -> Tensor:
+    with torch.no_grad():
+        return detector.eval().predict_raw(images)
+
+
+@pytest.mark.parametrize("batch, height, width", [(1, 64, 64), (2, 64, 64), (2, 96, 128)])
+def test_raw_export_matches_pytorch(
+    yolov9_t: nn.Module, raw_dynamic_onnx: Path, batch: int, height: int, width: int
+) -> None:
+    images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
+    expected = reference(yolov9_t, images)  # unfused dual model, main branch
+    actual = run_onnx(raw_dynamic_onnx, images)
+    assert actual.shape == expected.shape == (batch, 4 + 3, (height * width) * (1 / 64 + 1 / 256 + 1 / 1024))
+    assert torch.allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_export_stores_metadata_and_leaves_model_untouched(yolov9_t: nn.Module, raw_dynamic_onnx: Path) -> None:
+    metadata = {p.key: p.value for p in onnx.load(str(raw_dynamic_onnx)).metadata_props}
+    assert metadata["format"] == "raw" and json.loads(metadata["names"]) == ["a", "b", "c"]
+    assert metadata["stride"] == "32" and json.loads(metadata["img_size"]) == [64, 64]
+    assert yolov9_t.num_branches == 2 and not yolov9_t.fused
+    graph = onnx.load(str(raw_dynamic_onnx)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not any(node.op_type == "BatchNormalization" for node in graph.node)  # fused
+
+
+class PlantedPredictions(nn.Module):
+    """A stand-in detector returning the golden NMS input, its class scores scaled per image by the first pixel,
+    so every image of a batch gets a different detection set."""
+
+    strides = (8, 16, 32)
+
+    def __init__(self, pred: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("pred", pred[:1].clone())
+
+    def predict_raw(self, images: Tensor) -> Tensor:
+        pred = self.pred.expand(images.shape[0], -1, -1)
+        return torch.cat((pred[:, :4], pred[:, 4:] * images[:, :1, 0, 0, None]), 1)
+
+
+@pytest.mark.parametrize("multi_label, conf, iou", [(False, 0.25, 0.45), (True, 0.05, 0.7)])
+def test_nms_export_matches_non_max_suppression(
+    golden_dir: Path, tmp_path: Path, multi_label: bool, conf: float, iou: float
+) -> None:
+    planted = PlantedPredictions(torch.load(golden_dir / "nms_golden.pt", weights_only=True)["pred"])
+    path = export_onnx(planted, tmp_path / "nms.onnx", 64, nms=True, prepare=False, conf=conf, iou=iou,
+                       max_det=15, multi_label=multi_label)
+    images = torch.rand(3, 3, 64, 64)
+    images[:, 0, 0, 0] = torch.tensor([1.0, 0.9, 0.6])
+    rows = run_onnx(path, images)
+    expected = non_max_suppression(planted.predict_raw(images), conf, iou, multi_label, max_det=15)
+    assert torch.equal(rows, NMSOutput(planted, conf, iou, 15, multi_label)(images))  # eager == runtime
+    for index, image_rows in enumerate(expected):
+        assert len(image_rows) > 0
+        assert torch.allclose(rows[rows[:, 0] == index, 1:], image_rows, atol=1e-5)
+
+
+def test_nms_export_of_real_model_runs_with_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    detector = build_model("gelan-t", num_classes=2)
+    path = export_onnx(detector, tmp_path / "gelan_nms.onnx", 64, nms=True, conf=1e-6, max_det=7)
+    images = torch.rand(2, 3, 64, 64)
+    rows = run_onnx(path, images)
+    expected = non_max_suppression(reference(detector, images), 1e-6, 0.45, False, max_det=7)
+    for index, image_rows in enumerate(expected):
+        assert 0 < len(image_rows) <= 7
+        assert torch.allclose(rows[rows[:, 0] == index, 1:], image_rows, atol=1e-3)
+
+
+def test_cli_export_static_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "cli.onnx"
+    assert export_main(["--model", "gelan-t", "--num-classes", "2", "--img-size", "64", "96", "--static-batch",
+                 "--batch-size", "2", "--output", str(output), "--verify"]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    dims = onnx.load(str(output)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, 64, 96]

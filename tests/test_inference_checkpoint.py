@@ -1,0 +1,110 @@
+"""Predictor.from_checkpoint on a real DetectionTask checkpoint: same weights, class names, stripped and fused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from pgi_detect.inference import Predictor, load_for_inference
+from pgi_detect.training import DetectionTask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a shared 2-core VM can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save_task_checkpoint(task: DetectionTask, path: Path) -> Path:
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def yolov9_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[DetectionTask, Path]:
+    torch.manual_seed(0)
+    task = DetectionTask("yolov9-t", num_classes=2, class_names=["ball", "cup"])
+    with torch.no_grad():  # move away from the initial weights so a failed load would show
+        for parameter in task.detector.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+    path = save_task_checkpoint(task, tmp_path_factory.mktemp("ckpt") / "task.ckpt")
+    return task, path
+
+
+def test_checkpoint_loads_weights_and_names(yolov9_checkpoint: tuple[DetectionTask, Path]) -> None:
+    task, path = yolov9_checkpoint
+    loaded = load_for_inference(path)
+    assert loaded.class_names == ["ball", "cup"] and loaded.model_name == "yolov9-t"
+    for (name, expected), actual in zip(task.detector.state_dict().items(), loaded.detector.state_dict().values()):
+        assert torch.equal(expected, actual), name
+
+
+def test_predictor_runs_stripped_fused_main_branch(yolov9_checkpoint: tuple[DetectionTask, Path]) -> None:
+    task, path = yolov9_checkpoint
+    predictor = Predictor.from_checkpoint(path, conf=0.3, iou=0.5, img_size=64)
+    assert predictor.class_names == ["ball", "cup"]
+    assert predictor.conf == 0.3 and predictor.iou == 0.5
+    assert predictor.model.num_branches == 1 and predictor.model.fused and not predictor.model.training
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = task.detector.eval().predict_raw(images)  # the unfused dual model's main output
+    assert torch.allclose(predictor.raw_predictions(images), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_detect_command_writes_outputs(yolov9_checkpoint: tuple[DetectionTask, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pgi_detect.inference.cli import detect
+
+    _, path = yolov9_checkpoint
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / name)
+    run = detect(["--checkpoint", str(path), "--source", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                       "--output", str(tmp_path / "out"), "--img-size", "64", "--conf", "1e-6", "--max-det", "5"])
+    records = json.loads(run.json_path.read_text())
+    assert run.frames == 2 and len(records) == run.detections == 10
+    assert {r["file_name"] for r in records} == {"a.png", "b.png"}
+    assert {r["category_name"] for r in records} <= {"ball", "cup"}
+    assert sorted(p.name for p in run.images) == ["a.jpg", "b.jpg"]
+
+
+def test_write_task_predictions_matches_predict_step_format(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pgi_detect.inference import write_task_predictions
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "000000000009.jpg")
+    item = {"image_id": 9, "path": str(tmp_path / "000000000009.jpg"), "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0]]),
+            "scores": torch.tensor([0.5]), "classes": torch.tensor([1]), "class_names": ["cup"]}
+    run = write_task_predictions([item], tmp_path / "out", category_ids=[3, 7])
+    (record,) = json.loads(run.json_path.read_text())
+    assert record == {"image_id": 9, "category_id": 7, "category_name": "cup", "bbox": [1.0, 2.0, 10.0, 20.0],
+                      "score": 0.5, "file_name": "000000000009.jpg"}
+    assert run.images[0].is_file()
+
+
+def test_converted_official_file_loads(tmp_path: Path) -> None:
+    from pgi_detect.models import build_model, save_detector
+
+    torch.manual_seed(1)
+    detector = build_model("gelan-t", num_classes=4).eval()
+    save_detector(detector, tmp_path / "converted.pt")
+    predictor = Predictor.from_checkpoint(tmp_path / "converted.pt", img_size=64)
+    assert predictor.class_names is None and predictor.model.fused
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = detector.predict_raw(images)
+    assert torch.allclose(predictor.raw_predictions(images), expected, atol=1e-4, rtol=1e-4)
