@@ -1,0 +1,136 @@
+"""COCO box mAP with faster-coco-eval (default) or pycocotools, behind one function.
+
+Both backends get the same plain-dict ground truth and detections, so results are comparable; faster-coco-eval is
+the default because it is several times faster on large validation sets (scripts/bench_eval.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Backend = Literal["faster", "pycocotools"]
+
+# Order of COCOeval.stats for iouType='bbox'.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def coco_dataset_dict(gt: Any) -> dict:
+    """The raw annotation dict behind a pycocotools or faster-coco-eval COCO object (or a dict / json path)."""
+    if isinstance(gt, dict):
+        return gt
+    if isinstance(gt, (str, Path)):
+        return json.loads(Path(gt).read_text())
+    dataset = getattr(gt, "dataset", None)
+    if not isinstance(dataset, dict):
+        raise TypeError(f"cannot read a COCO annotation dict from {type(gt).__name__}")
+    return dataset
+
+
+def _backend_classes(backend: Backend) -> tuple[type, type]:
+    if backend == "faster":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, COCOeval_faster
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    raise ValueError(f"unknown COCO evaluation backend {backend!r}; use 'faster' or 'pycocotools'")
+
+
+def _build_gt(coco_cls: type, dataset: dict) -> Any:
+    """Index a ground-truth dict with the backend's own COCO class (both accept an empty constructor)."""
+    gt = coco_cls()
+    gt.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def evaluate_detections(
+    gt: Any,
+    detections: Sequence[dict],
+    backend: Backend = "faster",
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, float]:
+    """Score COCO-format box detections against ground truth; returns AP, AP50, AP75, APs, APm, APl (+ AR*).
+
+    `gt` is a COCO object of either backend, an annotation dict or a json path. `image_ids` restricts the evaluation
+    to the images actually predicted (like val.py does); by default every ground-truth image counts. Detections must
+    use dataset category ids and `bbox = [x, y, w, h]` in original image pixels.
+    """
+    dataset = coco_dataset_dict(gt)
+    coco_cls, eval_cls = _backend_classes(backend)
+    gt_api = _build_gt(coco_cls, dataset)
+    ids = sorted({int(i) for i in image_ids}) if image_ids is not None else sorted(gt_api.getImgIds())
+    stats = {name: 0.0 for name in STAT_NAMES}
+    if not detections or not ids:
+        # Nothing predicted: AP is 0 (pycocotools would crash on an empty result list).
+        return stats
+    dets = [dict(d) for d in detections]  # loadRes adds keys in place
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt_api = gt_api.loadRes(dets)
+        kwargs = {"print_function": lambda *a, **k: None} if backend == "faster" else {}
+        evaluator = eval_cls(gt_api, dt_api, "bbox", **kwargs)
+        evaluator.params.imgIds = ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    values = np.asarray(evaluator.stats, dtype=np.float64)[: len(STAT_NAMES)]
+    # COCOeval reports -1 for "no ground truth in this area range"; treat as 0 for logging.
+    return {name: float(max(v, 0.0)) for name, v in zip(STAT_NAMES, values)}
+
+
+def rows_to_coco(per_image: Mapping[int, np.ndarray | torch.Tensor], category_ids: Sequence[int] | None = None) -> list[dict]:
+    """COCO result dicts from per-image `[x1, y1, x2, y2, score, class, ...]` rows in original pixels.
+
+    bbox = [x, y, w, h] rounded to 3 decimals and score to 5, like the official val.py; `category_ids` maps the
+    contiguous class index to the dataset category id (identity when None).
+    """
+    detections = []
+    for image_id, rows in per_image.items():
+        values = rows.tolist() if hasattr(rows, "tolist") else list(rows)
+        for x1, y1, x2, y2, score, cls, *_ in values:
+            index = int(cls)
+            detections.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[index]) if category_ids is not None else index,
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(score, 5),
+                }
+            )
+    return detections
+
+
+def predictions_to_coco(
+    boxes_xyxy: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    image_id: int,
+    category_ids: Sequence[int] | None = None,
+) -> list[dict]:
+    """One image's detections (original pixels) as COCO result dicts."""
+    rows = torch.cat([boxes_xyxy.float(), scores.float()[:, None], classes.float()[:, None]], dim=1)
+    return rows_to_coco({int(image_id): rows.detach().cpu().double()}, category_ids)
+
+
+def write_detections_json(detections: Sequence[dict], path: str | Path) -> Path:
+    """Write COCO results json (dataset category ids), the file format accepted by the COCO evaluation server."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(detections)))
+    return path
+
+
+def fitness(metrics: dict[str, float]) -> float:
+    """Checkpoint-selection score of the official recipe: 0.1·mAP50 + 0.9·mAP50-95."""
+    return 0.1 * metrics["AP50"] + 0.9 * metrics["AP"]

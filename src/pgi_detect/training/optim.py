@@ -1,0 +1,159 @@
+"""Optimizer construction and the learning-rate / momentum schedule of the official YOLOv9 recipe.
+
+Pure PyTorch (no Lightning): parameter groups, weight-decay scaling with the nominal batch of 64, gradient
+accumulation, and the per-iteration warmup followed by a per-epoch linear or cosine decay.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+OptimizerName = Literal["sgd", "adamw"]
+DecayName = Literal["linear", "cosine", "flat"]
+
+NOMINAL_BATCH_SIZE = 64
+
+# Every normalisation layer whose affine weight must not be decayed (BatchNorm/SyncBatchNorm/InstanceNorm share
+# _NormBase; LayerNorm and GroupNorm do not).
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def accumulate_steps(global_batch_size: int, nominal_batch_size: int = NOMINAL_BATCH_SIZE) -> int:
+    """Batches per optimizer step so one step sees ~`nominal_batch_size` images: max(round(64 / bs), 1).
+
+    Python rounds half to even like the reference, so bs 128 gives 1 (round(0.5) == 0).
+    """
+    if global_batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {global_batch_size}")
+    return max(round(nominal_batch_size / global_batch_size), 1)
+
+
+def scaled_weight_decay(
+    weight_decay: float, global_batch_size: int, accumulate: int, nominal_batch_size: int = NOMINAL_BATCH_SIZE
+) -> float:
+    """Weight decay scaled by the images per optimizer step relative to the nominal batch (bs·accumulate/64).
+
+    Reproduces the reference including its quirk: 5e-4 becomes 1e-3 at batch 128 (accumulate 1).
+    """
+    return weight_decay * global_batch_size * accumulate / nominal_batch_size
+
+
+def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """Split parameters like the reference: (biases, weights to decay, norm-layer weights).
+
+    Every `bias` parameter goes to group 0, weights of normalisation layers to group 2, and all other parameters
+    (conv/linear weights, including frozen ones such as the DFL projection) to group 1.
+    """
+    biases: list[nn.Parameter] = []
+    decayed: list[nn.Parameter] = []
+    norm_weights: list[nn.Parameter] = []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name == "bias":
+                biases.append(param)
+            elif name == "weight" and isinstance(module, _NORM_TYPES):
+                norm_weights.append(param)
+            else:
+                decayed.append(param)
+    return biases, decayed, norm_weights
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: OptimizerName = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.937,
+    weight_decay: float = 5e-4,
+) -> torch.optim.Optimizer:
+    """Optimizer over the three parameter groups in reference order [biases, decayed weights, norm weights].
+
+    `weight_decay` is applied to group 1 only and should already be scaled (`scaled_weight_decay`). For AdamW,
+    `momentum` is used as beta1 so that the momentum warmup still applies.
+    """
+    biases, decayed, norm_weights = parameter_groups(model)
+    groups = [
+        {"params": biases, "weight_decay": 0.0},
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": norm_weights, "weight_decay": 0.0},
+    ]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+
+
+def lr_factor(epoch: int, epochs: int, lrf: float, decay: DecayName = "linear") -> float:
+    """Multiplier of the base lr during `epoch` (0-based): linear (1-e/E)(1-lrf)+lrf, cosine to lrf, or flat 1."""
+    if decay == "linear":
+        return (1.0 - epoch / epochs) * (1.0 - lrf) + lrf
+    if decay == "cosine":
+        return lrf + (1.0 - lrf) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+    if decay == "flat":
+        return 1.0
+    raise ValueError(f"unknown lr decay {decay!r}; use 'linear', 'cosine' or 'flat'")
+
+
+def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, min_iterations: int = 100) -> int:
+    """Warmup length in batches: max(round(warmup_epochs · nb), 100); 0 disables warmup entirely."""
+    if warmup_epochs <= 0:
+        return 0
+    return max(round(warmup_epochs * batches_per_epoch), min_iterations)
+
+
+@dataclass(frozen=True)
+class RecipeSchedule:
+    """Learning rate and momentum of each parameter group as a pure function of (iteration, epoch).
+
+    `iteration` counts training batches since the start of training (not optimizer steps), like the reference's
+    `ni`. During the first `warmup_iters` batches the bias lr falls from `warmup_bias_lr` and the other lrs rise from
+    0 to the epoch's lr, and momentum rises from `warmup_momentum`; afterwards lr = lr0 · lr_factor(epoch). Being
+    stateless, it resumes exactly from a checkpoint's epoch and step without a scheduler state.
+    """
+
+    lr0: float = 0.01
+    lrf: float = 0.01
+    epochs: int = 500
+    decay: DecayName = "linear"
+    momentum: float = 0.937
+    warmup_iters: int = 0
+    warmup_bias_lr: float = 0.1
+    warmup_momentum: float = 0.8
+
+    def epoch_lr(self, epoch: int) -> float:
+        return self.lr0 * lr_factor(epoch, self.epochs, self.lrf, self.decay)
+
+    def in_warmup(self, iteration: int) -> bool:
+        return self.warmup_iters > 0 and iteration <= self.warmup_iters
+
+    def lr(self, group_index: int, iteration: int, epoch: int) -> float:
+        target = self.epoch_lr(epoch)
+        if not self.in_warmup(iteration):
+            return target
+        start = self.warmup_bias_lr if group_index == 0 else 0.0
+        return float(np.interp(iteration, [0, self.warmup_iters], [start, target]))
+
+    def momentum_at(self, iteration: int) -> float:
+        if not self.in_warmup(iteration):
+            return self.momentum
+        return float(np.interp(iteration, [0, self.warmup_iters], [self.warmup_momentum, self.momentum]))
+
+    def apply(self, optimizer: torch.optim.Optimizer, iteration: int, epoch: int) -> None:
+        """Write this iteration's lr and momentum (beta1 for Adam-style optimizers) into every group."""
+        momentum = self.momentum_at(iteration)
+        for index, group in enumerate(optimizer.param_groups):
+            group["lr"] = self.lr(index, iteration, epoch)
+            if "betas" in group:
+                group["betas"] = (momentum, group["betas"][1])
+            elif "momentum" in group:
+                group["momentum"] = momentum

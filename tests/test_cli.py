@@ -1,0 +1,126 @@
+"""The `pgi-detect` entry point: every experiment YAML parses, `# extends:` chains, links from the datamodule,
+and the extra subcommands delegate."""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgi_detect.main import build_cli, config_chain, expand_config_args, main
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml"))
+COCO_EXPERIMENTS = [p for p in EXPERIMENTS if p.name.endswith("-coco.yaml")]
+
+
+def resolved_config(*args: str) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as stop:
+        main(["fit", *args, "--print_config"])
+    assert stop.value.code in (0, None)
+    return yaml.safe_load(out.getvalue())
+
+
+def test_all_ten_coco_experiments_exist():
+    names = {p.name for p in COCO_EXPERIMENTS}
+    assert names == {f"{f}-{s}-coco.yaml" for f in ("gelan", "yolov9") for s in "tsmce"}
+
+
+@pytest.mark.parametrize("path", COCO_EXPERIMENTS, ids=lambda p: p.stem)
+def test_coco_experiment_resolves_to_the_recipe(path):
+    config = resolved_config("--config", str(path))
+    name = path.stem.removesuffix("-coco")
+    assert config["model"]["model"] == name
+    assert config["data"]["batch_size"] == (32 if name.startswith("gelan") else 16)  # README single-GPU batches
+    assert config["data"]["train"] == "data/coco/annotations/instances_train2017.json"
+    trainer = config["trainer"]
+    assert trainer["max_epochs"] == 500 and trainer["precision"] == "16-mixed"
+    assert trainer["default_root_dir"] == f"runs/{name}-coco"
+    assert trainer["logger"]["class_path"].endswith("WandbLogger")
+    assert trainer["logger"]["init_args"]["name"] == f"{name}-coco"
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in trainer["callbacks"]}
+    assert callbacks["CloseMosaic"]["close_mosaic"] == 15
+    assert callbacks["ModelEMA"]["decay"] == 0.9999 and callbacks["ModelEMA"]["tau"] == 2000.0
+    assert callbacks["ModelCheckpoint"]["monitor"] == "val/mAP" and callbacks["ModelCheckpoint"]["save_last"]
+    assert {"LearningRateMonitor", "RichProgressBar", "ValidationImageLogger"} <= set(callbacks)
+    model = config["model"]
+    assert (model["optimizer"], model["lr0"], model["momentum"], model["weight_decay"]) == ("sgd", 0.01, 0.937, 5e-4)
+
+
+def test_ddp_config_stacks_on_an_experiment():
+    config = resolved_config("--config", str(REPO / "experiments/yolov9-c-coco.yaml"),
+                             "--config", str(REPO / "experiments/base/ddp.yaml"), "--trainer.devices=4")
+    assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["sync_batchnorm"] is True
+    assert str(config["trainer"]["devices"]) == "4" and config["trainer"]["max_epochs"] == 500
+    assert config["model"]["model"] == "yolov9-c" and config["data"]["rect_val"] is False
+
+
+def test_config_chain_and_cycles(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "a.yaml").write_text("x: 1\n")
+    (tmp_path / "b.yaml").write_text("# extends: base/a.yaml\ny: 2\n")
+    (tmp_path / "c.yaml").write_text("# extends: b.yaml\nz: 3\n")
+    assert config_chain(tmp_path / "c.yaml") == [tmp_path / "base/a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"]
+    assert expand_config_args(["fit", f"--config={tmp_path / 'b.yaml'}", "--x", "3"]) == [
+        "fit", "--config", str(tmp_path / "base/a.yaml"), "--config", str(tmp_path / "b.yaml"), "--x", "3"]
+    (tmp_path / "base" / "a.yaml").write_text("# extends: ../c.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        config_chain(tmp_path / "c.yaml")
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> Path:
+    from pgi_detect.data import make_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_coco(root, num_train=6, num_val=3, img_size=64, seed=0)
+    return root
+
+
+def test_demo_config_instantiates_with_linked_classes(synthetic_data, tmp_path):
+    from pgi_detect.data import SHAPE_CLASSES
+
+    cli = build_cli([
+        "--config", str(REPO / "experiments/demo-synthetic.yaml"),
+        f"--data.train={synthetic_data / 'annotations/instances_train.json'}",
+        f"--data.train_images={synthetic_data / 'images/train'}",
+        f"--data.val={synthetic_data / 'annotations/instances_val.json'}",
+        f"--data.val_images={synthetic_data / 'images/val'}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ], run=False)
+    hparams = cli.model.hparams
+    assert hparams.num_classes == 3 and list(hparams.class_names) == list(SHAPE_CLASSES)
+    assert list(hparams.category_ids) == [1, 2, 3]
+    assert hparams.batch_size == cli.datamodule.batch_size == 16  # linked from data.batch_size
+    assert cli.model.detector.num_classes == 3
+
+
+def test_coco128_config_instantiates_80_classes(coco128_dir, tmp_path):
+    annotations = coco128_dir / "annotations" / "instances_train2017.json"
+    images = coco128_dir / "images" / "train2017"
+    cli = build_cli([
+        "--config", str(REPO / "experiments/gelan-t-coco.yaml"),
+        f"--data.train={annotations}", f"--data.train_images={images}",
+        f"--data.val={annotations}", f"--data.val_images={images}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
+    ], run=False)
+    assert cli.model.hparams.num_classes == 80
+    assert cli.model.hparams.category_ids[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]  # COCO 91-id gaps
+
+
+def test_check_data_subcommand_delegates(synthetic_data, capsys):
+    code = main(["check-data", "--path", str(synthetic_data / "annotations/instances_val.json"),
+                 "--images", str(synthetic_data / "images/val")])
+    assert code == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_export_subcommand_delegates():
+    with pytest.raises(SystemExit) as stop:
+        main(["export", "--help"])
+    assert stop.value.code == 0

@@ -1,0 +1,79 @@
+"""COCO scoring: faster-coco-eval must agree with pycocotools, and the json helpers must be lossless."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from pgi_detect.evaluation import evaluate_detections, fitness, predictions_to_coco, write_detections_json
+
+
+def _load_gt(coco128_dir):
+    return json.loads((coco128_dir / "annotations" / "instances_train2017.json").read_text())
+
+
+def _perturbed_detections(gt: dict, seed: int = 0) -> list[dict]:
+    """Ground-truth boxes jittered, with random scores, some dropped and some false positives added."""
+    rng = random.Random(seed)
+    category_ids = [c["id"] for c in gt["categories"]]
+    dets = []
+    for ann in gt["annotations"]:
+        if rng.random() < 0.15:
+            continue
+        x, y, w, h = ann["bbox"]
+        jitter = [rng.gauss(0, 0.08) for _ in range(4)]
+        box = [x + jitter[0] * w, y + jitter[1] * h, w * (1 + jitter[2]), h * (1 + jitter[3])]
+        category = ann["category_id"] if rng.random() > 0.1 else rng.choice(category_ids)
+        dets.append({"image_id": ann["image_id"], "category_id": category,
+                     "bbox": [round(v, 3) for v in box], "score": round(rng.random(), 5)})
+    images = [img["id"] for img in gt["images"]]
+    for _ in range(200):
+        dets.append({"image_id": rng.choice(images), "category_id": rng.choice(category_ids),
+                     "bbox": [rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(5, 200), rng.uniform(5, 200)],
+                     "score": round(rng.random() * 0.5, 5)})
+    return dets
+
+
+def test_faster_matches_pycocotools(coco128_dir):
+    gt = _load_gt(coco128_dir)
+    dets = _perturbed_detections(gt)
+    fast = evaluate_detections(gt, dets, backend="faster")
+    ref = evaluate_detections(gt, dets, backend="pycocotools")
+    assert 0.2 < ref["AP"] < 0.95  # a non-trivial operating point
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+        assert fast[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
+def test_perfect_detections_score_one(coco128_dir):
+    gt = _load_gt(coco128_dir)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    for backend in ("faster", "pycocotools"):
+        metrics = evaluate_detections(gt, dets, backend=backend)
+        assert metrics["AP"] == pytest.approx(1.0, abs=1e-9)
+        assert metrics["AP50"] == pytest.approx(1.0, abs=1e-9)
+        assert fitness(metrics) == pytest.approx(1.0)
+
+
+def test_image_id_restriction_and_empty(coco128_dir):
+    gt = _load_gt(coco128_dir)
+    subset = sorted({a["image_id"] for a in gt["annotations"]})[:10]
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in gt["annotations"] if a["image_id"] in subset]
+    # Perfect on the subset, but the other 118 images have no detections at all.
+    assert evaluate_detections(gt, dets, image_ids=subset)["AP"] == pytest.approx(1.0)
+    assert evaluate_detections(gt, dets)["AP"] < 0.5
+    assert evaluate_detections(gt, [])["AP"] == 0.0
+
+
+def test_predictions_to_coco_roundtrip(tmp_path):
+    boxes = torch.tensor([[10.0, 20.0, 50.5, 80.25], [0.0, 0.0, 1.23456, 2.0]])
+    scores = torch.tensor([0.9123456, 0.1])
+    classes = torch.tensor([0.0, 2.0])
+    dets = predictions_to_coco(boxes, scores, classes, image_id=7, category_ids=[1, 2, 3])
+    assert dets[0] == {"image_id": 7, "category_id": 1, "bbox": [10.0, 20.0, 40.5, 60.25], "score": 0.91235}
+    assert dets[1]["category_id"] == 3 and dets[1]["bbox"][2] == 1.235
+    path = write_detections_json(dets, tmp_path / "out" / "dets.json")
+    assert json.loads(path.read_text()) == dets

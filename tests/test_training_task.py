@@ -1,0 +1,271 @@
+"""DetectionTask behaviour on a tiny deterministic in-memory dataset: recipe wiring (accumulation, weight decay,
+schedule), float32 loss, non-finite guard, EMA validation, COCO evaluation and exact resume after a kill.
+
+The fakes here (`SquaresDataModule`) are independent of pgi_detect.data so that these tests are deterministic;
+tests/test_training_coco128.py and tests/test_cli.py cover the real data module.
+"""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pgi_detect.training import DetectionTask, ModelEMA
+from pgi_detect.training.optim import parameter_groups, warmup_iterations
+
+COLORS = [(230, 40, 40), (40, 230, 40), (40, 40, 230)]
+CATEGORY_IDS = [10, 20, 30]  # dataset ids differ from the contiguous indices on purpose
+
+
+class SquaresDataset(Dataset):
+    """Coloured squares on grey; the colour is the class. Originals are 2x the network input (scale 0.5)."""
+
+    def __init__(self, count: int, size: int = 64, seed: int = 0, first_id: int = 100) -> None:
+        rng = np.random.default_rng(seed)
+        self.size = size
+        self.items = []
+        for index in range(count):
+            boxes, classes = [], []
+            for _ in range(int(rng.integers(1, 3))):
+                w, h = rng.integers(size // 5, size // 2, 2)
+                x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+                boxes.append([x, y, x + w, y + h])
+                classes.append(int(rng.integers(0, 3)))
+            self.items.append((first_id + index, np.array(boxes, np.float32), np.array(classes)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id, boxes, classes = self.items[index]
+        image = np.full((self.size, self.size, 3), 114, np.uint8)
+        for (x1, y1, x2, y2), cls in zip(boxes.astype(int), classes):
+            image[y1:y2, x1:x2] = COLORS[cls]
+        cxcywh = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
+                           boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1) / self.size
+        return {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "image_id": image_id,
+                "labels": torch.from_numpy(np.concatenate([classes[:, None], cxcywh], 1)).float()}
+
+    def coco(self) -> dict:
+        """Ground truth in original pixels (2x the network input)."""
+        images, annotations = [], []
+        for image_id, boxes, classes in self.items:
+            images.append({"id": image_id, "width": 2 * self.size, "height": 2 * self.size,
+                           "file_name": f"{image_id}.png"})
+            for box, cls in zip(boxes * 2, classes):
+                x1, y1, x2, y2 = box.tolist()
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": CATEGORY_IDS[cls], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                    "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        categories = [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def collate(samples: list[dict]) -> dict:
+    targets = [torch.cat([torch.full((len(s["labels"]), 1), float(i)), s["labels"]], 1) for i, s in enumerate(samples)]
+    size = samples[0]["image"].shape[-1]
+    batch = len(samples)
+    return {
+        "images": torch.stack([s["image"] for s in samples]),
+        "targets": torch.cat(targets),
+        "image_ids": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64),
+        "orig_shapes": torch.tensor([[2 * size, 2 * size]] * batch, dtype=torch.int64),
+        "scales": torch.full((batch, 2), 0.5),
+        "pads": torch.zeros(batch, 2),
+        "paths": [f"{s['image_id']}.png" for s in samples],
+    }
+
+
+class SquaresDataModule(pl.LightningDataModule):
+    """Implements the parts of the DetectionDataModule contract that DetectionTask uses."""
+
+    num_classes = 3
+    class_names = ["red", "green", "blue"]
+    category_ids = CATEGORY_IDS
+
+    def __init__(self, train: int = 16, val: int = 5, batch_size: int = 4, size: int = 64) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.train_set = SquaresDataset(train, size, seed=0)
+        self.val_set = SquaresDataset(val, size, seed=1, first_id=1000)
+        self.mosaic_calls: list[bool] = []
+
+    def set_mosaic(self, enabled: bool) -> None:
+        self.mosaic_calls.append(enabled)
+
+    def val_coco(self) -> dict:
+        return self.val_set.coco()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+
+
+def make_task(**overrides) -> DetectionTask:
+    kwargs = dict(model="gelan-t", num_classes=3, class_names=SquaresDataModule.class_names,
+                  category_ids=CATEGORY_IDS, warmup_epochs=1.0, min_warmup_iters=2)
+    kwargs.update(overrides)
+    return DetectionTask(**kwargs)
+
+
+def make_trainer(tmp_path, callbacks=(), **overrides) -> pl.Trainer:
+    kwargs = dict(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
+    kwargs.update(overrides)
+    return pl.Trainer(callbacks=list(callbacks), **kwargs)
+
+
+def test_recipe_wiring_accumulation_weight_decay_and_schedule(tmp_path):
+    pl.seed_everything(0)
+    task = make_task(nominal_batch_size=8)  # the 64-image rule scaled down to keep the test small
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(task, datamodule=SquaresDataModule(train=8, batch_size=2))
+    # Batch 2 on one device -> max(round(8 / 2), 1) = 4 batches per optimizer step.
+    assert trainer.accumulate_grad_batches == 4
+    assert trainer.global_step == 1
+    optimizer = trainer.optimizers[0]
+    groups = optimizer.param_groups
+    assert isinstance(optimizer, torch.optim.SGD) and groups[0]["nesterov"]
+    assert [len(g["params"]) for g in groups] == [len(group) for group in parameter_groups(task.detector)]
+    # Weight decay 5e-4 * batch 2 * accumulate 4 / nominal 8 = 5e-4 on group 1 only.
+    assert [g["weight_decay"] for g in groups] == pytest.approx([0.0, 5e-4, 0.0])
+    # The step happened after batch index 3 of 4 in epoch 0; warmup = max(round(1 epoch * 4), 2) = 4 batches,
+    # so the lrs are 3/4 of the way from their warmup start (bias 0.1, others 0) to lr0 * lf(0) = 0.01.
+    assert warmup_iterations(1.0, 4, 2) == 4
+    assert groups[0]["lr"] == pytest.approx(0.1 + 3 / 4 * (0.01 - 0.1))
+    assert groups[1]["lr"] == pytest.approx(3 / 4 * 0.01)
+    assert groups[1]["momentum"] == pytest.approx(0.8 + 3 / 4 * (0.937 - 0.8))
+
+
+def test_loss_is_float32_under_bf16_autocast(tmp_path):
+    pl.seed_everything(0)
+    task = make_task(auto_accumulate=False)
+    seen: list[torch.dtype] = []
+    criterion = task.criterion
+
+    def recording(branches, targets):
+        seen.extend(level.dtype for branch in branches for level in branch)
+        assert not torch.is_autocast_enabled("cpu")
+        return criterion(branches, targets)
+
+    task.criterion = recording
+    trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False,
+                           precision="bf16-mixed")
+    trainer.fit(task, datamodule=SquaresDataModule(train=8))
+    assert seen and set(seen) == {torch.float32}
+
+
+class SnapshotWeights(pl.Callback):
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append(next(pl_module.detector.parameters()).detach().clone())
+
+
+def test_nonfinite_loss_skips_step_then_stops(tmp_path):
+    pl.seed_everything(0)
+    task = make_task(auto_accumulate=False, max_nonfinite_steps=3)
+    criterion = task.criterion
+    calls = {"n": 0}
+
+    def sometimes_nan(branches, targets):
+        calls["n"] += 1
+        loss, items = criterion(branches, targets)
+        return (loss * float("nan"), items) if calls["n"] == 2 else (loss, items)
+
+    task.criterion = sometimes_nan
+    snapshots = SnapshotWeights()
+    trainer = make_trainer(tmp_path, [snapshots], max_steps=3, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(task, datamodule=SquaresDataModule(train=16))
+    assert calls["n"] == 3 and task.nonfinite_guard.total_skipped == 1
+    # The NaN batch (the 2nd) left the weights untouched; the others changed them.
+    first, second, third = snapshots.weights
+    assert torch.equal(first, second) and not torch.equal(second, third)
+    for parameter in task.parameters():
+        assert torch.isfinite(parameter).all()
+
+    task = make_task(auto_accumulate=False, max_nonfinite_steps=3)
+    task.criterion = lambda b, t: (sum(level.sum() for level in b[-1]) * float("inf"), torch.zeros(3))
+    trainer = make_trainer(tmp_path, max_steps=10, limit_val_batches=0, enable_checkpointing=False)
+    with pytest.raises(FloatingPointError):
+        trainer.fit(task, datamodule=SquaresDataModule(train=16))
+
+
+def test_validation_scores_each_image_once_with_ema(tmp_path):
+    pl.seed_everything(0)
+    task = make_task(auto_accumulate=False)
+    ema = ModelEMA()
+    datamodule = SquaresDataModule(train=8, val=5, batch_size=2)
+    trainer = make_trainer(tmp_path, [ema], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(task, datamodule=datamodule)
+    assert task.last_eval["image_ids"] == [1000, 1001, 1002, 1003, 1004]
+    metrics = trainer.callback_metrics
+    for key in ("val/mAP", "val/mAP50", "val/mAP75", "val/mAP_small", "val/mAP_medium", "val/mAP_large",
+                "val/fitness"):
+        assert key in metrics and 0.0 <= float(metrics[key]) <= 1.0
+    assert float(metrics["val/fitness"]) == pytest.approx(
+        0.1 * float(metrics["val/mAP50"]) + 0.9 * float(metrics["val/mAP"]), abs=1e-6)
+
+
+class KillAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated kill")
+
+
+def _resume_run(tmp_path, kill: bool) -> tuple[DetectionTask, ModelEMA, pl.Trainer]:
+    pl.seed_everything(0)
+    checkpoint_dir = tmp_path / "ckpt"
+
+    def callbacks(extra=()):
+        return [ModelEMA(tau=5.0), pl.callbacks.ModelCheckpoint(dirpath=checkpoint_dir, save_last=True), *extra]
+
+    datamodule = SquaresDataModule(train=8, val=3, batch_size=4)
+    task = make_task(auto_accumulate=False)
+    common = dict(max_epochs=3, limit_val_batches=0)
+    if not kill:
+        callbacks_ = callbacks()
+        trainer = make_trainer(tmp_path, callbacks_, **common)
+        trainer.fit(task, datamodule=datamodule)
+        return task, callbacks_[0], trainer
+    trainer = make_trainer(tmp_path, callbacks([KillAtEpoch(2)]), **common)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        trainer.fit(task, datamodule=datamodule)
+    assert (checkpoint_dir / "last.ckpt").exists()
+    pl.seed_everything(1)  # a different process state must not matter
+    task = make_task(auto_accumulate=False)
+    callbacks_ = callbacks()
+    trainer = make_trainer(tmp_path, callbacks_, **common)
+    trainer.fit(task, datamodule=SquaresDataModule(train=8, val=3, batch_size=4), ckpt_path="last")
+    return task, callbacks_[0], trainer
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_state(tmp_path):
+    reference_task, reference_ema, reference_trainer = _resume_run(tmp_path / "a", kill=False)
+    resumed_task, resumed_ema, resumed_trainer = _resume_run(tmp_path / "b", kill=True)
+    assert resumed_trainer.global_step == reference_trainer.global_step == 6
+    assert resumed_ema.updates == reference_ema.updates == 6
+    # After fit both modules hold the EMA weights; compare them and the raw weights kept by the optimizer state.
+    for (name, a), b in zip(reference_task.state_dict().items(), resumed_task.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    reference_opt = reference_trainer.optimizers[0].state_dict()
+    resumed_opt = resumed_trainer.optimizers[0].state_dict()
+    for key, state in reference_opt["state"].items():
+        torch.testing.assert_close(resumed_opt["state"][key]["momentum_buffer"], state["momentum_buffer"],
+                                   rtol=1e-5, atol=1e-6)
+    assert [g["lr"] for g in resumed_opt["param_groups"]] == pytest.approx(
+        [g["lr"] for g in reference_opt["param_groups"]])
+    # The raw (non-EMA) weights, saved in last.ckpt as current_model_state, match too.
+    raw_a = torch.load(tmp_path / "a" / "ckpt" / "last.ckpt", weights_only=False)["current_model_state"]
+    raw_b = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["current_model_state"]
+    for name, value in raw_a.items():
+        torch.testing.assert_close(raw_b[name], value, rtol=1e-5, atol=1e-6, msg=name)
