@@ -124,3 +124,20 @@ def test_export_subcommand_delegates():
     with pytest.raises(SystemExit) as stop:
         main(["export", "--help"])
     assert stop.value.code == 0
+
+
+def test_console_entry_turns_results_into_exit_statuses(monkeypatch):
+    """`pgi-detect` hands main()'s value to sys.exit: a finished LightningCLI command (an object) must give 0,
+    a tool's own exit code must pass through."""
+    from pgi_detect import main as main_module
+
+    monkeypatch.setattr(main_module, "run", lambda argv: object())
+    assert main_module.main(["fit"]) == 0
+    monkeypatch.setattr(main_module, "run", lambda argv: 3)
+    assert main_module.main(["check-data"]) == 3
+
+
+def test_detect_subcommand_delegates():
+    with pytest.raises(SystemExit) as stop:
+        main(["detect", "--help"])
+    assert stop.value.code == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 
-from pgi_detect.main import build_cli, main
+from pgi_detect.main import build_cli, run
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 REPO = Path(__file__).resolve().parents[1]
@@ -58,13 +58,13 @@ def test_coco128_fit_reduces_loss_then_validate_cli(coco128_dir, tmp_path):
     assert list(tmp_path.rglob("wandb/offline-run-*")), "offline wandb run not written"
     assert 0.0 <= float(cli.trainer.callback_metrics["val/mAP"]) <= 1.0
 
-    validate = main(["validate", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
+    validate = run(["validate", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
                      f"--ckpt_path={checkpoints / 'last.ckpt'}"])
     assert validate.model._eval_model.fused and validate.model._eval_model.num_branches == 1
     assert len(validate.model.last_eval["image_ids"]) == 8  # overfit_batches=1: one batch of 8
     assert "val/mAP50" in validate.trainer.callback_metrics
 
-    predict = main(["predict", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
+    predict = run(["predict", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
                     "--trainer.limit_predict_batches=1", f"--ckpt_path={checkpoints / 'last.ckpt'}"])
     assert predict.model._eval_model.fused
     written = tmp_path / "predictions"

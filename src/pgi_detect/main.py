@@ -1,4 +1,4 @@
-"""The single command-line entry point: `pgi-detect fit|validate|test|predict|check-data|export`.
+"""The single command-line entry point: `pgi-detect fit|validate|test|predict|check-data|export|detect`.
 
 fit/validate/test/predict are a LightningCLI over `DetectionTask` + `DetectionDataModule` driven by the YAML files
 in experiments/; check-data and export are plain argparse tools living in their own modules.
@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 EXTRA_COMMANDS = {
     "check-data": ("pgi_detect.data", "check_data_main", "validate a dataset before training"),
     "export": ("pgi_detect.inference.export", "export_main", "export a checkpoint to ONNX"),
+    "detect": ("pgi_detect.inference.cli", "detect_main", "run a checkpoint on images, folders or videos"),
 }
 
 
@@ -120,7 +121,8 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, **kwargs: Any
     )
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
+def run(argv: Sequence[str] | None = None) -> Any:
+    """Run one command; returns the LightningCLI (fit/validate/test/predict) or the tool's exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] in EXTRA_COMMANDS:
         module_name, function_name, _ = EXTRA_COMMANDS[words[0]]
@@ -131,5 +133,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
     return build_cli(words)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (`pgi-detect`): an exit status, 0 on success."""
+    result = run(argv)
+    return result if isinstance(result, int) else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pgi_detect.evaluation import evaluate_detections, fitness, rows_to_coco
 from pgi_detect.loss import DetectionLoss
-from pgi_detect.models import build_model
+from pgi_detect.models import Backbone, Detector, build_model
 from pgi_detect.postprocess import non_max_suppression, scale_detections
 from pgi_detect.training.callbacks import NonFiniteLossGuard
 from pgi_detect.training.optim import (
@@ -42,7 +42,10 @@ class DetectionTask(pl.LightningModule):
     """Train / validate / test / predict a `pgi_detect` zoo model.
 
     Args:
-        model: zoo name (`gelan-{t,s,m,c,e}`, `yolov9-{t,s,m,c,e}`).
+        model: zoo name (`gelan-{t,s,m,c,e}`, `yolov9-{t,s,m,c,e}`), or a free label when `backbone` is given.
+        backbone: optional custom backbone (any `pgi_detect.models.Backbone`, e.g. `TimmBackbone`): the detector
+            is then `Detector.from_backbone(backbone, num_classes, neck=neck)` instead of a zoo model.
+        neck: GELAN neck widths for a custom backbone ("gelan-t" or "gelan-s").
         num_classes, class_names, category_ids: linked from the datamodule by the CLI; `category_ids` maps a
             contiguous class index to the dataset category id written into COCO results.
         weights: optional checkpoint (a DetectionTask .ckpt or a plain state dict) to initialise from; tensors
@@ -65,6 +68,8 @@ class DetectionTask(pl.LightningModule):
     def __init__(
         self,
         model: str = "gelan-c",
+        backbone: Backbone | None = None,
+        neck: str = "gelan-s",
         num_classes: int = 80,
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
@@ -96,7 +101,10 @@ class DetectionTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.detector = build_model(model, num_classes=num_classes)
+        if backbone is None:
+            self.detector = build_model(model, num_classes=num_classes)
+        else:
+            self.detector = Detector.from_backbone(backbone, num_classes, neck=neck, name=model)
         self.criterion = DetectionLoss(
             num_classes, strides=tuple(self.detector.strides), reg_max=self.detector.reg_max
         )
