@@ -36,3 +36,15 @@ def coco128_dir() -> Path:
 @pytest.fixture
 def coco128_val_yolo_dir() -> Path:
     return shared_path("data", "coco128-val-yolo")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a shared 2-core VM can be 100x slower.
+    Use with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

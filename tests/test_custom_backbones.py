@@ -13,13 +13,7 @@ from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import Backbone, Detector, TimmBackbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a shared 2-core VM can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class TinyBackbone(Backbone):

@@ -18,13 +18,7 @@ from pgi_detect.models import build_model
 NAMES = ["cat", "square", "dog"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a shared 2-core VM can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class WhiteSquareDetector(nn.Module):

@@ -145,11 +145,22 @@ class RepNCSP(nn.Module):
         return self.merge(torch.cat((self.bottlenecks(self.into_bottlenecks(x)), self.bypass(x)), 1))
 
 
-class RepNCSPELAN4(nn.Module):
-    """GELAN block: 1x1 split into two halves, two chained (RepNCSP + 3x3 Conv) stages on the second half,
-    and a 1x1 merge of all four tensors. Args after c_in as in the yaml: (c_out, c_split, c_stage, depth)."""
+class _SplitStagesMerge(nn.Module):
+    """Shared ELAN data flow: split a 1x1 projection in two halves, chain two stages on the second half, and merge
+    all four tensors with a 1x1 Conv. Subclasses only choose what a stage is."""
 
     OFFICIAL_NAMES = {"split": "cv1", "stage1": "cv2", "stage2": "cv3", "merge": "cv4"}
+
+    def forward(self, x: Tensor) -> Tensor:
+        first, second = self.split(x).chunk(2, 1)
+        third = self.stage1(second)
+        fourth = self.stage2(third)
+        return self.merge(torch.cat((first, second, third, fourth), 1))
+
+
+class RepNCSPELAN4(_SplitStagesMerge):
+    """GELAN block: 1x1 split into two halves, two chained (RepNCSP + 3x3 Conv) stages on the second half,
+    and a 1x1 merge of all four tensors. Args after c_in as in the yaml: (c_out, c_split, c_stage, depth)."""
 
     def __init__(self, c_in: int, c_out: int, c_split: int, c_stage: int, depth: int = 1) -> None:
         super().__init__()
@@ -159,17 +170,9 @@ class RepNCSPELAN4(nn.Module):
         self.merge = Conv(c_split + 2 * c_stage, c_out, 1)
         self.out_channels = c_out
 
-    def forward(self, x: Tensor) -> Tensor:
-        first, second = self.split(x).chunk(2, 1)
-        third = self.stage1(second)
-        fourth = self.stage2(third)
-        return self.merge(torch.cat((first, second, third, fourth), 1))
 
-
-class ELAN1(nn.Module):
+class ELAN1(_SplitStagesMerge):
     """Light ELAN (t/s stems): like RepNCSPELAN4 but each stage is a single 3x3 Conv."""
-
-    OFFICIAL_NAMES = {"split": "cv1", "stage1": "cv2", "stage2": "cv3", "merge": "cv4"}
 
     def __init__(self, c_in: int, c_out: int, c_split: int, c_stage: int) -> None:
         super().__init__()
@@ -178,12 +181,6 @@ class ELAN1(nn.Module):
         self.stage2 = Conv(c_stage, c_stage, 3)
         self.merge = Conv(c_split + 2 * c_stage, c_out, 1)
         self.out_channels = c_out
-
-    def forward(self, x: Tensor) -> Tensor:
-        first, second = self.split(x).chunk(2, 1)
-        third = self.stage1(second)
-        fourth = self.stage2(third)
-        return self.merge(torch.cat((first, second, third, fourth), 1))
 
 
 class AConv(nn.Module):
