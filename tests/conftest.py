@@ -1,7 +1,9 @@
 """Shared test fixtures. Tests never touch the network and skip cleanly without ../shared."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from types import ModuleType
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,11 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def load_script_module(name: str) -> ModuleType:
+    """Import scripts/<name>.py (scripts are not a package), e.g. the naive loss reference in bench_loss.py."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,25 +1,14 @@
 """TaskAlignedAssigner: golden parity with the official assigner and the spec's individual rules."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import load_script_module
 from pgi_detect.loss import DetectionLoss, TaskAlignedAssigner, ciou, make_anchors, pad_targets
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_reference():
-    spec = importlib.util.spec_from_file_location("bench_loss_reference", REPO_ROOT / "scripts" / "bench_loss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = load_reference()
+# The naive per-image reference lives in scripts/bench_loss.py (the benchmark's baseline too).
+reference = load_script_module("bench_loss")
 
 
 def test_matches_official_assigner_golden(golden_dir):

@@ -1,28 +1,16 @@
 """DetectionLoss: parity with the official loss, edge cases, and equality with a naive per-image path."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import load_script_module
 from pgi_detect.loss import DetectionLoss, make_anchors, pad_targets
 from pgi_detect.loss.detection_loss import decode_distribution, split_branch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_reference():
-    """The naive per-image reference lives in scripts/bench_loss.py (the benchmark's baseline too)."""
-    spec = importlib.util.spec_from_file_location("bench_loss_reference", REPO_ROOT / "scripts" / "bench_loss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = load_reference()
+# The naive per-image reference lives in scripts/bench_loss.py (the benchmark's baseline too).
+reference = load_script_module("bench_loss")
 
 
 @pytest.fixture
