@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def train(args: argparse.Namespace):
     if args.max_epochs is not None:
         cli_args.append(f"--trainer.max_epochs={args.max_epochs}")
     cli_args += list(args.overrides)
+    # A previous demo's checkpoints would make Lightning write best-v1.ckpt and evaluate the wrong "best".
+    shutil.rmtree(args.runs_dir / "checkpoints", ignore_errors=True)
     start = time.perf_counter()
     cli = build_cli(cli_args)
     print(f"[demo] training took {time.perf_counter() - start:.0f} s")
