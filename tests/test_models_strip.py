@@ -100,3 +100,19 @@ def test_auxiliary_loss_reaches_the_main_backbone(name, main_backbone_row, main_
     assert stem_grad is not None and stem_grad.abs().sum() > 0
     # the main neck is not on the auxiliary path
     assert model.layers[main_neck_row].merge.conv.weight.grad is None
+
+
+def test_inference_copy_is_stripped_fused_and_leaves_the_training_model_untouched():
+    torch.manual_seed(0)
+    model = build_model("yolov9-t", num_classes=3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deployable = model.inference_copy()
+    assert deployable.fused and deployable.num_branches == 1 and not deployable.training
+    assert count_parameters(deployable) < count_parameters(model)
+    assert model.training and not model.fused and model.num_branches == 2
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model.eval().decode(model(images)[-1])
+        torch.testing.assert_close(deployable.predict_raw(images), expected, rtol=1e-5, atol=1e-4)

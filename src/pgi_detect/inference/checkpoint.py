@@ -87,17 +87,11 @@ def load_for_inference(path: str | Path) -> LoadedModel:
 
 
 def inference_copy(detector: nn.Module) -> nn.Module:
-    """The deployable form: auxiliary branch removed, BN folded and RepConvN merged, eval mode. Never modifies
-    `detector` (strip_auxiliary returns a new model; fuse works in place on that copy)."""
-    if hasattr(detector, "strip_auxiliary"):
-        model = detector.strip_auxiliary()
-        if model is detector:
-            model = copy.deepcopy(detector)
-    else:
-        model = copy.deepcopy(detector)
-    if hasattr(model, "fuse"):
-        model = model.fuse()
-    return model.eval()
+    """The deployable form of any model, never modifying `detector`: `Detector.inference_copy()` (auxiliary branch
+    removed, BN folded, RepConvN merged) for our detectors, an eval-mode deep copy for other modules."""
+    if hasattr(detector, "inference_copy"):
+        return detector.inference_copy()
+    return copy.deepcopy(detector).eval()
 
 
 def _optional_list(value: Any) -> list | None:

@@ -153,6 +153,11 @@ class Detector(nn.Module):
                     return True
         return False
 
+    def inference_copy(self) -> Detector:
+        """The deployable form, leaving this model untouched: main branch only, BN folded, RepConvN merged,
+        eval mode. strip_auxiliary already copies every module, so fusing its result in place is safe."""
+        return self.strip_auxiliary().fuse().eval()
+
     @torch.no_grad()
     def fuse(self) -> Detector:
         """Fold every BN into its conv and merge RepConvN branches, in place (use in eval mode)."""

@@ -2,7 +2,6 @@
 with COCO mAP (main branch, stripped and fused, EMA weights during fit)."""
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -125,8 +124,7 @@ class DetectionTask(pl.LightningModule):
 
     def inference_model(self) -> torch.nn.Module:
         """A stripped (main branch only), fused copy of the current weights in eval mode, for eval and export."""
-        # Copy first: fuse() works in place and must never touch the training weights.
-        return copy.deepcopy(self.detector).strip_auxiliary().fuse().eval()
+        return self.detector.inference_copy()
 
     def _build_eval_model(self) -> None:
         # Called after the EMA callback has swapped its weights in (callback hooks run before module hooks).
