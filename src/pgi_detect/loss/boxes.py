@@ -1,4 +1,4 @@
-"""Box geometry shared by the assigner and the loss: anchor grids, distance <-> box conversion, CIoU."""
+"""Box geometry shared by the head's decode, the assigner and the loss: anchor grids, distance <-> box conversion, CIoU."""
 from __future__ import annotations
 
 import math
@@ -8,19 +8,19 @@ import torch
 from torch import Tensor
 
 
-def make_anchors(
-    feats: Sequence[Tensor], strides: Sequence[float], offset: float = 0.5, dtype: torch.dtype | None = None
+def grid_anchors(
+    shapes: Sequence[tuple[int, int]], strides: Sequence[float], device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None, offset: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
-    """Grid-cell centres of every level, in grid units, and the stride of each anchor.
+    """Grid-cell centres of every level of size `(height, width)`, in grid units, and the stride of each anchor.
 
-    Levels are concatenated P3 -> P5 and rows are row-major within a level, the same order the head
-    flattens its maps in. Returns `(anchor_points (A, 2) as (x, y), stride_tensor (A, 1))` in `dtype` (default:
-    the maps' dtype; pass float32 for half-precision maps, whose grids are not exact in bf16).
+    Levels are concatenated P3 -> P5 and rows are row-major within a level, the same order the head flattens its
+    maps in. Returns `(anchor_points (A, 2) as (x, y), stride_tensor (A, 1))`. The head's decode uses the same
+    grid, transposed.
     """
     points, stride_rows = [], []
-    for feat, stride in zip(feats, strides):
-        height, width = feat.shape[-2:]
-        kwargs = dict(device=feat.device, dtype=dtype or feat.dtype)
+    for (height, width), stride in zip(shapes, strides):
+        kwargs = dict(device=device, dtype=dtype)
         xs = torch.arange(width, **kwargs) + offset
         ys = torch.arange(height, **kwargs) + offset
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -29,14 +29,24 @@ def make_anchors(
     return torch.cat(points), torch.cat(stride_rows)
 
 
-def dist2bbox(distance: Tensor, anchor_points: Tensor, xywh: bool = False) -> Tensor:
-    """Turn (left, top, right, bottom) distances from anchor points into boxes (xyxy, or xywh)."""
-    left_top, right_bottom = distance.chunk(2, -1)
+def make_anchors(
+    feats: Sequence[Tensor], strides: Sequence[float], offset: float = 0.5, dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """`grid_anchors` for these feature maps, in `dtype` (default: the maps' dtype; pass float32 for
+    half-precision maps, whose grids are not exact in bf16)."""
+    shapes = [tuple(feat.shape[-2:]) for feat in feats]
+    return grid_anchors(shapes, strides, feats[0].device, dtype or feats[0].dtype, offset)
+
+
+def dist2bbox(distance: Tensor, anchor_points: Tensor, xywh: bool = False, dim: int = -1) -> Tensor:
+    """Turn (left, top, right, bottom) distances from anchor points into boxes (xyxy, or xywh); the four
+    coordinates run along `dim` (-1 in the loss, 1 in the head's `(B, 4, N)` decode)."""
+    left_top, right_bottom = distance.chunk(2, dim)
     top_left_corner = anchor_points - left_top
     bottom_right_corner = anchor_points + right_bottom
     if xywh:
-        return torch.cat(((top_left_corner + bottom_right_corner) / 2, bottom_right_corner - top_left_corner), -1)
-    return torch.cat((top_left_corner, bottom_right_corner), -1)
+        return torch.cat(((top_left_corner + bottom_right_corner) / 2, bottom_right_corner - top_left_corner), dim)
+    return torch.cat((top_left_corner, bottom_right_corner), dim)
 
 
 def bbox2dist(anchor_points: Tensor, bbox: Tensor, max_dist: float) -> Tensor:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pgi_detect.loss.boxes import dist2bbox, grid_anchors
 from pgi_detect.models.blocks import Conv
 
 REG_MAX = 16
@@ -139,18 +140,10 @@ class DualDetectHead(nn.Module):
 
 
 def anchor_grid(shapes: Sequence[tuple[int, int]], strides: Sequence[int], device, dtype) -> tuple[Tensor, Tensor]:
-    """Cell centres in grid units `(2, N)` (x, y) and per-anchor strides `(1, N)`, levels concatenated,
-    row-major within a level."""
-    points, stride_rows = [], []
-    for (height, width), stride in zip(shapes, strides):
-        ys, xs = torch.meshgrid(
-            torch.arange(height, device=device, dtype=dtype) + 0.5,
-            torch.arange(width, device=device, dtype=dtype) + 0.5,
-            indexing="ij",
-        )
-        points.append(torch.stack((xs.reshape(-1), ys.reshape(-1))))
-        stride_rows.append(torch.full((1, height * width), float(stride), device=device, dtype=dtype))
-    return torch.cat(points, 1), torch.cat(stride_rows, 1)
+    """Cell centres in grid units `(2, N)` (x, y) and per-anchor strides `(1, N)`: the loss's grid, transposed
+    to the head's channel-first layout."""
+    points, anchor_strides = grid_anchors(shapes, strides, device, dtype)
+    return points.T, anchor_strides.T
 
 
 def decode_maps(maps: Sequence[Tensor], anchors: Tensor, anchor_strides: Tensor, dfl: DFL) -> Tensor:
@@ -158,9 +151,5 @@ def decode_maps(maps: Sequence[Tensor], anchors: Tensor, anchor_strides: Tensor,
     batch = maps[0].shape[0]
     flat = torch.cat([m.reshape(batch, m.shape[1], -1) for m in maps], 2)
     distribution, logits = flat.split((4 * dfl.reg_max, flat.shape[1] - 4 * dfl.reg_max), 1)
-    distances = dfl(distribution)
-    left_top, right_bottom = distances.chunk(2, 1)
-    top_left = anchors - left_top
-    bottom_right = anchors + right_bottom
-    boxes = torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left), 1) * anchor_strides
+    boxes = dist2bbox(dfl(distribution), anchors, xywh=True, dim=1) * anchor_strides
     return torch.cat((boxes, logits.sigmoid()), 1)
