@@ -78,6 +78,14 @@ def non_max_suppression(
     return outputs
 
 
+def _undo_letterbox(rows: Tensor, gain: Tensor, offset: Tensor, limits: Tensor) -> Tensor:
+    """(letterboxed - pad) / gain on the first 4 columns, clipped to [0, image size]; gain/offset/limits are
+    (x, y, x, y) and broadcast over the rows. Returns a new tensor; other columns are copied unchanged."""
+    out = rows.clone()
+    out[..., :4] = torch.minimum(((rows[..., :4] - offset) / gain).clamp(min=0), limits)
+    return out
+
+
 def scale_boxes(
     boxes: Tensor, scale: Sequence[float] | Tensor, pad: Sequence[float] | Tensor, orig_shape: Sequence[int] | Tensor
 ) -> Tensor:
@@ -89,9 +97,7 @@ def scale_boxes(
     gain = torch.as_tensor(scale, dtype=boxes.dtype, device=boxes.device).reshape(2).repeat(2)
     offset = torch.as_tensor(pad, dtype=boxes.dtype, device=boxes.device).reshape(2).repeat(2)
     limits = torch.as_tensor(orig_shape, dtype=boxes.dtype, device=boxes.device).reshape(2).flip(0).repeat(2)
-    out = boxes.clone()
-    out[..., :4] = torch.minimum(((boxes[..., :4] - offset) / gain).clamp(min=0), limits)
-    return out
+    return _undo_letterbox(boxes, gain, offset, limits)
 
 
 def scale_detections(detections: Sequence[Tensor], scales: Tensor, pads: Tensor, orig_shapes: Tensor) -> list[Tensor]:
@@ -108,6 +114,4 @@ def scale_detections(detections: Sequence[Tensor], scales: Tensor, pads: Tensor,
     gain = scales.to(device, dtype)[image_of_row].repeat(1, 2)
     offset = pads.to(device, dtype)[image_of_row].repeat(1, 2)
     limits = orig_shapes.to(device, dtype)[image_of_row].flip(-1).repeat(1, 2)  # (w, h, w, h)
-    out = rows.clone()
-    out[:, :4] = torch.minimum(((rows[:, :4] - offset) / gain).clamp(min=0), limits)
-    return list(out.split(counts))
+    return list(_undo_letterbox(rows, gain, offset, limits).split(counts))

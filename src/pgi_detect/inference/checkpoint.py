@@ -78,12 +78,11 @@ def load_for_inference(path: str | Path) -> LoadedModel:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if is_lightning_checkpoint(payload):
         return load_lightning_checkpoint(payload)
-    from pgi_detect.models.convert import load_detector
+    from pgi_detect.models.convert import detector_from_converted
 
-    loaded = load_detector(path)
-    detector, names = (loaded if isinstance(loaded, tuple) else (loaded, None))
-    names = names if names is not None else getattr(detector, "class_names", None)
-    return LoadedModel(detector=detector, class_names=_optional_list(names), category_ids=None, model_name=None)
+    # Converted files carry no class names: the Predictor falls back to class indices.
+    detector = detector_from_converted(payload, source=str(path)).eval()
+    return LoadedModel(detector=detector, class_names=None, category_ids=None, model_name=None)
 
 
 def inference_copy(detector: nn.Module) -> nn.Module:

@@ -156,7 +156,7 @@ class DetectionLoss:
             items = torch.zeros(3, device=first_maps[0].device)
             for weight, maps in zip(weights, branches):
                 items = items + weight * self.branch_items(maps, anchor_points, stride_tensor, gts)
-            items = items * torch.tensor([BOX_GAIN, CLS_GAIN, DFL_GAIN], device=items.device)
+            items = torch.stack((items[0] * BOX_GAIN, items[1] * CLS_GAIN, items[2] * DFL_GAIN))
         return items.sum() * batch_size, items.detach()
 
     def assign(
