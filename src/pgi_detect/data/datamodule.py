@@ -86,6 +86,7 @@ class DetectionDataModule(L.LightningDataModule):
         self._sources: dict[str, DetectionSource] = {}
         self._datasets: dict[str, DetectionDataset] = {}
         self._rect: dict[str, list[list[int]]] = {}
+        self._ground_truths: dict[str, Any] = {}  # validation asks every epoch; sources never change once read
         self._mosaic = True
 
     # ------------------------------------------------------------------------------------------------ class table
@@ -136,11 +137,13 @@ class DetectionDataModule(L.LightningDataModule):
         return self._ground_truth(self._eval_split("test"))
 
     def _ground_truth(self, split: Split) -> Any:
-        source = self.source(split)
-        if source.format == "yolo":
-            new_problems = size_yolo_records(source)
-            enforce_policy(new_problems, self.on_bad_sample, source.location)
-        return ground_truth_coco(source)
+        if split not in self._ground_truths:
+            source = self.source(split)
+            if source.format == "yolo":
+                new_problems = size_yolo_records(source)
+                enforce_policy(new_problems, self.on_bad_sample, source.location)
+            self._ground_truths[split] = ground_truth_coco(source)
+        return self._ground_truths[split]
 
     # ------------------------------------------------------------------------------------------------ datasets
 

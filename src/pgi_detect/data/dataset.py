@@ -7,7 +7,6 @@ flips. The mosaic switch lives in shared memory so `set_mosaic` reaches running 
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -105,16 +104,12 @@ class DetectionDataset(Dataset):
         """Decode and keep every (resized) image in RAM; call before creating workers so they share it by fork."""
         if not self.cache_images:
             return
-        lock = threading.Lock()
 
-        def load(index: int) -> None:
+        def load(index: int) -> None:  # load_image fills the cache itself
             try:
-                image, orig, _, _ = self.load_image(index)
+                self.load_image(index)
             except DataError as exc:
                 self._handle_bad(index, exc)
-                return
-            with lock:
-                self._cache[index] = (image, orig)
 
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(load, range(len(self))))

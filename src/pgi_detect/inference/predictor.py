@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from pgi_detect.data.augment import letterbox
 from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.sources import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
@@ -25,14 +26,6 @@ class LetterboxMeta:
     orig_shape: tuple[int, int]  # (h, w)
     gain: tuple[float, float]  # (x, y)
     pad: tuple[float, float]  # (x, y)
-
-
-def letterbox_image(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
-    """Resize keeping the aspect ratio (up or down) and pad with grey 114 to (size, size), like detect.py with a
-    square input; returns (image, gain (x, y), pad (x, y))."""
-    from pgi_detect.data.augment import letterbox
-
-    return letterbox(image, (size, size))
 
 
 class Predictor:
@@ -98,7 +91,7 @@ class Predictor:
         """Letterbox RGB uint8 arrays to (img_size, img_size) and stack them as a float batch in [0, 1]."""
         tensors, metas = [], []
         for image in images:
-            boxed, gain, pad = letterbox_image(image, self.img_size)
+            boxed, gain, pad = letterbox(image, (self.img_size, self.img_size))
             tensors.append(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
             metas.append(LetterboxMeta(orig_shape=tuple(image.shape[:2]), gain=gain, pad=pad))
         batch = torch.stack(tensors).to(self.device, non_blocking=True)
