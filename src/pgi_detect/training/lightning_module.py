@@ -265,8 +265,11 @@ class DetectionTask(pl.LightningModule):
             pred, self.hparams.conf_thres, self.hparams.iou_thres, self.hparams.multi_label, self.hparams.max_det
         )
         original = scale_detections(detections, batch["scales"], batch["pads"], batch["orig_shapes"])
-        for image_id, rows in zip(batch["image_ids"].tolist(), original):
-            self._eval_rows.append((int(image_id), rows.detach().float().cpu().numpy()))
+        # One device->host copy per batch, then split per image.
+        host_rows = torch.cat(original).detach().float().cpu().numpy()
+        per_image = np.split(host_rows, np.cumsum([len(rows) for rows in original])[:-1])
+        for image_id, rows in zip(batch["image_ids"].tolist(), per_image):
+            self._eval_rows.append((int(image_id), rows))
         return {"detections": detections}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
