@@ -253,8 +253,9 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         detector, names = build_model(args.model, num_classes=args.num_classes), None
         output = Path(args.output or f"{args.model}.onnx")
     img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size[:2])
+    model = inference_copy(detector)  # stripped + fused once, for both the export and the check
     path = export_onnx(
-        detector, output, img_size, dynamic_batch=not args.static_batch, dynamic_shape=args.dynamic_shape,
+        model, output, img_size, prepare=False, dynamic_batch=not args.static_batch, dynamic_shape=args.dynamic_shape,
         batch_size=args.batch_size, opset=args.opset, nms=args.nms, conf=args.conf, iou=args.iou,
         max_det=args.max_det, multi_label=args.multi_label, class_names=names,
     )
@@ -262,6 +263,6 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     if args.verify and not args.nms:
         height, width = _image_shape(img_size, int(max(getattr(detector, "strides", (32,)))))
         with contextlib.suppress(ImportError):
-            diff = verify_onnx(path, detector, torch.rand(max(args.batch_size, 1), 3, height, width))
+            diff = verify_onnx(path, model, torch.rand(max(args.batch_size, 1), 3, height, width), prepare=False)
             print(f"onnxruntime vs PyTorch: max abs difference {diff:.3g}")
     return 0
