@@ -48,22 +48,16 @@ class Detections:
     def to_coco(
         self, image_id: int, category_ids: Sequence[int] | None = None, file_name: str | None = None
     ) -> list[dict]:
-        """COCO result dicts (bbox = [x, y, w, h] rounded to 3 decimals, score to 5, like val.py), plus the
-        class name and, when given, the file name. `category_ids` maps class index -> dataset category id."""
-        records = []
-        for (x1, y1, x2, y2), score, class_id, name in zip(
-            self.boxes.tolist(), self.scores.tolist(), self.class_ids.tolist(), self.class_names
-        ):
-            record = {
-                "image_id": int(image_id),
-                "category_id": int(category_ids[class_id]) if category_ids is not None else int(class_id),
-                "category_name": name,
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "score": round(score, 5),
-            }
+        """COCO result dicts (`evaluation.rows_to_coco`: bbox = [x, y, w, h] rounded to 3 decimals, score to 5, like
+        val.py), plus the class name and, when given, the file name. `category_ids` maps class index -> dataset
+        category id."""
+        from pgi_detect.evaluation.coco_eval import rows_to_coco
+
+        records = rows_to_coco({int(image_id): self.rows()}, category_ids)
+        for record, name in zip(records, self.class_names):
+            record["category_name"] = name
             if file_name is not None:
                 record["file_name"] = file_name
-            records.append(record)
         return records
 
 
