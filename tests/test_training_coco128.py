@@ -60,12 +60,12 @@ def test_coco128_fit_reduces_loss_then_validate_cli(coco128_dir, tmp_path):
 
     validate = run(["validate", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
                      f"--ckpt_path={checkpoints / 'last.ckpt'}"])
-    assert validate.model._eval_model.fused and validate.model._eval_model.num_branches == 1
+    assert validate.model.derived.eval_model.fused and validate.model.derived.eval_model.num_branches == 1
     assert len(validate.model.last_eval["image_ids"]) == 8  # overfit_batches=1: one batch of 8
     assert "val/mAP50" in validate.trainer.callback_metrics
 
     predict = run(["predict", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
                     "--trainer.limit_predict_batches=1", f"--ckpt_path={checkpoints / 'last.ckpt'}"])
-    assert predict.model._eval_model.fused
+    assert predict.model.derived.eval_model.fused
     written = tmp_path / "predictions"
     assert (written / "predictions.json").exists()

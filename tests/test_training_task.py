@@ -212,6 +212,62 @@ def test_validation_scores_each_image_once_with_ema(tmp_path):
         0.1 * float(metrics["val/mAP50"]) + 0.9 * float(metrics["val/mAP"]), abs=1e-6)
 
 
+def _loss_and_gradient(task: DetectionTask, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    loss, _ = task.compute_loss(batch)
+    loss.backward()
+    grads = [p.grad.flatten() for p in task.detector.parameters() if p.grad is not None]
+    return loss.detach(), torch.cat(grads)
+
+
+def _squares_batch(count: int = 4) -> dict:
+    dataset = SquaresDataset(count)
+    return collate([dataset[i] for i in range(count)])
+
+
+def test_channels_last_trains_the_same_model_and_evaluates(tmp_path):
+    pl.seed_everything(0)
+    batch = _squares_batch()
+    reference = make_task()
+    task = make_task(channels_last=True)
+    task.load_state_dict(reference.state_dict())
+    conv_weight = task.detector.layers[0].conv.weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) and not conv_weight.is_contiguous()
+    expected_loss, expected_grad = _loss_and_gradient(reference, batch)
+    loss, grad = _loss_and_gradient(task, batch)
+    # Same maths in another summation order: float32 rounding only.
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-4)
+    assert float((grad - expected_grad).norm() / expected_grad.norm()) < 0.02
+    # The layout survives a fit with validation (EMA copy, stripped + fused eval copy).
+    trainer = make_trainer(tmp_path, [ModelEMA()], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(task, datamodule=SquaresDataModule(train=4, val=3, batch_size=2))
+    assert task.last_eval["image_ids"] == [1000, 1001, 1002]
+    assert task.detector.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert task.derived.eval_model.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_compiled_training_forward_matches_eager_and_keeps_checkpoint_keys(tmp_path):
+    pl.seed_everything(0)
+    batch = _squares_batch()
+    reference = make_task()
+    # aot_eager traces forward and backward through dynamo + AOTAutograd like inductor, without compiling C++.
+    task = make_task(compile={"backend": "aot_eager"})
+    task.load_state_dict(reference.state_dict())
+    expected_loss, expected_grad = _loss_and_gradient(reference, batch)
+    loss, grad = _loss_and_gradient(task, batch)
+    assert isinstance(task.training_detector(), torch._dynamo.eval_frame.OptimizedModule)
+    assert task.training_detector()._orig_mod is task.detector
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert list(task.state_dict()) == list(reference.state_dict())
+    assert not any("_orig_mod" in name for name, _ in task.named_modules())
+    # Fitting with EMA deep-copies the task after the compiled wrapper exists; the copy must stay plain.
+    ema = ModelEMA()
+    trainer = make_trainer(tmp_path, [ema], max_steps=1, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(task, datamodule=SquaresDataModule(train=4, batch_size=4))
+    assert trainer.global_step == 1 and ema.averaged_module.derived.compiled_detector is None
+
+
 class KillAtEpoch(pl.Callback):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
