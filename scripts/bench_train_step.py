@@ -5,6 +5,9 @@ steps, median of N timed steps, an SGD step after each timed step (not timed).
     .venv/bin/python scripts/bench_train_step.py                                   # CPU, 2 threads, 4 models
     .venv/bin/python scripts/bench_train_step.py --models gelan-t --memory-format both --breakdown
     .venv/bin/python scripts/bench_train_step.py --models gelan-t --profile        # where the time goes
+    # eager vs torch.compile, interleaved over 3 rounds so machine noise hits both alike
+    .venv/bin/python scripts/bench_train_step.py --models gelan-t --memory-format channels_last --compile both \
+        --rounds 3
     # GPU: images/s and peak memory with autocast
     .venv/bin/python scripts/bench_train_step.py --device cuda --models gelan-c yolov9-c --size 640 --batch 16 \
         --precision bf16-mixed 16-mixed 32
@@ -36,6 +39,13 @@ class StepTimes:
     backward: list[float]
     first_loss: float
     peak_memory_mb: float | None
+    first_step_s: float  # includes compilation with --compile
+
+    def extend(self, other: "StepTimes") -> None:
+        """Pool the timed steps of another round of the same configuration."""
+        for field in ("total", "forward", "loss", "backward"):
+            getattr(self, field).extend(getattr(other, field))
+        self.first_step_s = max(self.first_step_s, other.first_step_s)
 
 
 def random_batch(batch: int, size: int, boxes: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +71,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def time_steps(
-    name: str, args: argparse.Namespace, precision: str, channels_last: bool,
+    name: str, args: argparse.Namespace, precision: str, channels_last: bool, compiled: bool = False,
     profiler: contextlib.AbstractContextManager | None = None,
 ) -> StepTimes:
     """Build the model and run warm-up + timed steps; with `profiler`, one step after warm-up runs inside it."""
@@ -72,11 +82,12 @@ def time_steps(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     criterion = DetectionLoss(args.num_classes, strides=model.strides, reg_max=model.reg_max)
+    forward = torch.compile(model, mode=args.compile_mode) if compiled else model  # compiles in warm-up step 0
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     images_u8, targets = random_batch(args.batch, args.size, args.boxes, args.num_classes, args.seed)
     images_u8, targets = images_u8.to(device), targets.to(device)
-    times = StepTimes([], [], [], [], float("nan"), None)
+    times = StepTimes([], [], [], [], float("nan"), None, float("nan"))
     steps = args.warmup + (1 if profiler is not None else args.steps)
     for step in range(steps):
         if device.type == "cuda" and step == args.warmup:
@@ -87,7 +98,7 @@ def time_steps(
             start = time.perf_counter()
             images = (images_u8.float() / 255.0).contiguous(memory_format=memory_format)
             with autocast(device, precision):
-                branches = model(images)
+                branches = forward(images)
             if args.breakdown:
                 sync()
             after_forward = time.perf_counter()
@@ -100,6 +111,7 @@ def time_steps(
             end = time.perf_counter()
         if step == 0:
             times.first_loss = float(loss.detach())
+            times.first_step_s = end - start
         if step >= args.warmup:
             times.total.append(end - start)
             times.forward.append(after_forward - start)
@@ -113,14 +125,27 @@ def time_steps(
     return times
 
 
-def profile_step(name: str, args: argparse.Namespace, precision: str, channels_last: bool) -> None:
+@dataclass(frozen=True)
+class Configuration:
+    model: str
+    precision: str
+    channels_last: bool
+    compiled: bool
+
+    def label(self) -> str:
+        layout = "channels_last" if self.channels_last else "contiguous"
+        return f"{self.model:<10} {self.precision:<10} {layout:<13} {'compiled' if self.compiled else 'eager':<8}"
+
+
+def profile_step(configuration: Configuration, args: argparse.Namespace) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     profiler = profile(activities=activities)
-    time_steps(name, args, precision, channels_last, profiler=profiler)
+    c = configuration
+    time_steps(c.model, args, c.precision, c.channels_last, c.compiled, profiler=profiler)
     sort = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
-    print(f"--- {name} {precision} {'channels_last' if channels_last else 'contiguous'}: one training step")
+    print(f"--- {c.label().strip()}: one training step")
     print(profiler.key_averages().table(sort_by=sort, row_limit=args.profile_rows))
 
 
@@ -131,8 +156,30 @@ def memory_formats(choice: str) -> Iterator[bool]:
         yield True
 
 
+def compile_choices(choice: str) -> Iterator[bool]:
+    if choice in ("off", "both"):
+        yield False
+    if choice in ("on", "both"):
+        yield True
+
+
 def milliseconds(values: list[float]) -> float:
     return statistics.median(values) * 1000
+
+
+def result_line(configuration: Configuration, times: StepTimes, args: argparse.Namespace) -> str:
+    median = milliseconds(times.total)
+    line = f"{configuration.label()} {median:9.0f} {min(times.total) * 1000:7.0f} {args.batch / (median / 1000):7.1f}"
+    if args.breakdown:
+        parts = (milliseconds(times.forward), milliseconds(times.loss), milliseconds(times.backward))
+        line += f" {'/'.join(f'{p:.0f}' for p in parts):>17}"
+    if times.peak_memory_mb is not None:
+        line += f" {times.peak_memory_mb:9.0f}"
+    elif configuration.model in REFERENCE_MS and (args.batch, args.size) == (8, 320):
+        line += f" {median / REFERENCE_MS[configuration.model]:10.2f}x"
+    else:
+        line += f" {'':>11}"
+    return line + f" {times.first_step_s:8.1f}  {times.first_loss:.3f}"
 
 
 def main() -> None:
@@ -142,13 +189,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--boxes", type=int, default=3, help="random boxes per image")
     parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=7, help="timed steps (median reported)")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per round (median over all rounds)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every configuration this many times, interleaved, and pool the steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16-mixed", "16-mixed"])
     parser.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels_last", "both"])
+    parser.add_argument("--compile", default="off", choices=["off", "on", "both"],
+                        help="torch.compile the model (compilation happens in the first warm-up step)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--breakdown", action="store_true", help="synchronise between forward/loss/backward")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per model")
     parser.add_argument("--profile-rows", type=int, default=25)
@@ -159,32 +211,35 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()} "
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), batch {args.batch}, "
-          f"{args.size}x{args.size}, {args.steps} timed steps after {args.warmup} warm-up")
-    header = f"{'model':<10} {'precision':<10} {'format':<13} {'median ms':>9} {'min ms':>7} {'img/s':>7}"
+          f"{args.size}x{args.size}, {args.steps} timed steps after {args.warmup} warm-up, {args.rounds} round(s)")
+    configurations = [
+        Configuration(name, precision, channels_last, compiled)
+        for name in args.models
+        for precision in args.precision
+        for channels_last in memory_formats(args.memory_format)
+        for compiled in compile_choices(args.compile)
+    ]
+    if args.profile:
+        for configuration in configurations:
+            profile_step(configuration, args)
+        return
+    header = f"{'model':<10} {'precision':<10} {'format':<13} {'mode':<8} {'median ms':>9} {'min ms':>7} {'img/s':>7}"
     header += f" {'fwd/loss/bwd ms':>17}" if args.breakdown else ""
     header += f" {'peak MiB':>9}" if args.device.startswith("cuda") else f" {'vs official':>11}"
-    print(header + "  step-0 loss")
-    for name in args.models:
-        for precision in args.precision:
-            for channels_last in memory_formats(args.memory_format):
-                if args.profile:
-                    profile_step(name, args, precision, channels_last)
-                    continue
-                times = time_steps(name, args, precision, channels_last)
-                median = milliseconds(times.total)
-                line = (f"{name:<10} {precision:<10} {'channels_last' if channels_last else 'contiguous':<13} "
-                        f"{median:9.0f} {min(times.total) * 1000:7.0f} {args.batch / (median / 1000):7.1f}")
-                if args.breakdown:
-                    parts = (milliseconds(times.forward), milliseconds(times.loss), milliseconds(times.backward))
-                    line += f" {'/'.join(f'{p:.0f}' for p in parts):>17}"
-                if times.peak_memory_mb is not None:
-                    line += f" {times.peak_memory_mb:9.0f}"
-                elif name in REFERENCE_MS and (args.batch, args.size) == (8, 320):
-                    line += f" {median / REFERENCE_MS[name]:10.2f}x"
-                else:
-                    line += f" {'':>11}"
-                print(line + f"  {times.first_loss:.3f}", flush=True)
-
+    print(header + f" {'step-0 s':>8}  step-0 loss")
+    pooled: dict[Configuration, StepTimes] = {}
+    for _ in range(args.rounds):
+        for c in configurations:
+            times = time_steps(c.model, args, c.precision, c.channels_last, c.compiled)
+            if c in pooled:
+                pooled[c].extend(times)
+            else:
+                pooled[c] = times
+            if args.rounds == 1:
+                print(result_line(c, times, args), flush=True)
+    if args.rounds > 1:
+        for c in configurations:
+            print(result_line(c, pooled[c], args), flush=True)
 
 if __name__ == "__main__":
     main()
