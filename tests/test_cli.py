@@ -56,7 +56,7 @@ def test_ddp_config_stacks_on_an_experiment():
                              "--config", str(REPO / "experiments/base/ddp.yaml"), "--trainer.devices=4")
     assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["sync_batchnorm"] is True
     assert str(config["trainer"]["devices"]) == "4" and config["trainer"]["max_epochs"] == 500
-    assert config["model"]["model"] == "yolov9-c" and config["data"]["rect_val"] is False
+    assert config["model"]["model"] == "yolov9-c" and config["data"]["rect_val"] is True
 
 
 def test_config_chain_and_cycles(tmp_path):

@@ -15,7 +15,7 @@ def collate_detections(samples: list[dict[str, Any]]) -> dict[str, Any]:
     augmentation path each sample took, for debugging and tests)."""
     shapes = {tuple(s["image"].shape) for s in samples}
     if len(shapes) != 1:
-        raise ValueError(f"images in one batch differ in shape {sorted(shapes)}; rect batches need FixedBatchSampler")
+        raise ValueError(f"images in one batch differ in shape {sorted(shapes)}; rect batches need RectShardSampler")
     images = torch.stack([s["image"] for s in samples])
     height, width = images.shape[-2:]
     norm = torch.tensor([width, height, width, height], dtype=torch.float32)
