@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from pgi_detect.data import DataError, check_data_main, check_dataset, load_source
+from pgi_detect.data.records import clip_boxes_to_image
 from pgi_detect.data.sources import ground_truth_coco
-from pgi_detect.data.yolo_txt import size_yolo_records
 
 
 def write_images(folder, names, size=(40, 60)):
@@ -112,8 +112,8 @@ def test_yolo_boxes_polygons_negatives_and_orphans(tmp_path):
     assert [r.path.name for r in source.records] == ["a.jpg", "b.jpg"]
     assert source.unlabeled_images == [str(root / "images" / "b.jpg")]
     assert [p.kind for p in source.problems] == ["orphan_label"] and "ghost.txt" in source.problems[0].file
-    size_yolo_records(source)
-    a = source.records[0]
+    a = source.records[0]  # image headers read while loading: pixel boxes and sizes
+    assert (a.height, a.width, a.normalized) == (50, 100, False)
     order = np.argsort(a.classes)
     assert a.classes[order].tolist() == [0, 1]  # duplicate row removed
     np.testing.assert_allclose(a.boxes[order], [[10, 5, 30, 15], [40, 15, 60, 35]], atol=1e-4)
@@ -178,3 +178,20 @@ def test_coco128_val_yolo_report(coco128_val_yolo_dir):
     # Label files without an image are warnings, images without a label file negatives.
     assert all(p.kind == "orphan_label" for p in report.problems)
     assert set(report.unlabeled_images) <= set(report.negatives)
+
+
+def test_check_data_yolo_unreadable_header_with_and_without_decoding(tmp_path):
+    root = write_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"}, images=("a.png", "b.png"))
+    (root / "images" / "b.png").write_bytes(b"not an image")
+    for decode in (True, False):
+        report = check_dataset(root, decode=decode, progress=False)
+        assert [(p.kind, p.file.endswith("b.png")) for p in report.problems] == [("corrupt_image", True)]
+        assert report.num_images == 1
+
+
+def test_clip_boxes_tolerance_and_min_size():
+    boxes = np.asarray([[-0.5, 0, 10, 10], [-3, 0, 10, 10], [5, 5, 5.0005, 9]], np.float32)
+    _, keep, clipped = clip_boxes_to_image(boxes, 20, 20)
+    assert keep.tolist() == [True, True, True] and clipped.tolist() == [False, True, False]
+    _, keep, clipped = clip_boxes_to_image(boxes, 20, 20, report_tolerance=0.1, min_size=1e-3)
+    assert keep.tolist() == [True, True, False] and clipped.tolist() == [True, True, False]

@@ -200,6 +200,34 @@ def test_datamodule_class_table_ground_truth_and_eval_loaders(tmp_path):
     assert next(iter(dm.predict_dataloader()))["image_ids"].tolist() == batch["image_ids"].tolist()
 
 
+
+def yolo_with_unreadable_image(root):
+    """YOLO folder of three images whose middle one has no readable header (its label file is fine)."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((48, 64, 3), 114, np.uint8)).save(root / "images" / f"{name}.png")
+        (root / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (root / "images" / "b.png").write_bytes(b"not an image")
+    (root / "classes.yaml").write_text("names: [box]\n")
+    return root
+
+
+@pytest.mark.parametrize("ground_truth_first", [False, True])
+def test_yolo_val_dataset_and_ground_truth_hold_the_same_images(tmp_path, ground_truth_first):
+    root = yolo_with_unreadable_image(tmp_path)
+    with pytest.raises(DataError, match=r"b\.png: cannot read image header"):
+        DetectionDataModule(val=str(root), img_size=64, num_workers=0).source("val")
+    dm = DetectionDataModule(val=str(root), img_size=64, batch_size=2, num_workers=0, on_bad_sample="skip")
+    gt = dm.val_coco() if ground_truth_first else None
+    dm.setup("validate")
+    gt = gt or dm.val_coco()
+    dataset_ids = sorted(r.image_id for r in dm.dataset("val").records)
+    assert dataset_ids == sorted(gt.getImgIds()) == [0, 2]
+    batch = next(iter(dm.val_dataloader()))
+    assert sorted(batch["image_ids"].tolist()) == dataset_ids
+    np.testing.assert_allclose(gt.loadAnns(gt.getAnnIds(imgIds=[0]))[0]["bbox"], [24, 18, 16, 12])
+
 def test_datamodule_from_cli_yaml(tmp_path):
     jsonargparse = pytest.importorskip("jsonargparse")
     rectangles_coco(tmp_path, 4)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .images import decode_image
+from .images import ImageSizeMismatchError, decode_annotated_image
 from .problems import DataError, DataProblem
 from .sources import read_source
-from .yolo_txt import size_yolo_records
 
 
 @dataclass
@@ -80,21 +79,13 @@ def check_dataset(path: str | Path, images: str | Path | None = None, format: st
         usable = []
         for record in tqdm(source.records, desc="decoding images", unit="img", disable=not progress):
             try:
-                image = decode_image(record.path)
+                decode_annotated_image(record.path, record.height, record.width)
             except DataError as exc:
-                report.problems.append(DataProblem(str(record.path), str(exc).split(": ", 1)[-1], "corrupt_image"))
-                continue
-            shape = image.shape[:2]
-            if record.height is not None and (record.height, record.width) != shape:
-                report.problems.append(DataProblem(
-                    str(record.path), f"decoded size {shape[1]}x{shape[0]} (EXIF orientation applied) differs from "
-                    f"the annotated size {record.width}x{record.height}", "size_mismatch"))
+                kind = "size_mismatch" if isinstance(exc, ImageSizeMismatchError) else "corrupt_image"
+                report.problems.append(DataProblem(str(record.path), str(exc).split(": ", 1)[-1], kind))
                 continue
             usable.append(record)
         source.records = usable
-    elif source.format == "yolo":
-        size_yolo_records(source)
-        report.problems = list(source.problems)
     counts = Counter(int(c) for r in source.records for c in r.classes)
     report.num_images = len(source.records)
     report.num_annotations = sum(counts.values())

@@ -8,16 +8,16 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .augment import AugmentationConfig
 from .collate import collate_detections, seed_worker
 from .dataset import DetectionDataset
-from .problems import DataError, enforce_policy
+from .problems import DataError
 from .records import DetectionSource
-from .samplers import FixedBatchSampler, rect_batches
+from .samplers import RectShardSampler, rect_batches
 from .sources import ground_truth_coco, load_source
-from .yolo_txt import size_yolo_records
 
 
 Split = Literal["train", "val", "test"]
@@ -35,7 +35,8 @@ class DetectionDataModule(L.LightningDataModule):
         batch_size: training batch; val_batch_size defaults to 2·batch_size like the reference.
         augmentation: AugmentationConfig fields (dict in YAML); None = official defaults.
         cache_images: keep decoded, resized images in RAM (filled before workers start).
-        rect_val: rectangular evaluation batches sorted by aspect ratio (rect_pad = 0.5 as in training-time val).
+        rect_val: rectangular evaluation batches sorted by aspect ratio (rect_pad = 0.5 as in training-time val);
+            under DDP each rank takes every world_size-th batch.
         on_bad_sample: 'error' (fail fast naming the file) or 'skip' (log each bad sample, drop it, summarise).
         seed: seeds shuffling and augmentation; identical seeds give identical batches.
     """
@@ -97,9 +98,8 @@ class DetectionDataModule(L.LightningDataModule):
             path, images = self.paths[split]
             if path is None:
                 raise ValueError(f"no {split} dataset configured")
-            need_sizes = split != "train" and self.rect_val
             self._sources[split] = load_source(path, images, self.format, self._class_names_arg,
-                                               self.on_bad_sample, need_sizes=need_sizes)
+                                               self.on_bad_sample)
             self._check_same_classes(split)
         return self._sources[split]
 
@@ -138,11 +138,7 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _ground_truth(self, split: Split) -> Any:
         if split not in self._ground_truths:
-            source = self.source(split)
-            if source.format == "yolo":
-                new_problems = size_yolo_records(source)
-                enforce_policy(new_problems, self.on_bad_sample, source.location)
-            self._ground_truths[split] = ground_truth_coco(source)
+            self._ground_truths[split] = ground_truth_coco(self.source(split))
         return self._ground_truths[split]
 
     # ------------------------------------------------------------------------------------------------ datasets
@@ -191,13 +187,22 @@ class DetectionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, **self._loader_args())
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        """(global rank, world size) that rect eval batches are sharded over: the attached Trainer's, else an
+        initialised torch.distributed group's (a script using the module without a Trainer), else one process."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def _eval_loader(self, split: Split) -> DataLoader:
         dataset = self.dataset(split)
         if split in self._rect:
-            trainer = getattr(self, "trainer", None)
-            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-            sampler = FixedBatchSampler(self._rect[split], rank, world)
-            return DataLoader(dataset, batch_sampler=sampler, **self._loader_args())
+            # Already sharded by rank (a DistributedSampler), so Lightning keeps it under DDP; see RectShardSampler.
+            sampler = RectShardSampler(dataset, self._rect[split], *self._rank_and_world())
+            return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, **self._loader_args())
         return DataLoader(dataset, batch_size=self.val_batch_size, shuffle=False, **self._loader_args())
 
     def val_dataloader(self) -> DataLoader:

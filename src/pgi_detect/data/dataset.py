@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from . import augment as aug
 from .augment import AugmentationConfig
-from .images import decode_image, resize_long_side
+from .images import decode_annotated_image, resize_long_side
 from .problems import DataError, check_policy
 from .records import DetectionSource, ImageRecord, clip_boxes_to_image
 
@@ -84,11 +84,8 @@ class DetectionDataset(Dataset):
         record = self.records[index]
         cached = self._cache.get(index)
         if cached is None:
-            image = decode_image(record.path)
+            image = decode_annotated_image(record.path, record.height, record.width)
             orig = image.shape[:2]
-            if record.height is not None and (record.height, record.width) != orig:
-                raise DataError(f"{record.path}: decoded size {orig[1]}x{orig[0]} (w x h, EXIF orientation applied) "
-                                f"differs from the annotated size {record.width}x{record.height}")
             image = resize_long_side(image, self.img_size, augment=self.train)
             if self.cache_images:
                 self._cache[index] = (image, orig)
@@ -153,8 +150,8 @@ class DetectionDataset(Dataset):
             pipeline = "letterbox"
         if self.train:
             image, boxes = self._photometric_and_flips(image, boxes)
-        boxes, keep, _ = clip_boxes_to_image(boxes.reshape(-1, 4), image.shape[1], image.shape[0])
-        keep &= ((boxes[:, 2] - boxes[:, 0]) >= MIN_OUTPUT_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_OUTPUT_BOX_SIZE)
+        boxes, keep, _ = clip_boxes_to_image(boxes.reshape(-1, 4), image.shape[1], image.shape[0],
+                                             min_size=MIN_OUTPUT_BOX_SIZE)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "boxes": boxes[keep].astype(np.float32),

@@ -29,6 +29,10 @@ class ImageDecodeError(DataError):
     """An image file that is missing, truncated or not decodable; the message names the file."""
 
 
+class ImageSizeMismatchError(DataError):
+    """The decoded image is not the size its annotations were made for; the message names the file."""
+
+
 def _is_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8"
 
@@ -58,6 +62,17 @@ def decode_image(path: str | Path) -> np.ndarray:
             raise ImageDecodeError(f"{path}: corrupt JPEG (OpenCV cannot decode it)")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return _decode_with_pillow(data, path)
+
+
+def decode_annotated_image(path: str | Path, height: int | None, width: int | None) -> np.ndarray:
+    """decode_image, then check the annotated (height, width) when known: boxes are in that frame, so another
+    decoded size (typically an EXIF rotation the annotation tool ignored) makes the sample unusable."""
+    image = decode_image(path)
+    decoded = image.shape[:2]
+    if height is not None and (height, width) != decoded:
+        raise ImageSizeMismatchError(f"{path}: decoded size {decoded[1]}x{decoded[0]} (w x h, EXIF orientation "
+                                     f"applied) differs from the annotated size {width}x{height}")
+    return image
 
 
 def _decode_with_pillow(data: bytes, path: Path) -> np.ndarray:

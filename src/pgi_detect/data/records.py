@@ -15,8 +15,8 @@ class ImageRecord:
     """One image and its training targets.
 
     `boxes` are xyxy in original (EXIF-oriented) image pixels, already clipped to the image; `classes` are contiguous
-    indices 0..nc-1. YOLO txt records start with `normalized=True` boxes (fractions of the image, clipped to [0, 1])
-    and unknown `width`/`height` until the header is read (`size_yolo_records`) or the image is decoded.
+    indices 0..nc-1. `normalized=True` boxes are fractions of the image with `width`/`height` unknown: the state of a
+    YOLO txt record before its header is read, which load_yolo_txt does for every record before returning it.
     """
 
     path: Path
@@ -67,19 +67,23 @@ CLIP_REPORT_TOLERANCE_PX = 1.0
 
 
 def clip_boxes_to_image(
-    boxes: np.ndarray, width: float, height: float
+    boxes: np.ndarray, width: float, height: float, report_tolerance: float = CLIP_REPORT_TOLERANCE_PX,
+    min_size: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip xyxy boxes to the image; returns (clipped boxes, keep mask, was-clipped-noticeably mask).
 
     keep is False for degenerate boxes: zero or negative width/height after clipping (including boxes entirely
-    outside the image). This is the load-time validity rule.
+    outside the image), or a side below `min_size` when given. "Noticeably" means some coordinate moved by more than
+    `report_tolerance` (in the units of the boxes), so float noise is not reported as a repair.
     """
     clipped = boxes.copy()
     clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
     clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    if min_size > 0:
+        keep &= ((clipped[:, 2] - clipped[:, 0]) >= min_size) & ((clipped[:, 3] - clipped[:, 1]) >= min_size)
     overshoot = np.abs(clipped - boxes).max(axis=1) if len(boxes) else np.zeros(0)
-    return clipped, keep, overshoot > CLIP_REPORT_TOLERANCE_PX
+    return clipped, keep, overshoot > report_tolerance
 
 
 def report_box_repairs(problems: list[DataProblem], file: str, raw: np.ndarray, keep: np.ndarray,

@@ -1,15 +1,14 @@
 """Format detection, loading with the bad-input policy, and COCO ground truth for evaluation."""
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any, Literal
 
+from ..evaluation.coco_eval import index_coco
 from .coco_json import load_coco_json
 from .problems import DataError, enforce_policy
 from .records import DetectionSource
-from .yolo_txt import load_yolo_txt, size_yolo_records
+from .yolo_txt import load_yolo_txt
 
 DataFormat = Literal["auto", "coco", "yolo"]
 
@@ -44,12 +43,13 @@ def read_source(path: str | Path, images: str | Path | None = None, format: str 
 
 
 def load_source(path: str | Path, images: str | Path | None = None, format: str = "auto",
-                class_names: list[str] | None = None, on_bad_sample: str = "error",
-                need_sizes: bool = False) -> DetectionSource:
-    """Parse a dataset and apply the policy: raise on the first bad sample, or log and drop bad samples."""
+                class_names: list[str] | None = None, on_bad_sample: str = "error") -> DetectionSource:
+    """Parse a dataset and apply the policy: raise on the first bad sample, or log and drop bad samples.
+
+    YOLO image sizes are read while parsing, so the datasets and the ground truth built from one source always
+    hold the same images.
+    """
     source = read_source(path, images, format, class_names)
-    if need_sizes and source.format == "yolo":
-        size_yolo_records(source)
     enforce_policy(source.problems, on_bad_sample, source.location)
     if not source.records:
         raise DataError(f"{source.location}: no usable images")
@@ -59,7 +59,7 @@ def load_source(path: str | Path, images: str | Path | None = None, format: str 
 def ground_truth_dict(source: DetectionSource) -> dict[str, Any]:
     """COCO-format ground truth. COCO JSON: the original file (crowd annotations included, evaluation ignores them),
     restricted to the usable images. YOLO txt: built from the records, boxes in original pixels, category id = class
-    index, image id = dataset image id (call size_yolo_records first)."""
+    index, image id = dataset image id."""
     image_ids = {r.image_id for r in source.records}
     if source.coco_dict is not None:
         data = source.coco_dict
@@ -72,7 +72,7 @@ def ground_truth_dict(source: DetectionSource) -> dict[str, Any]:
     images, annotations = [], []
     for record in source.records:
         if record.normalized or record.width is None:
-            raise ValueError("YOLO records need their image sizes; call size_yolo_records(source) first")
+            raise ValueError("YOLO records need their image sizes; load them with load_yolo_txt / read_source")
         images.append({"id": record.image_id, "file_name": record.path.name, "width": record.width,
                        "height": record.height})
         for box, cls in zip(record.boxes.tolist(), record.classes.tolist()):
@@ -85,10 +85,4 @@ def ground_truth_dict(source: DetectionSource) -> dict[str, Any]:
 
 def ground_truth_coco(source: DetectionSource) -> Any:
     """ground_truth_dict as an indexed pycocotools COCO object."""
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = ground_truth_dict(source)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return index_coco(ground_truth_dict(source))

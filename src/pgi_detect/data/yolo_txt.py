@@ -3,7 +3,8 @@
 Label lines are `class cx cy w h` normalised to the image, or `class x1 y1 x2 y2 ...` polygons (box = the polygon's
 bounding box). Class names come from the `class_names` argument or `classes.yaml` (`names:` as a list or an
 {index: name} dict). Images without a label file are negatives; label files without an image are reported and
-ignored. Image ids are running indices over the sorted image paths; category ids are the class indices.
+ignored. Image ids are running indices over the sorted image paths; category ids are the class indices. Every
+image header is read while loading, so records come out with pixel boxes and sizes like COCO ones.
 """
 from __future__ import annotations
 
@@ -86,8 +87,7 @@ def parse_label_file(label_file: Path, num_classes: int, problems: list[DataProb
         return empty_boxes()
     table = np.unique(np.column_stack([np.asarray(classes, np.float64), np.asarray(rows)]), axis=0)  # drop duplicate rows
     raw = table[:, 1:].astype(np.float32)
-    boxes, keep, _ = clip_boxes_to_image(raw, 1.0, 1.0)
-    clipped = np.abs(boxes - raw).max(axis=1) > NORMALIZED_CLIP_TOLERANCE
+    boxes, keep, clipped = clip_boxes_to_image(raw, 1.0, 1.0, report_tolerance=NORMALIZED_CLIP_TOLERANCE)
     report_box_repairs(problems, str(label_file), raw, keep, clipped, unit="normalised xyxy")
     return boxes[keep], table[keep, 0].astype(np.int64)
 
@@ -132,13 +132,16 @@ def load_yolo_txt(root: str | Path, images_dir: str | Path | None = None,
         category_ids=list(range(len(class_names))), problems=problems,
         orphan_label_files=orphans, unlabeled_images=unlabeled,
     )
+    size_yolo_records(source)
     return source
 
 
 def size_yolo_records(source: DetectionSource) -> list[DataProblem]:
-    """Read every image header so the boxes are in pixels (needed for rect batches and val_coco()).
+    """Read every image header so the boxes are in pixels (rect batches and the evaluation ground truth need them).
 
-    Returns the problems found (unreadable headers, error-level); records whose header cannot be read are removed.
+    load_yolo_txt calls this, so a record with an unreadable header is dropped (error-level problem, under the one
+    bad-sample policy of load_source) before any dataset or ground truth is built from the source; they then always
+    hold the same images. Already sized records are left alone, so later calls find nothing and return [].
     """
     problems: list[DataProblem] = []
     kept: list[ImageRecord] = []

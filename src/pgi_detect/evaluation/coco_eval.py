@@ -46,8 +46,13 @@ def _backend_classes(backend: Backend) -> tuple[type, type]:
     raise ValueError(f"unknown COCO evaluation backend {backend!r}; use 'faster' or 'pycocotools'")
 
 
-def _build_gt(coco_cls: type, dataset: dict) -> Any:
-    """Index a ground-truth dict with the backend's own COCO class (both accept an empty constructor)."""
+def index_coco(dataset: dict, coco_cls: type | None = None) -> Any:
+    """An indexed COCO object (pycocotools by default) over an in-memory annotation dict, without the index's
+    prints. Both backends' COCO classes accept an empty constructor; a dict need not be written to disk first."""
+    if coco_cls is None:
+        from pycocotools.coco import COCO
+
+        coco_cls = COCO
     gt = coco_cls()
     gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -69,7 +74,7 @@ def evaluate_detections(
     """
     dataset = coco_dataset_dict(gt)
     coco_cls, eval_cls = _backend_classes(backend)
-    gt_api = _build_gt(coco_cls, dataset)
+    gt_api = index_coco(dataset, coco_cls)
     ids = sorted({int(i) for i in image_ids}) if image_ids is not None else sorted(gt_api.getImgIds())
     stats = {name: 0.0 for name in STAT_NAMES}
     if not detections or not ids:
