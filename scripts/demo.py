@@ -64,7 +64,7 @@ def train(args: argparse.Namespace):
 def predict(checkpoint: str, data_dir: Path, output_dir: Path, count: int, img_size: int) -> list[Path]:
     """Draw predictions of the trained checkpoint on the first `count` validation images."""
     from pgi_detect.data import decode_image
-    from pgi_detect.inference import Predictor, draw_detections
+    from pgi_detect.inference import Predictor
     from pgi_detect.inference.draw import save_rgb_image
 
     predictor = Predictor.from_checkpoint(checkpoint, img_size=img_size)
@@ -73,8 +73,7 @@ def predict(checkpoint: str, data_dir: Path, output_dir: Path, count: int, img_s
     for path in sorted((data_dir / "images" / "val").glob("*.jpg"))[:count]:
         image = decode_image(path)
         found = predictor(image)
-        canvas = draw_detections(image, found.boxes.numpy(), found.scores.numpy(), found.class_ids.numpy(),
-                                 found.class_names)
+        canvas = found.draw(image)
         target = output_dir / f"{path.stem}_pred.jpg"
         save_rgb_image(canvas, str(target))
         names = ", ".join(f"{n} {s:.2f}" for n, s in zip(found.class_names, found.scores.tolist()))

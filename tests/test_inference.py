@@ -122,6 +122,14 @@ def test_draw_detections_marks_box_pixels() -> None:
     assert not drawn[40, 40].any()  # interior stays empty
 
 
+def test_detections_draw_is_draw_detections_of_its_fields() -> None:
+    rows = torch.tensor([[20.0, 30.0, 60.0, 50.0, 0.5, 1.0], [5.0, 5.0, 15.0, 12.0, 0.3, 0.0]])
+    detections = Detections.from_rows(rows, (60, 80), NAMES)
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    expected = draw_detections(image, rows[:, :4].numpy(), rows[:, 4].numpy(), [1, 0], [NAMES[1], NAMES[0]], 3)
+    assert np.array_equal(detections.draw(image, line_width=3), expected)
+
+
 def write_video(path: Path, frames: int, size: tuple[int, int]) -> None:
     height, width = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (width, height))

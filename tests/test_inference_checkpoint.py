@@ -78,11 +78,11 @@ def test_detect_command_writes_outputs(yolov9_checkpoint: tuple[DetectionTask, P
 def test_write_task_predictions_matches_predict_step_format(tmp_path: Path) -> None:
     from PIL import Image
 
-    from pgi_detect.inference import write_task_predictions
+    from pgi_detect.inference import Detections, write_task_predictions
 
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "000000000009.jpg")
-    item = {"image_id": 9, "path": str(tmp_path / "000000000009.jpg"), "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0]]),
-            "scores": torch.tensor([0.5]), "classes": torch.tensor([1]), "class_names": ["cup"]}
+    detections = Detections.from_rows(torch.tensor([[1.0, 2.0, 11.0, 22.0, 0.5, 1.0]]), (30, 40), ["ball", "cup"])
+    item = {"image_id": 9, "path": str(tmp_path / "000000000009.jpg"), "detections": detections}
     run = write_task_predictions([item], tmp_path / "out", category_ids=[3, 7])
     (record,) = json.loads(run.json_path.read_text())
     assert record == {"image_id": 9, "category_id": 7, "category_name": "cup", "bbox": [1.0, 2.0, 10.0, 20.0],

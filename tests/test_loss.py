@@ -135,7 +135,7 @@ def test_image_without_boxes_only_adds_its_background_class_loss():
 
     anchors, strides = make_anchors(single_maps[0], loss_fn.strides)
     gts = pad_targets(targets, 1, (128.0, 128.0))
-    score_sum = loss_fn.assign(single_maps[0], anchors, strides, gts)[3].scores.sum().clamp(min=1)
+    score_sum = loss_fn.assign(single_maps[0], anchors, strides, gts).scores.sum().clamp(min=1)
     background_bce = F.softplus(split_branch([m[1:] for m in maps[0]], 16, 4)[1]).sum()
     expected_cls = single_items[1] + 0.5 * background_bce.detach() / score_sum
     torch.testing.assert_close(pair_items[1], expected_cls, rtol=1e-5, atol=0)

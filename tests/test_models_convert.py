@@ -178,6 +178,19 @@ def test_pickled_official_model_is_read_without_its_classes(tmp_path):
         assert torch.equal(state[key], expected), key
 
 
+def test_ddp_prefixed_state_dict_file_reads_with_official_keys(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("gelan-t", num_classes=3)
+    official = to_official_state_dict(source)
+    path = tmp_path / "ddp.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in official.items()}}, path)
+    state = read_official_checkpoint(path)
+    assert set(state) == set(official)
+    converted = convert_official(state, "gelan-t").state_dict()
+    for key, tensor in source.state_dict().items():
+        assert torch.equal(converted[key], tensor), key
+
+
 def run_cli(*args: str) -> int:
     spec = importlib.util.spec_from_file_location("convert_official", REPO_ROOT / "scripts" / "convert_official.py")
     module = importlib.util.module_from_spec(spec)

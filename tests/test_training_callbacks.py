@@ -14,8 +14,10 @@ from pgi_detect.training.callbacks import (
     CloseMosaic,
     ModelEMA,
     NonFiniteLossGuard,
+    PredictionWriter,
     ValidationImageLogger,
     ema_decay,
+    wandb_box_data,
 )
 
 
@@ -197,3 +199,27 @@ def test_validation_image_logger_ignores_other_loggers():
     images = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
     callback.on_validation_batch_end(trainer, None, {"detections": [torch.zeros(0, 6)]}, {"images": images}, 0)
     assert callback.logged_count == 0
+
+
+def test_wandb_box_data_payload():
+    rows = torch.tensor([[4.0, 5.0, 30.0, 40.0, 0.875, 1.0]])
+    payload = wandb_box_data(rows, ["circle", "square"])["predictions"]
+    assert payload["class_labels"] == {0: "circle", 1: "square"}
+    (box,) = payload["box_data"]
+    assert box["position"] == {"minX": 4.0, "minY": 5.0, "maxX": 30.0, "maxY": 40.0}
+    assert (box["class_id"], box["box_caption"], box["domain"]) == (1, "square 0.88", "pixel")
+    assert "class_labels" not in wandb_box_data(rows, None)["predictions"]
+
+
+def test_prediction_writer_uses_the_task_category_ids(tmp_path):
+    import json
+
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), world_size=1, global_rank=0)
+    module = SimpleNamespace(_category_ids=lambda: [3, 7])
+    from pgi_detect.inference import Detections
+
+    detections = Detections.from_rows(torch.tensor([[1.0, 2.0, 11.0, 22.0, 0.5, 1.0]]), (30, 40), ["ball", "cup"])
+    item = {"image_id": 9, "path": str(tmp_path / "000000000009.jpg"), "detections": detections}
+    PredictionWriter(save_images=False).write_on_epoch_end(trainer, module, [[item]], [[0]])
+    (record,) = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
+    assert (record["image_id"], record["category_id"], record["category_name"]) == (9, 7, "cup")

@@ -32,17 +32,18 @@ NMS_EVAL = NMSSettings(conf_thres=0.001, iou_thres=0.7, multi_label=True, max_de
 NMS_DETECT = NMSSettings(conf_thres=0.25, iou_thres=0.45, multi_label=False, max_det=300)
 
 
-def _candidates(
-    boxes_xyxy: Tensor, class_scores: Tensor, conf_thres: float, multi_label: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(boxes, scores, classes) of one image above `conf_thres`: one row per (box, class) pair when
-    multi-label, else one row per box with its best class."""
+def _candidates(image_pred: Tensor, conf_thres: float, multi_label: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(xyxy boxes, scores, classes) of one image's `(N, 4 + nc)` predictions above `conf_thres`: one row per
+    (box, class) pair when multi-label, else one row per box with its best class."""
+    class_scores = image_pred[:, 4:]
     if multi_label:
-        box_index, classes = (class_scores > conf_thres).nonzero(as_tuple=True)
-        return boxes_xyxy[box_index], class_scores[box_index, classes], classes
+        image_pred = image_pred[class_scores.amax(1) > conf_thres]  # cheap row prefilter before the pair search
+        boxes = box_convert(image_pred[:, :4], "cxcywh", "xyxy")
+        box_index, classes = (image_pred[:, 4:] > conf_thres).nonzero(as_tuple=True)
+        return boxes[box_index], image_pred[box_index, 4 + classes], classes
     scores, classes = class_scores.max(1)
-    keep = scores > conf_thres
-    return boxes_xyxy[keep], scores[keep], classes[keep]
+    keep = scores > conf_thres  # the best score is the only filter in single-label mode
+    return box_convert(image_pred[keep, :4], "cxcywh", "xyxy"), scores[keep], classes[keep]
 
 
 def non_max_suppression(
@@ -65,9 +66,7 @@ def non_max_suppression(
     wanted_classes = None if classes is None else torch.as_tensor(classes, device=pred.device)
     outputs = []
     for image_pred in pred.transpose(1, 2):  # (N, 4 + nc); per-image candidate counts differ
-        image_pred = image_pred[image_pred[:, 4:].amax(1) > conf_thres]
-        boxes = box_convert(image_pred[:, :4], "cxcywh", "xyxy")
-        boxes, scores, labels = _candidates(boxes, image_pred[:, 4:], conf_thres, multi_label)
+        boxes, scores, labels = _candidates(image_pred, conf_thres, multi_label)
         if wanted_classes is not None:
             keep = torch.isin(labels, wanted_classes)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

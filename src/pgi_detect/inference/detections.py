@@ -4,8 +4,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from pgi_detect.inference.draw import draw_detections
 
 
 @dataclass
@@ -44,6 +47,12 @@ class Detections:
     def rows(self) -> Tensor:
         """(n, 6) rows `[x1, y1, x2, y2, score, class]`, the format of `postprocess.non_max_suppression`."""
         return torch.cat((self.boxes, self.scores[:, None], self.class_ids[:, None].float()), 1)
+
+    def draw(self, image: np.ndarray, line_width: int | None = None) -> np.ndarray:
+        """`draw_detections` of these boxes, scores and class names on a copy of the (H, W, 3) RGB `image`."""
+        return draw_detections(
+            image, self.boxes.numpy(), self.scores.numpy(), self.class_ids.numpy(), self.class_names, line_width
+        )
 
     def to_coco(
         self, image_id: int, category_ids: Sequence[int] | None = None, file_name: str | None = None

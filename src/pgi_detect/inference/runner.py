@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgi_detect.inference.draw import draw_detections
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.sources import Source
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter, save_annotated_image
@@ -56,10 +55,7 @@ def run_prediction(
             is_video = frame.video is not None
             if not ((is_video and save_videos) or (not is_video and save_images)):
                 continue
-            drawn = draw_detections(
-                frame.image, detections.boxes.numpy(), detections.scores.numpy(), detections.class_ids.numpy(),
-                detections.class_names,
-            )
+            drawn = detections.draw(frame.image)
             if not is_video:
                 run.images.append(save_annotated_image(drawn, output_dir / "images", frame.name, image_suffix))
                 continue
@@ -87,26 +83,21 @@ def write_task_predictions(
     max_images: int | None = None,
     json_name: str = "predictions.json",
 ) -> PredictionRun:
-    """Write `DetectionTask.predict_step` results (dicts with image_id, path, boxes, scores, classes, class_names)
-    in the same formats as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files."""
+    """Write `DetectionTask.predict_step` results (dicts with image_id, path and `Detections`) in the same formats
+    as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files."""
     from pgi_detect.data.images import decode_image
-    from pgi_detect.inference.detections import Detections
 
     output_dir = Path(output_dir)
     run = PredictionRun(output_dir=output_dir)
     json_writer = CocoJsonWriter(output_dir / json_name, category_ids)
     for index, item in enumerate(predictions):
         path = Path(item["path"])
-        detections = Detections(
-            boxes=item["boxes"].float(), scores=item["scores"].float(), class_ids=item["classes"].long(),
-            class_names=list(item["class_names"]),
-        )
+        detections = item["detections"]
         json_writer.records.extend(detections.to_coco(int(item["image_id"]), category_ids, file_name=path.name))
         run.frames += 1
         run.detections += len(detections)
         if save_images and (max_images is None or index < max_images):
-            drawn = draw_detections(decode_image(path), detections.boxes.numpy(), detections.scores.numpy(),
-                                    detections.class_ids.numpy(), detections.class_names)
+            drawn = detections.draw(decode_image(path))
             run.images.append(save_annotated_image(drawn, output_dir / "images", path.stem))
     run.json_path = json_writer.write()
     return run

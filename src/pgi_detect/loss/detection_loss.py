@@ -151,38 +151,50 @@ class DetectionLoss:
             grid_h, grid_w = first_maps[0].shape[-2:]
             image_size = (grid_h * self.strides[0], grid_w * self.strides[0])
             anchor_points, stride_tensor = make_anchors(first_maps, self.strides, offset=0.5, dtype=torch.float32)
+            anchor_pixels = anchor_points * stride_tensor  # shared by every branch's assignment
             gts = pad_targets(targets.to(first_maps[0].device), batch_size, image_size)
 
             items = torch.zeros(3, device=first_maps[0].device)
             for weight, maps in zip(weights, branches):
-                items = items + weight * self.branch_items(maps, anchor_points, stride_tensor, gts)
+                items = items + weight * self.branch_items(maps, anchor_points, stride_tensor, anchor_pixels, gts)
             items = torch.stack((items[0] * BOX_GAIN, items[1] * CLS_GAIN, items[2] * DFL_GAIN))
         return items.sum() * batch_size, items.detach()
 
     def assign(
-        self, maps: Sequence[Tensor], anchor_points: Tensor, stride_tensor: Tensor, gts: PaddedTargets
-    ) -> tuple[Tensor, Tensor, Tensor, Assignment]:
-        """Decode one branch (without gradient) and run the assigner on it in pixels. Returns detached
-        (distribution, class_logits, pred_boxes in grid units) and the assignment (boxes in pixels)."""
+        self,
+        maps: Sequence[Tensor],
+        anchor_points: Tensor,
+        stride_tensor: Tensor,
+        gts: PaddedTargets,
+        anchor_pixels: Tensor | None = None,
+    ) -> Assignment:
+        """Decode one branch (without gradient) and run the assigner on it in pixels; boxes of the returned
+        assignment are in pixels. `anchor_pixels` (= anchor_points * stride_tensor) may be passed precomputed."""
+        if anchor_pixels is None:
+            anchor_pixels = anchor_points * stride_tensor
         with torch.no_grad():
             distribution, class_logits = split_branch([m.detach() for m in maps], self.reg_max, self.num_classes)
             pred_boxes = decode_distribution(distribution, anchor_points, self.reg_max)
-        assignment = self.assigner(
+        return self.assigner(
             class_logits,
             pred_boxes * stride_tensor,
-            anchor_points * stride_tensor,
+            anchor_pixels,
             gts.labels,
             gts.boxes,
             gts.mask,
             scores_are_logits=True,
         )
-        return distribution, class_logits, pred_boxes, assignment
 
     def branch_items(
-        self, maps: Sequence[Tensor], anchor_points: Tensor, stride_tensor: Tensor, gts: PaddedTargets
+        self,
+        maps: Sequence[Tensor],
+        anchor_points: Tensor,
+        stride_tensor: Tensor,
+        anchor_pixels: Tensor,
+        gts: PaddedTargets,
     ) -> Tensor:
         """Un-gained (box, cls, dfl) of one branch, as a (3,) tensor carrying gradients."""
-        _, _, _, assignment = self.assign(maps, anchor_points, stride_tensor, gts)
+        assignment = self.assign(maps, anchor_points, stride_tensor, gts, anchor_pixels)
         score_sum = assignment.scores.sum().clamp(min=1)
         image, anchor = assignment.fg_mask.nonzero(as_tuple=True)
         weight = assignment.scores[image, anchor]

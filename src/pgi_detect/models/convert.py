@@ -76,8 +76,8 @@ def load_official_state_dict(
 ) -> Detector:
     """Copy official tensors into `detector` (in place), failing with every missing, unexpected and
     mis-shaped key named. Our keys matching a regex in `reinit` may differ in shape: they keep their fresh
-    initialisation instead (used for a new class count)."""
-    official = {k.removeprefix("module."): v for k, v in official.items()}
+    initialisation instead (used for a new class count). Keys are official ones (`model.<idx>.…`); a DDP
+    `module.` prefix is removed by `read_official_checkpoint`."""
     mapping = official_key_map(detector)
     ours_state = detector.state_dict()
     missing, mismatched, loaded = [], [], {}
@@ -118,7 +118,7 @@ CLASS_BRANCH_KEYS = (r"\.cls\.\d+\.",)
 
 def official_num_classes(official: Mapping[str, Tensor]) -> int:
     """Class count of official weights, read from the main head's class output conv."""
-    for pattern in (r"^(module\.)?model\.\d+\.cv5\.0\.2\.weight$", r"^(module\.)?model\.\d+\.cv3\.0\.2\.weight$"):
+    for pattern in (r"^model\.\d+\.cv5\.0\.2\.weight$", r"^model\.\d+\.cv3\.0\.2\.weight$"):
         for key, tensor in official.items():
             if re.match(pattern, key):
                 return int(tensor.shape[0])
@@ -276,7 +276,9 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, Tensor]:
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """Float32 state dict (official key names) from an official .pt file or a plain state-dict file."""
+    """Float32 state dict (official key names) from an official .pt file or a plain state-dict file.
+
+    This is the one place a DataParallel / DDP `module.` key prefix is removed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"convert.py: no such checkpoint: {path}")
@@ -285,7 +287,7 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError:
         obj = restricted_torch_load(path)
     state = extract_state_dict(obj, source=str(path))
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------- our converted-file format

@@ -72,8 +72,7 @@ class DetectHead(nn.Module):
         super().__init__()
         if len(c_ins) != len(strides):
             raise ValueError(f"heads.py: DetectHead got {len(c_ins)} inputs for {len(strides)} strides")
-        self.num_classes = num_classes
-        self.reg_max = reg_max
+        self.num_classes = num_classes  # read by reset_biases
         box_width, cls_width = head_widths(c_ins[0], num_classes, reg_max)
         self.box = nn.ModuleList(
             nn.Sequential(
@@ -131,8 +130,6 @@ class DualDetectHead(nn.Module):
         self.num_levels = levels
         self.aux = DetectHead(c_ins[:levels], num_classes, strides, reg_max)
         self.main = DetectHead(c_ins[levels:], num_classes, strides, reg_max)
-        self.num_classes = num_classes
-        self.reg_max = reg_max
         self.out_channels = self.main.out_channels
 
     def forward(self, xs: list[Tensor]) -> list[list[Tensor]]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, WeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
+
+if TYPE_CHECKING:  # lightning_module imports this module
+    from pgi_detect.training.lightning_module import DetectionTask
 
 
 def ema_decay(updates: float, decay: float = 0.9999, tau: float = 2000.0) -> float:
@@ -148,7 +151,7 @@ def _wandb_loggers(trainer: pl.Trainer) -> list[Any]:
     return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
-def wandb_box_data(detections: Tensor, class_names: list[str] | None, width: int, height: int) -> dict:
+def wandb_box_data(detections: Tensor, class_names: list[str] | None) -> dict:
     """wandb.Image `boxes` payload for one image's `(n, 6)` xyxy/score/class rows in that image's pixels."""
     rows = []
     for x1, y1, x2, y2, score, cls in detections.detach().float().cpu().tolist():
@@ -199,7 +202,7 @@ class ValidationImageLogger(Callback):
         for image, dets in zip(images, outputs["detections"]):
             dets = dets[dets[:, 4] >= self.min_score]
             pictures.append(image.permute(1, 2, 0).numpy())
-            boxes.append(wandb_box_data(dets, class_names, image.shape[2], image.shape[1]))
+            boxes.append(wandb_box_data(dets, class_names))
         for logger in loggers:
             logger.log_image(key="val/predictions", images=pictures, boxes=boxes, step=trainer.global_step)
         self.logged_count += len(pictures)
@@ -219,7 +222,7 @@ class PredictionWriter(BasePredictionWriter):
         self.max_images = max_images
 
     def write_on_epoch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any
+        self, trainer: pl.Trainer, pl_module: DetectionTask, predictions: Any, batch_indices: Any
     ) -> None:
         from pgi_detect.inference import write_task_predictions
 
@@ -227,8 +230,7 @@ class PredictionWriter(BasePredictionWriter):
         output_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
         if trainer.world_size > 1:
             output_dir = output_dir / f"rank{trainer.global_rank}"
-        datamodule = getattr(trainer, "datamodule", None)
-        category_ids = getattr(datamodule, "category_ids", None) or getattr(pl_module.hparams, "category_ids", None)
-        write_task_predictions(per_image, output_dir, category_ids=category_ids, save_images=self.save_images,
-                               max_images=self.max_images)
+        # The task's own lookup (datamodule first, then hparams): the same ids as its COCO evaluation uses.
+        write_task_predictions(per_image, output_dir, category_ids=pl_module._category_ids(),
+                               save_images=self.save_images, max_images=self.max_images)
         rank_zero_info(f"PredictionWriter: wrote {len(per_image)} images' predictions to {output_dir}")

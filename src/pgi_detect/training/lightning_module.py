@@ -373,29 +373,23 @@ class DetectionTask(pl.LightningModule):
     # ------------------------------------------------------------------ prediction
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """Per image: `{"image_id", "path", "detections": inference.Detections}` in original pixels."""
+        from pgi_detect.inference.detections import Detections
+
         pred = self._decoded_predictions(batch)
         detections = non_max_suppression(
             pred, self.hparams.predict_conf_thres, self.hparams.predict_iou_thres, False,
             self.hparams.predict_max_det,
         )
         original = scale_detections(detections, batch["scales"], batch["pads"], batch["orig_shapes"])
-        names = self.hparams.class_names
-        results = []
-        for index, rows in enumerate(original):
-            rows = rows.detach().float().cpu()
-            classes = rows[:, 5].long()
-            results.append(
-                {
-                    "image_id": int(batch["image_ids"][index]),
-                    "path": batch["paths"][index],
-                    "boxes": rows[:, :4],
-                    "scores": rows[:, 4],
-                    "classes": classes,
-                    "class_names": [names[c] if names and c < len(names) else str(c) for c in classes.tolist()],
-                }
-            )
-        return results
-
+        return [
+            {
+                "image_id": int(image_id),
+                "path": path,
+                "detections": Detections.from_rows(rows, tuple(shape.tolist()), self.hparams.class_names),
+            }
+            for image_id, path, rows, shape in zip(batch["image_ids"], batch["paths"], original, batch["orig_shapes"])
+        ]
 
 def load_matching_weights(detector: torch.nn.Module, path: str) -> None:
     """Initialise from a DetectionTask checkpoint or a state dict, skipping tensors whose shape differs."""
