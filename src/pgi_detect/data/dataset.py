@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from . import augment as aug
 from .augment import AugmentationConfig
@@ -109,7 +110,8 @@ class DetectionDataset(Dataset):
                 self._handle_bad(index, exc)
 
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(load, range(len(self))))
+            jobs = pool.map(load, range(len(self)))
+            list(tqdm(jobs, total=len(self), desc="caching images", unit="img", disable=None, leave=False))
 
     # ------------------------------------------------------------------------------------------------ samples
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageDecodeError, read_image_size
 from .problems import DataError, DataProblem
@@ -145,7 +146,9 @@ def size_yolo_records(source: DetectionSource) -> list[DataProblem]:
     """
     problems: list[DataProblem] = []
     kept: list[ImageRecord] = []
-    for record in source.records:
+    # disable=None: a bar on a terminal only, nothing in batch-job logs.
+    for record in tqdm(source.records, desc=f"reading image sizes ({source.location})", unit="img", disable=None,
+                       leave=False):
         if record.width is not None:
             kept.append(record)
             continue
