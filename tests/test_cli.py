@@ -59,6 +59,12 @@ def test_ddp_config_stacks_on_an_experiment():
     assert config["model"]["model"] == "yolov9-c" and config["data"]["rect_val"] is True
 
 
+def test_cls_width_is_a_model_option():
+    path = str(REPO / "experiments/gelan-t-coco.yaml")
+    assert resolved_config("--config", path)["model"]["cls_width"] is None
+    assert resolved_config("--config", path, "--model.cls_width", "80")["model"]["cls_width"] == 80
+
+
 def test_config_chain_and_cycles(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "a.yaml").write_text("x: 1\n")

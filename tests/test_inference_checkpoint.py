@@ -102,3 +102,20 @@ def test_converted_official_file_loads(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = detector.predict_raw(images)
     assert torch.allclose(predictor.raw_predictions(images), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cls_width_is_rebuilt_from_checkpoint_hparams(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    task = DetectionTask("gelan-t", num_classes=2, cls_width=80, class_names=["ball", "cup"])
+    assert task.detector.cls_width == 80 and task.detector.main_head.cls[0][0].conv.out_channels == 80
+    path = save_task_checkpoint(task, tmp_path / "task.ckpt")
+    assert torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]["cls_width"] == 80
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = task.detector.eval().predict_raw(images)
+    loaded = load_for_inference(path).detector.eval()
+    restored = DetectionTask.load_from_checkpoint(path, map_location="cpu").detector.eval()
+    for detector in (loaded, restored):
+        assert detector.cls_width == 80
+        with torch.no_grad():
+            assert torch.equal(detector.predict_raw(images), expected)

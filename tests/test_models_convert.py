@@ -229,3 +229,35 @@ def test_cli_reports_a_wrong_architecture(tmp_path, capsys):
     torch.save(to_official_state_dict(build_model("gelan-t", num_classes=2)), weights)
     assert run_cli("--weights", str(weights), "--model", "yolov9-t", "--output", str(tmp_path / "x.pt")) == 1
     assert "missing official keys" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["gelan-t", "yolov9-t"])
+def test_cls_width_override_survives_save_and_load(tmp_path, name):
+    from pgi_detect.models import save_detector
+
+    torch.manual_seed(0)
+    source = build_model(name, num_classes=3, cls_width=80).eval()
+    if name == "yolov9-t":
+        source = source.strip_auxiliary()  # the stripped copy keeps the width, and saves it
+    save_detector(source, tmp_path / "model.pt")
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["cls_width"] == 80
+    model = load_detector(tmp_path / "model.pt")
+    assert (model.name, model.source_name, model.cls_width, model.num_classes) == ("gelan-t", name, 80, 3)
+    assert model.main_head.cls[0][0].conv.out_channels == 80
+    assert model.state_dict().keys() == source.state_dict().keys()
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model.predict_raw(images), source.predict_raw(images))
+
+
+def test_default_width_files_have_no_cls_width_and_older_files_load(tmp_path):
+    from pgi_detect.models import save_detector
+
+    torch.manual_seed(0)
+    source = build_model("gelan-t", num_classes=2).eval()
+    save_detector(source, tmp_path / "model.pt")
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert "cls_width" not in payload  # the same keys older versions wrote, so those files load as before
+    model = load_detector(tmp_path / "model.pt")
+    assert model.cls_width is None and model.main_head.cls[0][0].conv.out_channels == 64  # max(64, min(2·2, 128))

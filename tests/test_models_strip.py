@@ -116,3 +116,14 @@ def test_inference_copy_is_stripped_fused_and_leaves_the_training_model_untouche
     with torch.no_grad():
         expected = model.eval().decode(model(images)[-1])
         torch.testing.assert_close(deployable.predict_raw(images), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_classes", [80, 3])
+def test_stripping_keeps_a_cls_width_override(num_classes):
+    with torch.device("meta"):  # shapes only
+        stripped = build_model("yolov9-t", num_classes, cls_width=80).strip_auxiliary()
+        gelan = build_model("gelan-t", num_classes, cls_width=80)
+    assert stripped.cls_width == 80 and stripped.table == gelan.table
+    assert {k: v.shape for k, v in stripped.state_dict().items()} == {k: v.shape for k, v in gelan.state_dict().items()}
+    assert [cls[0].conv.out_channels for cls in stripped.main_head.cls] == [80, 80, 80]
+    assert count_parameters(stripped) == count_parameters(gelan) < GELAN_PARAMS["t"]

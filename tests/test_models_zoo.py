@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pgi_detect.models import Detector, build_model, count_gflops, count_parameters, list_models
-from pgi_detect.models.heads import DetectHead
+from pgi_detect.models.heads import DetectHead, head_widths
 
 # reference section 1.1 (nc = 80, 640x640): params train, GFLOPs train, params fused, GFLOPs fused
 REFERENCE = {
@@ -84,6 +84,47 @@ def test_head_widths_come_from_the_first_input_only():
     for box, cls in zip(head.box, head.cls):
         assert box[0].conv.out_channels == 128 and cls[0].conv.out_channels == 512
         assert box[1].conv.groups == 4 and box[2].groups == 4
+
+
+def test_cls_width_overrides_only_the_class_branch_width():
+    assert head_widths(64, 80) == (64, 128) and head_widths(64, 80, cls_width=80) == (64, 80)
+    assert head_widths(512, 80) == (128, 512) and head_widths(512, 3) == (128, 512)
+    head = DetectHead([64, 96, 128], num_classes=80, cls_width=80)
+    assert head.cls_width == 80
+    for box, cls in zip(head.box, head.cls):
+        assert box[0].conv.out_channels == 64 and cls[0].conv.out_channels == 80 and cls[2].in_channels == 80
+    for bad in (0, -8, 80.0, True):
+        with pytest.raises(ValueError, match="cls_width"):
+            head_widths(64, 80, cls_width=bad)
+
+
+# YOLOv9-T / GELAN-T README (2.0M params / 7.7 GFLOPs, converted + fused) = the official graph with an 80-wide
+# class branch instead of max(64, min(160, 128)) = 128 (reference sections 1.3 and 8.1).
+README_T_CLS80 = (2_001_840, 7.7131776)
+
+
+@pytest.mark.parametrize("name", ["gelan-t", "yolov9-t"])
+def test_cls_width_80_reproduces_the_readme_t_inference_size(name):
+    torch.manual_seed(0)
+    model = build_model(name, cls_width=80)
+    assert model.cls_width == 80
+    heads = [model.layers[-1]] if model.num_branches == 1 else [model.layers[-1].aux, model.layers[-1].main]
+    assert all(cls[0].conv.out_channels == 80 for head in heads for cls in head.cls)
+    inference = model.inference_copy()  # stripped + fused, the form the README reports
+    params, gflops = count_parameters(inference), count_gflops(inference, 640)
+    print(f"{name} cls_width=80 stripped+fused: {params:,} params, {gflops:.4f} GFLOPs")
+    assert params == README_T_CLS80[0] and f"{params / 1e6:.1f}M" == "2.0M"
+    assert gflops == pytest.approx(README_T_CLS80[1], abs=1e-6) and f"{gflops:.1f}G" == "7.7G"
+
+
+@pytest.mark.parametrize("name", ["gelan-t", "yolov9-t"])
+def test_default_cls_width_keeps_the_official_t_inference_size(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    assert model.cls_width is None and model.main_head.cls_width == 128
+    inference = model.inference_copy()
+    assert count_parameters(inference) == REFERENCE["gelan-t"][2]  # 2,407,632
+    assert count_gflops(inference, 640) == pytest.approx(REFERENCE["gelan-t"][3], rel=5e-3)
 
 
 def test_blocks_use_reference_batch_norm_settings():

@@ -29,19 +29,22 @@ def is_lightning_checkpoint(payload: Any) -> bool:
 
 def build_from_hparams(hparams: dict) -> nn.Module:
     """Rebuild the (untrained) detector a DetectionTask built from its saved hyperparameters: a zoo name, or a
-    custom backbone (`backbone` as an nn.Module or a LightningCLI `{class_path, init_args}` dict, plus `neck`)."""
+    custom backbone (`backbone` as an nn.Module or a LightningCLI `{class_path, init_args}` dict, plus `neck`).
+    `cls_width` (class-branch width override) is absent from older checkpoints: None, the official formula."""
     from pgi_detect.models import Detector, build_model
 
     num_classes = int(hparams.get("num_classes", 80))
+    cls_width = hparams.get("cls_width")
+    cls_width = None if cls_width is None else int(cls_width)
     backbone = hparams.get("backbone")
     if backbone is None:
-        return build_model(hparams["model"], num_classes=num_classes)
+        return build_model(hparams["model"], num_classes=num_classes, cls_width=cls_width)
     if isinstance(backbone, Mapping):
         backbone = instantiate_spec(backbone)
     else:
         backbone = copy.deepcopy(backbone)
     return Detector.from_backbone(backbone, num_classes, neck=hparams.get("neck", "gelan-s"),
-                                  name=str(hparams.get("model") or "custom"))
+                                  name=str(hparams.get("model") or "custom"), cls_width=cls_width)
 
 
 def instantiate_spec(spec: Mapping) -> nn.Module:

@@ -292,21 +292,25 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
 # ---------------------------------------------------------------------- our converted-file format
 def save_detector(detector: Detector, path: str | Path) -> None:
-    """Write the weights in the format `load_detector` reads (architecture name + state dict)."""
+    """Write the weights in the format `load_detector` reads (architecture name + state dict).
+
+    A class-branch width override is stored as `cls_width` only when the model has one, so files of
+    default-width models are exactly what older versions wrote."""
     if detector.fused:
         raise ValueError("convert.py: save the unfused model; fuse() after load_detector instead")
     get_table(detector.name)  # only zoo architectures can be rebuilt by load_detector
-    torch.save(
-        {
-            "format": FILE_FORMAT,
-            "model": detector.name,
-            "num_classes": detector.num_classes,
-            "source_name": detector.source_name,
-            "stripped": detector.stripped,
-            "state_dict": detector.state_dict(),
-        },
-        path,
-    )
+    payload = {
+        "format": FILE_FORMAT,
+        "model": detector.name,
+        "num_classes": detector.num_classes,
+        "source_name": detector.source_name,
+        "stripped": detector.stripped,
+        "state_dict": detector.state_dict(),
+    }
+    cls_width = getattr(detector, "cls_width", None)
+    if cls_width is not None:
+        payload["cls_width"] = int(cls_width)
+    torch.save(payload, path)
 
 
 def is_converted_file(obj) -> bool:
@@ -317,7 +321,10 @@ def detector_from_converted(obj: Mapping, source: str = "converted weights") -> 
     """Rebuild a Detector from the dict that `save_detector` wrote (already loaded)."""
     if not is_converted_file(obj):
         raise ConversionError(f"convert.py: {source} is not a {FILE_FORMAT} file")
-    detector = build_model(obj["model"], obj["num_classes"])
+    cls_width = obj.get("cls_width")  # absent in files of default-width models (and older files)
+    if cls_width is not None:
+        cls_width = int(cls_width)
+    detector = build_model(obj["model"], obj["num_classes"], cls_width=cls_width)
     detector.load_state_dict(obj["state_dict"])
     detector.stripped = bool(obj.get("stripped", False))
     detector.source_name = obj.get("source_name", obj["model"])

@@ -19,6 +19,10 @@ class Detector(nn.Module):
     `forward(images)` returns the raw per-level maps of every branch, main branch last (`[main]` or
     `[aux, main]`), in train and eval mode alike; `decode` turns one branch into `(B, 4 + nc, N)`.
     State-dict keys are `layers.<official idx>.<our submodule names>` (see `convert.py`).
+
+    `cls_width` overrides the class-branch width of every detect head (None: the official
+    `max(ch0, min(2 nc, 128))`); 80 on gelan-t / yolov9-t gives the official README's 2.0M / 7.7G
+    (reference section 1.3). When `layers` is given it must already have been built with that width.
     """
 
     reg_max: int = REG_MAX
@@ -32,16 +36,20 @@ class Detector(nn.Module):
         layers: nn.ModuleList | None = None,
         stripped: bool = False,
         source_name: str | None = None,
+        cls_width: int | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"detector.py: num_classes must be >= 1, got {num_classes}")
         self.table: tuple[Layer, ...] = tuple(table)
-        self.layers = layers if layers is not None else build_layers(self.table, num_classes)
+        if layers is None:
+            layers = build_layers(self.table, num_classes, cls_width=cls_width)
+        self.layers = layers
         if not isinstance(self.layers[-1], (DetectHead, DualDetectHead)):
             raise ValueError("detector.py: the last layer of a table must be a DetectHead or DualDetectHead")
         self.routing = Routing(self.table)
         self.num_classes = num_classes
+        self.cls_width = cls_width  # class-branch width override (None: official formula)
         self.name = name
         self.source_name = source_name or name  # zoo name this model was built or stripped from
         self.stripped = stripped  # True when made by strip_auxiliary from a model that had an aux branch
@@ -139,6 +147,7 @@ class Detector(nn.Module):
             layers=modules,
             stripped=self.stripped or self.num_branches == 2,
             source_name=self.source_name,
+            cls_width=self.cls_width,
         )
         stripped.fused = self.fused
         return stripped.train(self.training)
@@ -171,18 +180,27 @@ class Detector(nn.Module):
     # ------------------------------------------------------------------ custom backbones
     @classmethod
     def from_backbone(
-        cls, backbone: nn.Module, num_classes: int = 80, neck="gelan-s", name: str = "custom"
+        cls,
+        backbone: nn.Module,
+        num_classes: int = 80,
+        neck="gelan-s",
+        name: str = "custom",
+        cls_width: int | None = None,
     ) -> Detector:
         """A detector on any backbone returning (P3, P4, P5) maps at strides 8/16/32 and exposing
-        `out_channels`, with a GELAN neck (`neck`: "gelan-t", "gelan-s" or a `NeckSpec`) and a DetectHead."""
+        `out_channels`, with a GELAN neck (`neck`: "gelan-t", "gelan-s" or a `NeckSpec`) and a DetectHead
+        (`cls_width`: optional class-branch width override)."""
         from pgi_detect.models.backbones import gelan_neck_table
 
-        return cls(gelan_neck_table(backbone, neck), num_classes, name=name)
+        return cls(gelan_neck_table(backbone, neck), num_classes, name=name, cls_width=cls_width)
 
 
-def build_model(name: str, num_classes: int = 80) -> Detector:
-    """A freshly initialised zoo model: gelan-{t,s,m,c,e} or yolov9-{t,s,m,c,e}."""
-    return Detector(get_table(name), num_classes, name=name)
+def build_model(name: str, num_classes: int = 80, cls_width: int | None = None) -> Detector:
+    """A freshly initialised zoo model: gelan-{t,s,m,c,e} or yolov9-{t,s,m,c,e}.
+
+    `cls_width` overrides the detect heads' class-branch width (None: the official formula; 80 on the t
+    models reproduces the official README's 2.0M params / 7.7 GFLOPs for the inference model)."""
+    return Detector(get_table(name), num_classes, name=name, cls_width=cls_width)
 
 
 def list_models() -> list[str]:

@@ -40,8 +40,12 @@ def is_head(block: type[nn.Module] | nn.Module) -> bool:
     return isinstance(block, type) and issubclass(block, (DetectHead, DualDetectHead))
 
 
-def build_layers(table: Sequence[Layer], num_classes: int, in_channels: int = 3) -> nn.ModuleList:
-    """Instantiate every row, tracking channel counts (a block's `out_channels`) from source to consumer."""
+def build_layers(
+    table: Sequence[Layer], num_classes: int, in_channels: int = 3, cls_width: int | None = None
+) -> nn.ModuleList:
+    """Instantiate every row, tracking channel counts (a block's `out_channels`) from source to consumer.
+
+    Head rows get `num_classes` and `cls_width` (class-branch width override, None = official formula)."""
     channels: list = []
     layers = nn.ModuleList()
     for index, row in enumerate(table):
@@ -55,7 +59,7 @@ def build_layers(table: Sequence[Layer], num_classes: int, in_channels: int = 3)
         if isinstance(row.block, nn.Module):
             module = row.block
         elif is_head(row.block):
-            module = row.block(c_ins, num_classes, *row.args)
+            module = row.block(c_ins, num_classes, *row.args, cls_width=cls_width)
         else:
             module = row.block(c_in, *row.args)
         channels.append(module.out_channels)

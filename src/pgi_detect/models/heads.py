@@ -47,17 +47,27 @@ class DFL(nn.Module):
         return F.conv2d(probs, self.weight.to(probs.dtype)).view(batch, 4, anchors)
 
 
-def head_widths(first_in_channels: int, num_classes: int, reg_max: int = REG_MAX) -> tuple[int, int]:
-    """(box width, class width) of a DDetect head; both depend on the FIRST (P3) input only."""
+def head_widths(
+    first_in_channels: int, num_classes: int, reg_max: int = REG_MAX, cls_width: int | None = None
+) -> tuple[int, int]:
+    """(box width, class width) of a DDetect head; both depend on the FIRST (P3) input only.
+
+    The class width is the official `max(ch0, min(2 nc, 128))` unless `cls_width` overrides it (e.g. 80 for
+    gelan-t / yolov9-t, which reproduces the official README's 2.0M / 7.7G; reference section 1.3).
+    """
     box_width = make_divisible(max(first_in_channels // 4, reg_max * 4, 16), 4)
-    cls_width = max(first_in_channels, min(num_classes * 2, 128))
+    if cls_width is None:
+        return box_width, max(first_in_channels, min(num_classes * 2, 128))
+    if isinstance(cls_width, bool) or not isinstance(cls_width, int) or cls_width < 1:
+        raise ValueError(f"heads.py: cls_width must be a positive int or None, got {cls_width!r}")
     return box_width, cls_width
 
 
 class DetectHead(nn.Module):
     """DDetect: per level a grouped box branch (4 groups, one per side) and a class branch.
 
-    Biases start at 1.0 (box) and log(5 / nc / (640 / stride)^2) (class) for every level.
+    Biases start at 1.0 (box) and log(5 / nc / (640 / stride)^2) (class) for every level. `cls_width`
+    overrides the class-branch width (default: the official formula, see `head_widths`).
     """
 
     OFFICIAL_NAMES = {"box": "cv2", "cls": "cv3", "dfl": "dfl"}
@@ -68,12 +78,14 @@ class DetectHead(nn.Module):
         num_classes: int,
         strides: Sequence[int] = STRIDES,
         reg_max: int = REG_MAX,
+        cls_width: int | None = None,
     ) -> None:
         super().__init__()
         if len(c_ins) != len(strides):
             raise ValueError(f"heads.py: DetectHead got {len(c_ins)} inputs for {len(strides)} strides")
         self.num_classes = num_classes  # read by reset_biases
-        box_width, cls_width = head_widths(c_ins[0], num_classes, reg_max)
+        box_width, cls_width = head_widths(c_ins[0], num_classes, reg_max, cls_width)
+        self.cls_width = cls_width  # the width actually built
         self.box = nn.ModuleList(
             nn.Sequential(
                 Conv(c, box_width, 3),
@@ -106,7 +118,8 @@ class DetectHead(nn.Module):
 class DualDetectHead(nn.Module):
     """DualDDetect: an auxiliary DetectHead on the first half of the inputs, the main one on the second half.
 
-    Output `[aux maps, main maps]`. Official names: aux = cv2/cv3/dfl, main = cv4/cv5/dfl2.
+    Output `[aux maps, main maps]`. Official names: aux = cv2/cv3/dfl, main = cv4/cv5/dfl2. A `cls_width`
+    override applies to both heads.
     """
 
     OFFICIAL_NAMES = {
@@ -124,12 +137,13 @@ class DualDetectHead(nn.Module):
         num_classes: int,
         strides: Sequence[int] = STRIDES,
         reg_max: int = REG_MAX,
+        cls_width: int | None = None,
     ) -> None:
         super().__init__()
         levels = len(c_ins) // 2
         self.num_levels = levels
-        self.aux = DetectHead(c_ins[:levels], num_classes, strides, reg_max)
-        self.main = DetectHead(c_ins[levels:], num_classes, strides, reg_max)
+        self.aux = DetectHead(c_ins[:levels], num_classes, strides, reg_max, cls_width)
+        self.main = DetectHead(c_ins[levels:], num_classes, strides, reg_max, cls_width)
         self.out_channels = self.main.out_channels
 
     def forward(self, xs: list[Tensor]) -> list[list[Tensor]]:

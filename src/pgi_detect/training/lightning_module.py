@@ -66,6 +66,10 @@ class DetectionTask(pl.LightningModule):
         neck: GELAN neck widths for a custom backbone ("gelan-t" or "gelan-s").
         num_classes, class_names, category_ids: linked from the datamodule by the CLI; `category_ids` maps a
             contiguous class index to the dataset category id written into COCO results.
+        cls_width: optional width of the detect heads' class branches. None (default) keeps the official
+            `max(ch0, min(2·nc, 128))`; 80 on gelan-t / yolov9-t gives the official README's 2.0M params /
+            7.7 GFLOPs inference model (docs/models.md). Saved in the hyperparameters, so checkpoints rebuild
+            the same shapes. `weights` of another class width skip the class-branch tensors (shape differs).
         weights: optional checkpoint (a DetectionTask .ckpt or a plain state dict) to initialise from; tensors
             whose shapes differ (e.g. a head for another class count) are skipped.
         batch_size: images per device and step; linked from the datamodule. Used for the nominal-batch rules.
@@ -96,6 +100,7 @@ class DetectionTask(pl.LightningModule):
         backbone: Backbone | None = None,
         neck: str = "gelan-s",
         num_classes: int = 80,
+        cls_width: int | None = None,
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
         weights: str | None = None,
@@ -129,9 +134,11 @@ class DetectionTask(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if backbone is None:
-            self.detector = build_model(model, num_classes=num_classes)
+            self.detector = build_model(model, num_classes=num_classes, cls_width=cls_width)
         else:
-            self.detector = Detector.from_backbone(backbone, num_classes, neck=neck, name=model)
+            self.detector = Detector.from_backbone(
+                backbone, num_classes, neck=neck, name=model, cls_width=cls_width
+            )
         self.criterion = DetectionLoss(
             num_classes, strides=tuple(self.detector.strides), reg_max=self.detector.reg_max
         )
