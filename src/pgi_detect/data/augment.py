@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114
+SEGMENT_RESAMPLE_POINTS = 1000  # segment-aware warping resamples each polygon to this many points
+COPY_PASTE_MAX_IOA = 0.30  # a mirrored copy may cover less than this fraction of every existing box
 
 
 @dataclass
@@ -25,6 +27,7 @@ class AugmentationConfig:
     """
 
     mosaic: float = 1.0  # probability of the 4-image mosaic (close-mosaic turns it off regardless)
+    copy_paste: float = 0.3  # fraction of a mosaic's objects tried for mirrored copy-paste (needs segment labels)
     mixup: float = 0.15  # probability of blending in a second mosaic (only when mosaic ran)
     mixup_beta: float = 32.0  # blend ratio r ~ Beta(mixup_beta, mixup_beta)
     degrees: float = 0.0  # rotation U(-degrees, degrees)
@@ -48,11 +51,13 @@ class AugmentationConfig:
     min_box_size: float = 2.0  # box_candidates: width and height must exceed this (pixels)
     max_aspect_ratio: float = 100.0  # box_candidates: max(w/h, h/w) below this
     min_area_ratio: float = 0.1  # box_candidates: area after / (area before * scale^2) above this
+    min_area_ratio_segments: float = 0.01  # the same when boxes come from warped segments
 
     @classmethod
     def disabled(cls) -> "AugmentationConfig":
         off = {f.name: 0.0 for f in fields(cls) if f.name not in ("mixup_beta", "jpeg_quality", "min_box_size",
-                                                                   "max_aspect_ratio", "min_area_ratio")}
+                                                                   "max_aspect_ratio", "min_area_ratio",
+                                                                   "min_area_ratio_segments")}
         return cls(**off)
 
     @classmethod
@@ -128,6 +133,68 @@ def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
     return canvas, merged.astype(np.float32), np.concatenate(owners)
 
 
+def mosaic4_segments(shapes: list[tuple[int, int]], segments: list[list[np.ndarray]], size: int,
+                     center: tuple[int, int]) -> list[np.ndarray]:
+    """The polygons of each mosaic tile (`shapes` (h, w) of the resized images, pixels of each image) shifted like
+    mosaic4 shifts the boxes and clipped to the canvas; one list for all tiles, in mosaic4's box order."""
+    canvas_size = 2 * size
+    xc, yc = center
+    out = []
+    for i, ((h, w), tile_segments) in enumerate(zip(shapes, segments)):
+        shift = np.asarray([xc - w if i in (0, 2) else xc, yc - h if i in (0, 1) else yc], np.float32)
+        out.extend((np.asarray(s, np.float32) + shift).clip(0, canvas_size) for s in tile_segments)
+    return out
+
+
+def box_ioa(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection of one xyxy box with each of `boxes`, over the area of each of `boxes`."""
+    iw = (np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])).clip(0)
+    ih = (np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])).clip(0)
+    return iw * ih / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + 1e-7)
+
+
+def copy_paste(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, segments: list[np.ndarray],
+               fraction: float, rng: np.random.Generator, max_ioa: float = COPY_PASTE_MAX_IOA
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Mirrored copy-paste (segment labels only): `round(fraction · n)` of the n objects are drawn; each one whose
+    horizontally mirrored box (across the image width) covers less than `max_ioa` of every box present so far
+    (existing and already pasted) is pasted: the pixels inside its mirrored polygon are replaced by the horizontally
+    flipped image, and the mirrored box, class and polygon are appended. `segments[i]` is object i's (k, 2) polygon
+    in image pixels. Nothing is drawn from `rng` when fraction is 0 or there are no objects.
+    """
+    n = len(segments)
+    if not fraction or not n:
+        return image, boxes, classes, segments
+    height, width = image.shape[:2]
+    present = boxes.reshape(-1, 4)
+    new_boxes, new_classes, new_segments, originals = [], [], [], []
+    for j in rng.choice(n, size=min(n, round(fraction * n)), replace=False):
+        box = boxes[j]
+        mirrored = np.asarray([width - box[2], box[1], width - box[0], box[3]], np.float32)
+        if len(present) and box_ioa(mirrored, present).max() >= max_ioa:
+            continue
+        present = np.concatenate([present, mirrored[None]])
+        polygon = np.asarray(segments[j], np.float32)
+        new_boxes.append(mirrored)
+        new_classes.append(classes[j])
+        new_segments.append(np.stack([width - polygon[:, 0], polygon[:, 1]], 1))
+        originals.append(np.round(polygon).astype(np.int32))
+    if not new_boxes:
+        return image, boxes, classes, segments
+    # The original polygons are rasterised and the mask flipped: a pixel-exact mirror of the objects' pixels.
+    # Only the band of rows they span is touched (a full-width band is contiguous, so OpenCV writes into it).
+    every = np.concatenate(originals)
+    y1, y2 = int(every[:, 1].min().clip(0, height)), int(every[:, 1].max().clip(-1, height - 1)) + 1
+    image = np.ascontiguousarray(image).copy()
+    if y2 > y1:
+        mask = np.zeros((y2 - y1, width), np.uint8)
+        cv2.fillPoly(mask, originals, 1, offset=(0, -y1))
+        band = image[y1:y2]
+        band[:] = cv2.copyTo(cv2.flip(band, 1), cv2.flip(mask, 1), band)
+    return (image, np.concatenate([boxes, np.stack(new_boxes)]).astype(np.float32),
+            np.concatenate([classes, np.asarray(new_classes, classes.dtype)]), list(segments) + new_segments)
+
+
 def affine_matrix(rng: np.random.Generator, config: AugmentationConfig, in_size: tuple[int, int],
                   out_size: tuple[int, int]) -> tuple[np.ndarray, float]:
     """Random 3×3 transform T·S·R·P·C (centre, perspective, rotation+scale, shear, translation) and its scale.
@@ -167,21 +234,101 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, out_size: tuple[int, 
     return out.astype(np.float32)
 
 
-def box_candidates(before: np.ndarray, after: np.ndarray, config: AugmentationConfig) -> np.ndarray:
+def _resample_closed(segments: list[np.ndarray], n: int) -> np.ndarray:
+    """(m, n, 2): `n` points evenly spaced by length along each closed polygon, starting at its first vertex.
+
+    All polygons are interpolated in one np.interp call: their closed outlines are chained into one path whose
+    arc length jumps by 1 between polygons, so every polygon owns a disjoint, increasing stretch of it."""
+    closed = [np.concatenate([np.asarray(s, np.float64).reshape(-1, 2), np.asarray(s, np.float64).reshape(-1, 2)[:1]])
+              for s in segments]
+    sizes = np.asarray([len(c) for c in closed])
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    last = first + sizes - 1
+    path = np.concatenate(closed)
+    steps = np.hypot(*np.diff(path, axis=0).T)
+    steps[first[1:] - 1] = 1.0  # from one polygon's closing point to the next polygon: a gap, never sampled
+    cumulative = np.concatenate([[0.0], np.cumsum(steps)])
+    start, length = cumulative[first], cumulative[last] - cumulative[first]
+    t = (start[:, None] + length[:, None] * (np.arange(n) / n)[None]).ravel()
+    return np.stack([np.interp(t, cumulative, path[:, 0]), np.interp(t, cumulative, path[:, 1])], 1).reshape(-1, n, 2)
+
+
+def resample_segment(polygon: np.ndarray, n: int = SEGMENT_RESAMPLE_POINTS) -> np.ndarray:
+    """`n` points evenly spaced (by length) along the closed polygon, plus its vertices (so the extremes of a warped
+    polygon are exact); (n + k, 2)."""
+    polygon = np.asarray(polygon, np.float64).reshape(-1, 2)
+    return np.concatenate([_resample_closed([polygon], n)[0], polygon])
+
+
+def _warp_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    homogeneous = np.concatenate([points, np.ones((len(points), 1))], 1) @ matrix.T
+    return homogeneous[:, :2] / homogeneous[:, 2:3] if matrix[2, 0] or matrix[2, 1] else homogeneous[:, :2]
+
+
+def _inside(xy: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    return (xy[:, 0] >= 0) & (xy[:, 0] <= out_size[0]) & (xy[:, 1] >= 0) & (xy[:, 1] <= out_size[1])
+
+
+def _resampled_boxes(vertices: list[np.ndarray], matrix: np.ndarray, out_size: tuple[int, int], n: int) -> np.ndarray:
+    """Boxes of the warped points (n resampled + the vertices) of each polygon that lie inside; inf where none."""
+    m = len(vertices)
+    starts = np.concatenate([[0], np.cumsum([len(v) for v in vertices])[:-1]])
+    xy = _warp_points(np.concatenate([_resample_closed(vertices, n).reshape(-1, 2)] + vertices), matrix)
+    inside = _inside(xy, out_size)[:, None]
+    lows, highs = np.where(inside, xy, np.inf), np.where(inside, xy, -np.inf)  # outside points are ignored
+    k = m * n
+    low = np.minimum(lows[:k].reshape(m, n, 2).min(1), np.minimum.reduceat(lows[k:], starts, axis=0))
+    high = np.maximum(highs[:k].reshape(m, n, 2).max(1), np.maximum.reduceat(highs[k:], starts, axis=0))
+    return np.concatenate([low, high], 1)
+
+
+def transform_segments(segments: list[np.ndarray], matrix: np.ndarray, out_size: tuple[int, int],
+                       n: int = SEGMENT_RESAMPLE_POINTS) -> np.ndarray:
+    """Segment-aware boxes: each polygon resampled (resample_segment: n points + its vertices), warped, and its box
+    = min/max of the warped points inside the output (width, height); a zero box when none is inside (dropped by
+    box_candidates).
+
+    Shortcut with the same result: a polygon whose warped vertices are all inside has its box from the vertices
+    (every edge point then lies inside and between them), and one whose warped vertices' bounds miss the output
+    entirely has no point inside; only polygons crossing the border are resampled."""
+    if not segments:
+        return np.zeros((0, 4), np.float32)
+    vertices = [np.asarray(s, np.float64).reshape(-1, 2) for s in segments]
+    starts = np.concatenate([[0], np.cumsum([len(v) for v in vertices])[:-1]])
+    xy = _warp_points(np.concatenate(vertices), matrix)
+    out = np.concatenate([np.minimum.reduceat(xy, starts, axis=0), np.maximum.reduceat(xy, starts, axis=0)], 1)
+    all_inside = np.logical_and.reduceat(_inside(xy, out_size), starts)
+    missing = (out[:, 2] < 0) | (out[:, 0] > out_size[0]) | (out[:, 3] < 0) | (out[:, 1] > out_size[1])
+    out[missing] = 0.0
+    crossing = np.flatnonzero(~all_inside & ~missing)
+    if len(crossing):
+        out[crossing] = _resampled_boxes([vertices[i] for i in crossing], matrix, out_size, n)
+    out[~np.isfinite(out).all(1)] = 0.0  # crossing polygons with no sampled point inside
+    return out.astype(np.float32)
+
+
+def box_candidates(before: np.ndarray, after: np.ndarray, config: AugmentationConfig,
+                   min_area_ratio: float | None = None) -> np.ndarray:
     """Keep boxes that survive a warp: w and h > min_box_size px, aspect < max_aspect_ratio, and
-    area after / area before (both already in output scale) > min_area_ratio."""
+    area after / area before (both already in output scale) > min_area_ratio (config.min_area_ratio unless given)."""
     w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
     w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
     eps = 1e-16
     aspect = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
     return ((w2 > config.min_box_size) & (h2 > config.min_box_size)
-            & (w2 * h2 / (w1 * h1 + eps) > config.min_area_ratio) & (aspect < config.max_aspect_ratio))
+            & (w2 * h2 / (w1 * h1 + eps) > (config.min_area_ratio if min_area_ratio is None else min_area_ratio))
+            & (aspect < config.max_aspect_ratio))
 
 
 def random_perspective(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, config: AugmentationConfig,
-                       rng: np.random.Generator, border: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       rng: np.random.Generator, border: int = 0, segments: list[np.ndarray] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random affine/perspective warp; the output is the input size + 2·border (border −size/2 crops a mosaic
-    canvas back to size). Boxes are warped and filtered with `box_candidates`."""
+    canvas back to size). Boxes are warped and filtered with `box_candidates`.
+
+    With `segments` (one polygon per box, input pixels) the boxes come from the warped polygons
+    (transform_segments) and the area-ratio threshold is `min_area_ratio_segments`; otherwise the 4 box corners are
+    warped (transform_boxes) with `min_area_ratio`."""
     out_w, out_h = image.shape[1] + 2 * border, image.shape[0] + 2 * border
     matrix, scale = affine_matrix(rng, config, (image.shape[1], image.shape[0]), (out_w, out_h))
     if border != 0 or not np.array_equal(matrix, np.eye(3)):
@@ -189,7 +336,11 @@ def random_perspective(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray
             image = cv2.warpPerspective(image, matrix, (out_w, out_h), borderValue=(PAD_VALUE,) * 3)
         else:
             image = cv2.warpAffine(image, matrix[:2], (out_w, out_h), borderValue=(PAD_VALUE,) * 3)
-    if len(boxes):
+    if len(boxes) and segments is not None and len(segments) == len(boxes):
+        warped = transform_segments(segments, matrix, (out_w, out_h))
+        keep = box_candidates(boxes * scale, warped, config, config.min_area_ratio_segments)
+        boxes, classes = warped[keep], classes[keep]
+    elif len(boxes):
         warped = transform_boxes(boxes, matrix, (out_w, out_h))
         keep = box_candidates(boxes * scale, warped, config)
         boxes, classes = warped[keep], classes[keep]

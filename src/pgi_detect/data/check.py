@@ -65,7 +65,7 @@ def check_dataset(path: str | Path, images: str | Path | None = None, format: st
     """Parse and (with decode=True) decode every image; never raises for bad data, everything goes in the report."""
     report = DataReport(location=str(path))
     try:
-        source = read_source(path, images, format, class_names)
+        source = read_source(path, images, format, class_names, segments=False)
     except DataError as exc:
         report.problems.append(DataProblem(str(path), str(exc).removeprefix(f"{path}: "), "unreadable_dataset"))
         return report

@@ -3,6 +3,10 @@
 Category ids are mapped to contiguous indices in sorted-id order (`category_ids[index]` maps back for evaluation).
 iscrowd annotations are not training targets (they stay in the ground truth returned by `val_coco()`, where COCOeval
 treats them as ignore regions). Images without annotations are kept as negatives. Boxes come from the JSON `bbox`.
+
+With `segments=True` the polygon `segmentation` of each non-crowd annotation is kept as the object's segment (an
+object made of several polygons gets them joined by zero-width bridges, records.merge_polygons; an RLE or missing
+segmentation gets the box rectangle). Images without any polygon carry no segments.
 """
 from __future__ import annotations
 
@@ -16,7 +20,22 @@ from typing import Any
 import numpy as np
 
 from .problems import DataError, DataProblem
-from .records import DetectionSource, ImageRecord, clip_boxes_to_image, empty_boxes, report_box_repairs
+from .records import (DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image, empty_boxes, merge_polygons,
+                      pack_segments, report_box_repairs)
+
+
+def annotation_polygon(segmentation: Any) -> np.ndarray | None:
+    """The object's polygon from a COCO `segmentation` polygon list (parts joined); None for RLE / missing / invalid."""
+    if not isinstance(segmentation, list):
+        return None
+    parts = []
+    for part in segmentation:
+        if (isinstance(part, (list, tuple)) and len(part) >= 6 and len(part) % 2 == 0
+                and all(isinstance(v, (int, float)) for v in part)):
+            polygon = np.asarray(part, np.float32).reshape(-1, 2)
+            if np.all(np.isfinite(polygon)):
+                parts.append(polygon)
+    return merge_polygons(parts) if parts else None
 
 
 def read_json(path: Path) -> Any:
@@ -48,8 +67,11 @@ def _require_list(data: dict, key: str, path: Path) -> list:
     return value
 
 
-def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = None) -> DetectionSource:
-    """Parse a COCO JSON file. Structural errors raise DataError; per-image/annotation problems are collected."""
+def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = None,
+                   segments: bool = True) -> DetectionSource:
+    """Parse a COCO JSON file. Structural errors raise DataError; per-image/annotation problems are collected.
+
+    segments=False skips the polygons (less memory; copy-paste and segment-aware warping then do not run)."""
     annotation_file = Path(annotation_file)
     data = read_json(annotation_file)
     if not isinstance(data, dict):
@@ -86,6 +108,7 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
 
     boxes_by_image: dict[int, list[list[float]]] = defaultdict(list)
     classes_by_image: dict[int, list[int]] = defaultdict(list)
+    polygons_by_image: dict[int, list[np.ndarray | None]] = defaultdict(list)
     bad_images: set[int] = set()
     where = str(annotation_file)
     for ann in annotations:
@@ -113,6 +136,8 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
         x, y, w, h = (float(v) for v in bbox)
         boxes_by_image[image_id].append([x, y, x + w, y + h])
         classes_by_image[image_id].append(index_of_category[category])
+        if segments:
+            polygons_by_image[image_id].append(annotation_polygon(ann.get("segmentation")))
 
     records: list[ImageRecord] = []
     for image_id, info in image_info.items():
@@ -129,7 +154,14 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
             classes = np.asarray(classes_by_image[image_id], np.int64)
             report_box_repairs(problems, str(path), raw, keep, clipped)
             boxes, classes = boxes[keep], classes[keep]
-        records.append(ImageRecord(path, image_id, boxes, classes, info["width"], info["height"]))
+        record = ImageRecord(path, image_id, boxes, classes, info["width"], info["height"])
+        polygons = polygons_by_image.get(image_id)
+        if polygons and any(p is not None for p in polygons):
+            kept = [p for p, k in zip(polygons, keep) if k]
+            limits = np.asarray([info["width"], info["height"]], np.float32)
+            kept = [box_polygon(b) if p is None else p.clip(0, limits) for p, b in zip(kept, boxes)]
+            record.segment_points, record.segment_offsets = pack_segments(kept)
+        records.append(record)
 
     return DetectionSource(
         format="coco",

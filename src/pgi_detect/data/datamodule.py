@@ -38,6 +38,9 @@ class DetectionDataModule(L.LightningDataModule):
         rect_val: rectangular evaluation batches sorted by aspect ratio (rect_pad = 0.5 as in training-time val);
             under DDP each rank takes every world_size-th batch.
         on_bad_sample: 'error' (fail fast naming the file) or 'skip' (log each bad sample, drop it, summarise).
+        segments: keep polygon labels of the train split (COCO `segmentation`, YOLO polygon lines) for copy-paste
+            and segment-aware warping. False (or augmentation mosaic 0) does not load them: less memory, box-only
+            augmentation. Val/test splits never load them.
         seed: seeds shuffling and augmentation; identical seeds give identical batches.
     """
 
@@ -62,6 +65,7 @@ class DetectionDataModule(L.LightningDataModule):
         rect_val: bool = False,
         rect_pad: float = 0.5,
         on_bad_sample: Literal["error", "skip"] = "error",
+        segments: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -82,6 +86,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.rect_val = rect_val
         self.rect_pad = rect_pad
         self.on_bad_sample = on_bad_sample
+        self.segments = segments
         self.seed = seed
         self._class_names_arg = list(class_names) if class_names is not None else None
         self._sources: dict[str, DetectionSource] = {}
@@ -98,8 +103,9 @@ class DetectionDataModule(L.LightningDataModule):
             path, images = self.paths[split]
             if path is None:
                 raise ValueError(f"no {split} dataset configured")
+            segments = split == "train" and self.segments and self.augmentation.mosaic > 0
             self._sources[split] = load_source(path, images, self.format, self._class_names_arg,
-                                               self.on_bad_sample)
+                                               self.on_bad_sample, segments=segments)
             self._check_same_classes(split)
         return self._sources[split]
 

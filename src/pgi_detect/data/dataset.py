@@ -1,8 +1,9 @@
 """DetectionDataset: records → augmented (training) or letterboxed (evaluation) samples.
 
-Training follows the official pipeline (docs/yolov9-reference.md §5): mosaic-4 → random_perspective (border −s/2)
-→ mixup, or with mosaic off letterbox → random_perspective (border 0); then albumentations pixel transforms, HSV,
-flips. The mosaic switch lives in shared memory so `set_mosaic` reaches running (persistent) worker processes.
+Training follows the official pipeline (docs/yolov9-reference.md §5): mosaic-4 → copy-paste (segment labels only)
+→ random_perspective (border −s/2, segment-aware boxes when the records carry polygons) → mixup, or with mosaic off
+letterbox → random_perspective (border 0, box mode); then albumentations pixel transforms, HSV, flips. The mosaic switch
+lives in shared memory so `set_mosaic` reaches running (persistent) worker processes.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from . import augment as aug
 from .augment import AugmentationConfig
 from .images import decode_annotated_image, resize_long_side
 from .problems import DataError, check_policy
-from .records import DetectionSource, ImageRecord, clip_boxes_to_image
+from .records import DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image
 
 logger = logging.getLogger("pgi_detect.data")
 
@@ -53,6 +54,9 @@ class DetectionDataset(Dataset):
         self._mosaic_flag = torch.ones(1, dtype=torch.uint8).share_memory_()
         self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
         self._bad: set[int] = set()
+        # Polygons are only used by training mosaics (copy-paste, segment-aware warping); records loaded with
+        # segments=False, or without polygon labels, keep the box-only pipeline.
+        self.use_segments = train and any(r.segment_points is not None for r in self.records)
         self.reseed(seed)
 
     def __len__(self) -> int:
@@ -184,26 +188,47 @@ class DetectionDataset(Dataset):
         size = self.img_size
         indices = [index] + [int(i) for i in self.rng.integers(0, len(self), 3)]
         self.rng.shuffle(indices)
-        images, boxes, classes, main_orig = [], [], [], (size, size)
+        images, boxes, classes, segments, main_orig = [], [], [], [], (size, size)
         for i in indices:
-            image, orig, image_boxes, image_classes = self._load_for_mosaic(i, required=(i == index))
+            image, orig, image_boxes, image_classes, loaded = self._load_for_mosaic(i, required=(i == index))
             images.append(image)
             boxes.append(image_boxes)
             classes.append(image_classes)
+            segments.append(self._tile_segments(loaded, orig, image.shape[:2], image_boxes))
             if i == index:
                 main_orig = orig
         center = (int(self.rng.uniform(size / 2, 3 * size / 2)), int(self.rng.uniform(size / 2, 3 * size / 2)))
         canvas, canvas_boxes, _ = aug.mosaic4(images, boxes, size, center)
-        image, out_boxes, out_classes = aug.random_perspective(canvas, canvas_boxes, np.concatenate(classes), self.config,
-                                                               self.rng, border=-size // 2)
+        canvas_classes = np.concatenate(classes)
+        canvas_segments = None
+        if any(s is not None for s in segments):  # tiles without polygons contribute their box rectangles
+            tiles = [s if s is not None else [box_polygon(b) for b in tile_boxes]
+                     for s, tile_boxes in zip(segments, boxes)]
+            canvas_segments = aug.mosaic4_segments([im.shape[:2] for im in images], tiles, size, center)
+            canvas, canvas_boxes, canvas_classes, canvas_segments = aug.copy_paste(
+                canvas, canvas_boxes, canvas_classes, canvas_segments, self.config.copy_paste, self.rng)
+        image, out_boxes, out_classes = aug.random_perspective(canvas, canvas_boxes, canvas_classes, self.config,
+                                                               self.rng, border=-size // 2, segments=canvas_segments)
         return image, out_boxes, out_classes, main_orig
 
+    def _tile_segments(self, index: int, orig: tuple[int, int], resized: tuple[int, int],
+                       boxes: np.ndarray) -> list[np.ndarray] | None:
+        """The record's polygons in pixels of its resized image (None without segments or when they are off)."""
+        if not self.use_segments:
+            return None
+        polygons = self.records[index].pixel_segments(*orig)
+        if polygons is None or len(polygons) != len(boxes):
+            return None
+        gain = np.asarray([resized[1] / orig[1], resized[0] / orig[0]], np.float32)
+        return [p * gain for p in polygons]
+
     def _load_for_mosaic(self, index: int, required: bool):
-        """Load a mosaic tile; in skip mode a bad extra tile is replaced by another random image."""
+        """Load a mosaic tile (load_image's result + the index actually loaded); in skip mode a bad extra tile is
+        replaced by another random image."""
         for _ in range(len(self)):
             if index not in self._bad:
                 try:
-                    return self.load_image(index)
+                    return (*self.load_image(index), index)
                 except DataError as exc:
                     if required:
                         raise

@@ -17,6 +17,12 @@ class ImageRecord:
     `boxes` are xyxy in original (EXIF-oriented) image pixels, already clipped to the image; `classes` are contiguous
     indices 0..nc-1. `normalized=True` boxes are fractions of the image with `width`/`height` unknown: the state of a
     YOLO txt record before its header is read, which load_yolo_txt does for every record before returning it.
+
+    Optional polygons ("segments", used by copy-paste and segment-aware warping) are stored packed to stay small for
+    100k+ images: `segment_points` (P, 2) float32 in the same units as `boxes` (pixels, or fractions while
+    normalized) and `segment_offsets` (n + 1,) int32, object i owning points[offsets[i]:offsets[i + 1]]. Both are None
+    when the record has no polygons (or they were not loaded); when present every object has one (objects without a
+    polygon get their box rectangle).
     """
 
     path: Path
@@ -26,6 +32,21 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     normalized: bool = False
+    segment_points: np.ndarray | None = None  # (P, 2) float32, see above
+    segment_offsets: np.ndarray | None = None  # (n + 1,) int32
+
+    @property
+    def has_segments(self) -> bool:
+        return self.segment_points is not None
+
+    def pixel_segments(self, height: int, width: int) -> list[np.ndarray] | None:
+        """One (k, 2) float32 polygon per object, in pixels of an image of this (displayed) size; None without."""
+        if self.segment_points is None or self.segment_offsets is None:
+            return None
+        points = self.segment_points
+        if self.normalized:
+            points = points * np.asarray([width, height], np.float32)
+        return unpack_segments(points, self.segment_offsets)
 
     def pixel_boxes(self, height: int, width: int) -> np.ndarray:
         """Boxes in pixels of an image of this (displayed) size."""
@@ -55,6 +76,42 @@ class DetectionSource:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def pack_segments(segments: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """List of (k_i, 2) polygons → (points (P, 2) float32, offsets (n + 1,) int32)."""
+    lengths = [len(s) for s in segments]
+    offsets = np.zeros(len(segments) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    points = (np.concatenate([np.asarray(s, np.float32).reshape(-1, 2) for s in segments]) if segments
+              else np.zeros((0, 2), np.float32))
+    return points.astype(np.float32, copy=False), offsets
+
+
+def unpack_segments(points: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [points[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def box_polygon(box: np.ndarray) -> np.ndarray:
+    """The 4 corners of an xyxy box as a polygon (the segment of an object that has no polygon)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return np.asarray([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
+
+
+def merge_polygons(polygons: list[np.ndarray]) -> np.ndarray:
+    """Join an object's several polygons into one: each further polygon is linked to the joined outline at their
+    closest pair of points by a zero-width bridge (out and back along the same line), so filling the result covers
+    every part, and its bounds are the bounds of all parts."""
+    polygons = [np.asarray(p, np.float32).reshape(-1, 2) for p in polygons if len(p)]
+    if not polygons:
+        return np.zeros((0, 2), np.float32)
+    merged = polygons[0]
+    for polygon in polygons[1:]:
+        distances = ((merged[:, None, :] - polygon[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(np.argmin(distances)), distances.shape)
+        rotated = np.roll(polygon, -j, axis=0)  # starts at its closest point
+        merged = np.concatenate([merged[:i + 1], rotated, rotated[:1], merged[i:]])
+    return merged
 
 
 def empty_boxes() -> tuple[np.ndarray, np.ndarray]:

@@ -30,26 +30,29 @@ def detect_format(path: str | Path, format: str = "auto") -> str:
 
 
 def read_source(path: str | Path, images: str | Path | None = None, format: str = "auto",
-                class_names: list[str] | None = None) -> DetectionSource:
-    """Parse a dataset without applying the bad-input policy (check-data uses this to list every problem)."""
+                class_names: list[str] | None = None, segments: bool = True) -> DetectionSource:
+    """Parse a dataset without applying the bad-input policy (check-data uses this to list every problem).
+
+    segments=False does not keep polygon labels (copy-paste / segment-aware warping need them)."""
     if detect_format(path, format) == "coco":
-        source = load_coco_json(path, images)
+        source = load_coco_json(path, images, segments=segments)
         if class_names is not None:
             if len(class_names) != source.num_classes:
                 raise DataError(f"{path}: {source.num_classes} categories but {len(class_names)} class_names given")
             source.class_names = list(class_names)
         return source
-    return load_yolo_txt(path, images, class_names)
+    return load_yolo_txt(path, images, class_names, segments=segments)
 
 
 def load_source(path: str | Path, images: str | Path | None = None, format: str = "auto",
-                class_names: list[str] | None = None, on_bad_sample: str = "error") -> DetectionSource:
+                class_names: list[str] | None = None, on_bad_sample: str = "error",
+                segments: bool = True) -> DetectionSource:
     """Parse a dataset and apply the policy: raise on the first bad sample, or log and drop bad samples.
 
     YOLO image sizes are read while parsing, so the datasets and the ground truth built from one source always
     hold the same images.
     """
-    source = read_source(path, images, format, class_names)
+    source = read_source(path, images, format, class_names, segments)
     enforce_policy(source.problems, on_bad_sample, source.location)
     if not source.records:
         raise DataError(f"{source.location}: no usable images")

@@ -1,10 +1,11 @@
 """YOLO txt datasets (images/ + labels/ with matching stems) → DetectionSource.
 
 Label lines are `class cx cy w h` normalised to the image, or `class x1 y1 x2 y2 ...` polygons (box = the polygon's
-bounding box). Class names come from the `class_names` argument or `classes.yaml` (`names:` as a list or an
-{index: name} dict). Images without a label file are negatives; label files without an image are reported and
-ignored. Image ids are running indices over the sorted image paths; category ids are the class indices. Every
-image header is read while loading, so records come out with pixel boxes and sizes like COCO ones.
+bounding box; the polygon is kept as the object's segment unless `segments=False`). Class names come from the
+`class_names` argument or `classes.yaml` (`names:` as a list or an {index: name} dict). Images without a label file
+are negatives; label files without an image are reported and ignored. Image ids are running indices over the sorted
+image paths; category ids are the class indices. Every image header is read while loading, so records come out with
+pixel boxes and sizes like COCO ones.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from tqdm import tqdm
 
 from .images import IMAGE_SUFFIXES, ImageDecodeError, read_image_size
 from .problems import DataError, DataProblem
-from .records import DetectionSource, ImageRecord, clip_boxes_to_image, empty_boxes, report_box_repairs
+from .records import (DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image, empty_boxes, pack_segments,
+                      report_box_repairs)
 
 CLASSES_FILE = "classes.yaml"
 
@@ -54,10 +56,15 @@ def find_yolo_dirs(root: Path, images_dir: str | Path | None) -> tuple[Path, Pat
 NORMALIZED_CLIP_TOLERANCE = 1e-3
 
 
-def parse_label_file(label_file: Path, num_classes: int, problems: list[DataProblem]) -> tuple[np.ndarray, np.ndarray] | None:
+def parse_label_file(label_file: Path, num_classes: int, problems: list[DataProblem],
+                     segments: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Normalised xyxy boxes (clipped to [0, 1], degenerate ones dropped and reported) and classes from one label
-    file; None (with a problem recorded) if the file is malformed."""
+    file; None (with a problem recorded) if the file is malformed.
+
+    When a `segments` list is given and the file has at least one polygon line, it is filled with one normalised
+    (k, 2) float32 polygon per returned box (clipped to [0, 1]; `cx cy w h` lines get their box rectangle)."""
     rows: list[list[float]] = []
+    polygons: list[np.ndarray | None] = []
     classes: list[int] = []
     for line_no, line in enumerate(label_file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         parts = line.split()
@@ -80,21 +87,30 @@ def parse_label_file(label_file: Path, num_classes: int, problems: list[DataProb
         if len(coords) == 4:
             cx, cy, w, h = coords
             rows.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+            polygons.append(None)
         else:
             xy = np.asarray(coords).reshape(-1, 2)
             rows.append([xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()])
+            polygons.append(xy.astype(np.float32))
         classes.append(int(cls))
     if not rows:
         return empty_boxes()
-    table = np.unique(np.column_stack([np.asarray(classes, np.float64), np.asarray(rows)]), axis=0)  # drop duplicate rows
+    # drop duplicate rows (same class and box; the first polygon of duplicates is kept)
+    table, first = np.unique(np.column_stack([np.asarray(classes, np.float64), np.asarray(rows)]), axis=0,
+                             return_index=True)
     raw = table[:, 1:].astype(np.float32)
     boxes, keep, clipped = clip_boxes_to_image(raw, 1.0, 1.0, report_tolerance=NORMALIZED_CLIP_TOLERANCE)
     report_box_repairs(problems, str(label_file), raw, keep, clipped, unit="normalised xyxy")
+    if segments is not None and any(p is not None for p in polygons):
+        for i in np.flatnonzero(keep):
+            polygon = polygons[first[i]]
+            segments.append(box_polygon(boxes[i]) if polygon is None else polygon.clip(0.0, 1.0))
     return boxes[keep], table[keep, 0].astype(np.int64)
 
 
 def load_yolo_txt(root: str | Path, images_dir: str | Path | None = None,
-                  class_names: list[str] | None = None) -> DetectionSource:
+                  class_names: list[str] | None = None, segments: bool = True) -> DetectionSource:
+    """Parse a YOLO txt dataset; segments=False drops polygon points after computing the boxes (less memory)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: dataset folder not found")
@@ -120,11 +136,15 @@ def load_yolo_txt(root: str | Path, images_dir: str | Path | None = None,
             boxes, classes = empty_boxes()
         else:
             used_labels.add(key)
-            parsed = parse_label_file(label_file, len(class_names), problems)
+            polygons: list[np.ndarray] | None = [] if segments else None
+            parsed = parse_label_file(label_file, len(class_names), problems, polygons)
             if parsed is None:
                 continue
             boxes, classes = parsed
-        records.append(ImageRecord(image_path, image_id, boxes, classes, normalized=True))
+        record = ImageRecord(image_path, image_id, boxes, classes, normalized=True)
+        if label_file is not None and polygons:
+            record.segment_points, record.segment_offsets = pack_segments(polygons)
+        records.append(record)
     orphans = sorted(str(p) for k, p in label_paths.items() if k not in used_labels)
     for orphan in orphans:
         problems.append(DataProblem(orphan, "label file has no matching image; ignored", "orphan_label", "warning"))
@@ -158,6 +178,8 @@ def size_yolo_records(source: DetectionSource) -> list[DataProblem]:
             problems.append(DataProblem(str(record.path), str(exc).split(": ", 1)[-1], "corrupt_image"))
             continue
         record.boxes = record.pixel_boxes(height, width)
+        if record.segment_points is not None:
+            record.segment_points = record.segment_points * np.asarray([width, height], np.float32)
         record.height, record.width, record.normalized = height, width, False
         kept.append(record)
     source.records = kept
