@@ -107,6 +107,13 @@ def scale_and_shift_boxes(boxes: np.ndarray, gain: tuple[float, float], pad: tup
         [pad[0], pad[1], pad[0], pad[1]], np.float32)
 
 
+def tile_origin(tile: int, height: int, width: int, center: tuple[int, int]) -> tuple[int, int]:
+    """Canvas (left, top) of mosaic tile 0-3 (top-left, top-right, bottom-left, bottom-right) of size h x w: its
+    inner corner touches `center`."""
+    xc, yc = center
+    return (xc - width if tile in (0, 2) else xc), (yc - height if tile in (0, 1) else yc)
+
+
 def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
             center: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paste four images around `center` on a (2·size)² canvas filled with 114: top-left, top-right, bottom-left,
@@ -117,12 +124,10 @@ def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
     """
     canvas_size = 2 * size
     canvas = np.full((canvas_size, canvas_size, 3), PAD_VALUE, np.uint8)
-    xc, yc = center
     all_boxes, owners = [], []
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
         h, w = image.shape[:2]
-        left = xc - w if i in (0, 2) else xc  # canvas position of the image's top-left corner
-        top = yc - h if i in (0, 1) else yc
+        left, top = tile_origin(i, h, w, center)
         x1, y1 = max(left, 0), max(top, 0)
         x2, y2 = min(left + w, canvas_size), min(top + h, canvas_size)
         if x2 > x1 and y2 > y1:
@@ -138,10 +143,9 @@ def mosaic4_segments(shapes: list[tuple[int, int]], segments: list[list[np.ndarr
     """The polygons of each mosaic tile (`shapes` (h, w) of the resized images, pixels of each image) shifted like
     mosaic4 shifts the boxes and clipped to the canvas; one list for all tiles, in mosaic4's box order."""
     canvas_size = 2 * size
-    xc, yc = center
     out = []
     for i, ((h, w), tile_segments) in enumerate(zip(shapes, segments)):
-        shift = np.asarray([xc - w if i in (0, 2) else xc, yc - h if i in (0, 1) else yc], np.float32)
+        shift = np.asarray(tile_origin(i, h, w, center), np.float32)
         out.extend((np.asarray(s, np.float32) + shift).clip(0, canvas_size) for s in tile_segments)
     return out
 
