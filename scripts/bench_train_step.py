@@ -74,15 +74,26 @@ def time_steps(
     name: str, args: argparse.Namespace, precision: str, channels_last: bool, compiled: bool = False,
     profiler: contextlib.AbstractContextManager | None = None,
 ) -> StepTimes:
-    """Build the model and run warm-up + timed steps; with `profiler`, one step after warm-up runs inside it."""
+    """Build our model and loss, then run warm-up + timed steps (see `run_steps`)."""
     device = torch.device(args.device)
-    sync = synchronize(device)
     torch.manual_seed(args.seed)
     model = build_model(name, num_classes=args.num_classes).to(device).train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     criterion = DetectionLoss(args.num_classes, strides=model.strides, reg_max=model.reg_max)
     forward = torch.compile(model, mode=args.compile_mode) if compiled else model  # compiles in warm-up step 0
+    return run_steps(model, forward, criterion, args, precision, channels_last, profiler)
+
+
+def run_steps(
+    model: torch.nn.Module, forward: Callable, criterion: Callable, args: argparse.Namespace, precision: str,
+    channels_last: bool, profiler: contextlib.AbstractContextManager | None = None,
+) -> StepTimes:
+    """Warm-up + timed steps of `criterion(forward(images), targets)` and its backward; an SGD step on `model`
+    follows each step, untimed. With `profiler`, one step after warm-up runs inside it. Any model/loss pair with
+    that calling convention can be timed (scripts/bench_vs_official.py times the official code with it)."""
+    device = torch.device(args.device)
+    sync = synchronize(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     images_u8, targets = random_batch(args.batch, args.size, args.boxes, args.num_classes, args.seed)
