@@ -203,3 +203,22 @@ def test_anchor_grid_is_cached_per_shape():
     assert model.anchors(maps)[0] is first[0]
     other = model.anchors([torch.zeros(1, 65, h, w) for h, w in [(8, 8), (4, 4), (2, 2)]])
     assert other[0].shape == (2, 64 + 16 + 4)
+
+
+def test_silu_is_in_place_only_when_autograd_does_not_record_its_input():
+    from pgi_detect.models.blocks import SiLU
+
+    act = SiLU()
+    recorded = torch.randn(2, 3, 4, 4, requires_grad=True) * 1.0  # a non-leaf, like a BN output
+    before = recorded.detach().clone()
+    out = act(recorded)
+    assert out.data_ptr() != recorded.data_ptr()
+    torch.testing.assert_close(recorded.detach(), before)  # input untouched: autograd needs no clone of it
+    torch.testing.assert_close(out, torch.nn.functional.silu(before))
+    out.sum().backward()
+
+    plain = before.clone()
+    with torch.no_grad():
+        out = act(plain)
+    assert out.data_ptr() == plain.data_ptr()  # inference writes in place
+    torch.testing.assert_close(out, torch.nn.functional.silu(before))

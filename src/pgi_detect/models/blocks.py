@@ -46,6 +46,16 @@ def conv_like(template: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
     return conv
 
 
+class SiLU(nn.Module):
+    """SiLU that works in place only when autograd is not recording the input.
+
+    In training an in-place SiLU makes autograd clone its input (the backward needs it): one extra copy per
+    activation, about 30 ms of a 1.4 s gelan-t CPU step. In inference in place saves an allocation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(x, inplace=not x.requires_grad)
+
+
 class Conv(nn.Module):
     """Conv2d (no bias, 'same' padding) + BatchNorm (eps 1e-3, momentum 0.03) + optional SiLU.
 
@@ -59,7 +69,7 @@ class Conv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.SiLU(inplace=True) if act else nn.Identity()
+        self.act = SiLU() if act else nn.Identity()
         self.out_channels = c_out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -90,7 +100,7 @@ class RepConvN(nn.Module):
         self.dense: Conv | None = Conv(c_in, c_out, 3, stride, act=False)
         self.pointwise: Conv | None = Conv(c_in, c_out, 1, stride, act=False)
         self.fused: nn.Conv2d | None = None
-        self.act = nn.SiLU(inplace=True)
+        self.act = SiLU()
         self.out_channels = c_out
 
     def forward(self, x: Tensor) -> Tensor:
