@@ -27,7 +27,9 @@ import torch
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
 
-REFERENCE_MS = {"gelan-t": 743, "yolov9-t": 1289, "gelan-s": 1575, "yolov9-s": 2094}  # official, run 2 medians
+# The reference's recorded medians (§7, run 2), taken at another moment of the VM: a rough guide only. For a
+# comparison that means something, run the official code next to ours with scripts/bench_vs_official.py.
+REFERENCE_MS = {"gelan-t": 743, "yolov9-t": 1289, "gelan-s": 1575, "yolov9-s": 2094}
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -236,7 +238,7 @@ def main() -> None:
         return
     header = f"{'model':<10} {'precision':<10} {'format':<13} {'mode':<8} {'median ms':>9} {'min ms':>7} {'img/s':>7}"
     header += f" {'fwd/loss/bwd ms':>17}" if args.breakdown else ""
-    header += f" {'peak MiB':>9}" if args.device.startswith("cuda") else f" {'vs official':>11}"
+    header += f" {'peak MiB':>9}" if args.device.startswith("cuda") else f" {'vs §7 table':>11}"
     print(header + f" {'step-0 s':>8}  step-0 loss")
     pooled: dict[Configuration, StepTimes] = {}
     for _ in range(args.rounds):

@@ -25,7 +25,6 @@ import ast
 import importlib
 import inspect
 import logging
-import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +32,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from bench_train_step import StepTimes, run_steps
+from bench_train_step import StepTimes, milliseconds, run_steps
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
 from pgi_detect.models.convert import load_official_state_dict
@@ -121,10 +120,6 @@ def build_pair(name: str, args: argparse.Namespace, official: dict[str, ModuleTy
     load_official_state_dict(ours, theirs.state_dict(), source=f"official {name}")
     our_loss = DetectionLoss(80, strides=ours.strides, reg_max=ours.reg_max)
     return theirs.to(memory_format=memory_format), their_loss, ours.to(memory_format=memory_format), our_loss
-
-
-def milliseconds(values: list[float]) -> float:
-    return statistics.median(values) * 1000
 
 
 def breakdown(times: StepTimes) -> str:
