@@ -146,7 +146,7 @@ class Configuration:
     compiled: bool
 
     def label(self) -> str:
-        layout = "channels_last" if self.channels_last else "contiguous"
+        layout = layout_name(self.channels_last)
         return f"{self.model:<10} {self.precision:<10} {layout:<13} {'compiled' if self.compiled else 'eager':<8}"
 
 
@@ -180,12 +180,28 @@ def milliseconds(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
+def breakdown(times: StepTimes) -> str:
+    """Median forward/loss/backward milliseconds, e.g. `347/20/627`."""
+    return "/".join(f"{milliseconds(v):.0f}" for v in (times.forward, times.loss, times.backward))
+
+
+def pool(pooled: dict, key: object, times: StepTimes) -> None:
+    """Add one round's steps to `pooled[key]` (rounds of one configuration are pooled before the median)."""
+    if key in pooled:
+        pooled[key].extend(times)
+    else:
+        pooled[key] = times
+
+
+def layout_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "contiguous"
+
+
 def result_line(configuration: Configuration, times: StepTimes, args: argparse.Namespace) -> str:
     median = milliseconds(times.total)
     line = f"{configuration.label()} {median:9.0f} {min(times.total) * 1000:7.0f} {args.batch / (median / 1000):7.1f}"
     if args.breakdown:
-        parts = (milliseconds(times.forward), milliseconds(times.loss), milliseconds(times.backward))
-        line += f" {'/'.join(f'{p:.0f}' for p in parts):>17}"
+        line += f" {breakdown(times):>17}"
     if times.peak_memory_mb is not None:
         line += f" {times.peak_memory_mb:9.0f}"
     elif configuration.model in REFERENCE_MS and (args.batch, args.size) == (8, 320):
@@ -244,10 +260,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for c in configurations:
             times = time_steps(c.model, args, c.precision, c.channels_last, c.compiled)
-            if c in pooled:
-                pooled[c].extend(times)
-            else:
-                pooled[c] = times
+            pool(pooled, c, times)
             if args.rounds == 1:
                 print(result_line(c, times, args), flush=True)
     if args.rounds > 1:

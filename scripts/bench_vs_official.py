@@ -32,7 +32,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from bench_train_step import StepTimes, milliseconds, run_steps
+from bench_train_step import StepTimes, breakdown, layout_name, milliseconds, pool, run_steps
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
 from pgi_detect.models.convert import load_official_state_dict
@@ -122,10 +122,6 @@ def build_pair(name: str, args: argparse.Namespace, official: dict[str, ModuleTy
     return theirs.to(memory_format=memory_format), their_loss, ours.to(memory_format=memory_format), our_loss
 
 
-def breakdown(times: StepTimes) -> str:
-    return "/".join(f"{milliseconds(v):.0f}" for v in (times.forward, times.loss, times.backward))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-root", type=Path, required=True, help="directory holding models/yolo.py")
@@ -153,12 +149,8 @@ def main() -> None:
                 theirs, their_loss, ours, our_loss = build_pair(name, args, official, channels_last)
                 for side, model, criterion in (("official", theirs, their_loss), ("ours", ours, our_loss)):
                     times = run_steps(model, model, criterion, args, "32", channels_last)
-                    key = (name, channels_last, side)
-                    if key in pooled:
-                        pooled[key].extend(times)
-                    else:
-                        pooled[key] = times
-                    print(f"  {name:<9} {'channels_last' if channels_last else 'contiguous':<13} {side:<8} "
+                    pool(pooled, (name, channels_last, side), times)
+                    print(f"  {name:<9} {layout_name(channels_last):<13} {side:<8} "
                           f"{milliseconds(times.total):6.0f} ms", flush=True)
     print(f"\n{'model':<9} {'layout':<13} {'official ms':>11} {'fwd/loss/bwd':>14} {'ours ms':>8} "
           f"{'fwd/loss/bwd':>14} {'ours/official':>13} {'vs official contiguous':>22}  step-0 loss official / ours")
@@ -168,7 +160,7 @@ def main() -> None:
             baseline = pooled.get((name, False, "official"))
             versus_default = (f"{milliseconds(ours.total) / milliseconds(baseline.total):.2f}x"
                               if baseline is not None else "-")
-            print(f"{name:<9} {'channels_last' if channels_last else 'contiguous':<13} "
+            print(f"{name:<9} {layout_name(channels_last):<13} "
                   f"{milliseconds(theirs.total):11.0f} {breakdown(theirs):>14} {milliseconds(ours.total):8.0f} "
                   f"{breakdown(ours):>14} {milliseconds(ours.total) / milliseconds(theirs.total):12.2f}x "
                   f"{versus_default:>22}  {theirs.first_loss:.4f} / {ours.first_loss:.4f}")
