@@ -9,6 +9,12 @@ official code from a directory you provide (a WongKinYiu/yolov9 checkout, or the
 Our model gets the official model's initial weights (`load_official_state_dict`), so the two step-0 losses must
 agree: a check that both sides compute the same thing.
 
+`--inference` times eval-mode inference instead (640x640, batch 1, `torch.inference_mode`, decoded output):
+the official model as built and after its `fuse()` (Conv+BN folding), ours as built and stripped + fused (what
+`Predictor` runs: BN folded and RepConvN merged). The largest difference between the official and our decoded
+outputs is printed as the parity check. Use it with gelan models (a yolov9 model's official eval forward also runs
+its auxiliary head).
+
     # the official code needs a few extra packages; keep them out of .venv:
     python3.11 -m venv /tmp/official-venv
     .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \
@@ -32,7 +38,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from bench_inference import measure
 from bench_train_step import StepTimes, breakdown, layout_name, milliseconds, pool, run_steps
+from pgi_detect.inference import inference_copy
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
 from pgi_detect.models.convert import load_official_state_dict
@@ -122,6 +130,34 @@ def build_pair(name: str, args: argparse.Namespace, official: dict[str, ModuleTy
     return theirs.to(memory_format=memory_format), their_loss, ours.to(memory_format=memory_format), our_loss
 
 
+def compare_inference(args: argparse.Namespace, official: dict[str, ModuleType]) -> None:
+    """Latency of the official and our models on identical weights, in the forms each ships for inference."""
+    for channels_last in layouts_of(args.memory_format):
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        for name in args.models:
+            theirs, _, ours, _ = build_pair(name, args, official, channels_last)
+            theirs.eval()
+            images = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(args.seed))
+            images = images.contiguous(memory_format=memory_format)
+            times = {}
+            with torch.inference_mode():
+                difference = (theirs(images)[0] - ours.eval().predict_raw(images)).abs().max().item()
+                times["official"] = measure(lambda: theirs(images), args.steps, args.warmup, lambda: None)
+                times["ours"] = measure(lambda: ours.predict_raw(images), args.steps, args.warmup, lambda: None)
+                # in place, hence after the unfused timing; its BN folding needs contiguous weights
+                theirs.to(memory_format=torch.contiguous_format).fuse().to(memory_format=memory_format)
+                fused_ours = inference_copy(ours).to(memory_format=memory_format)
+                times["official fused"] = measure(lambda: theirs(images), args.steps, args.warmup, lambda: None)
+                times["ours stripped+fused"] = measure(lambda: fused_ours.predict_raw(images), args.steps, args.warmup,
+                                                       lambda: None)
+            print(f"{name} {layout_name(channels_last)} (max |official - ours| output difference {difference:.2e}): "
+                  + ", ".join(f"{label} {milliseconds(values):.0f} ms" for label, values in times.items()), flush=True)
+
+
+def layouts_of(choice: str) -> list[bool]:
+    return {"contiguous": [False], "channels_last": [True], "both": [False, True]}[choice]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-root", type=Path, required=True, help="directory holding models/yolo.py")
@@ -134,12 +170,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inference", action="store_true",
+                        help="time inference at 640, batch 1 (--steps runs after --warmup) instead of training")
     args = parser.parse_args()
     # the fixed protocol of bench_train_step, CPU float32
     args.device, args.batch, args.size, args.boxes, args.num_classes, args.breakdown = "cpu", 8, 320, 3, 80, True
     torch.set_num_threads(args.threads)
     official = import_official(args.official_root.resolve())
-    layouts = {"contiguous": [False], "channels_last": [True], "both": [False, True]}[args.memory_format]
+    if args.inference:
+        compare_inference(args, official)
+        return
+    layouts = layouts_of(args.memory_format)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8, 320x320, "
           f"{args.steps} timed steps x {args.rounds} rounds; official code from {args.official_root}")
     pooled: dict[tuple[str, bool, str], StepTimes] = {}
