@@ -15,7 +15,10 @@ the official model as built and after its `fuse()` (Conv+BN folding), ours as bu
 outputs is printed as the parity check. Use it with gelan models (a yolov9 model's official eval forward also runs
 its auxiliary head).
 
-    # the official code needs a few extra packages; keep them out of .venv:
+    # the official code, e.g. the PyPI snapshot (or: git clone https://github.com/WongKinYiu/yolov9):
+    .venv/bin/pip download yolov9pip==0.0.4 --no-deps --no-binary :all: -d /tmp/y9
+    tar xzf /tmp/y9/yolov9pip-0.0.4.tar.gz -C /tmp/y9    # --official-root /tmp/y9/yolov9pip-0.0.4/yolov9
+    # it needs a few extra packages; keep them out of .venv:
     python3.11 -m venv /tmp/official-venv
     .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \
         > /tmp/official-venv/lib/python3.11/site-packages/pgi.pth
