@@ -80,7 +80,7 @@ def time_steps(
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = build_model(name, num_classes=args.num_classes).to(device).train()
-    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = model.to(memory_format=memory_format_of(channels_last))
     criterion = DetectionLoss(args.num_classes, strides=model.strides, reg_max=model.reg_max)
     forward = torch.compile(model, mode=args.compile_mode) if compiled else model  # compiles in warm-up step 0
     return run_steps(model, forward, criterion, args, precision, channels_last, profiler)
@@ -95,7 +95,7 @@ def run_steps(
     that calling convention can be timed (scripts/bench_vs_official.py times the official code with it)."""
     device = torch.device(args.device)
     sync = synchronize(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = memory_format_of(channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     images_u8, targets = random_batch(args.batch, args.size, args.boxes, args.num_classes, args.seed)
@@ -191,6 +191,10 @@ def pool(pooled: dict, key: object, times: StepTimes) -> None:
         pooled[key].extend(times)
     else:
         pooled[key] = times
+
+
+def memory_format_of(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def layout_name(channels_last: bool) -> str:

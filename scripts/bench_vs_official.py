@@ -42,7 +42,9 @@ import torch
 from torch import nn
 
 from bench_inference import measure
-from bench_train_step import StepTimes, breakdown, layout_name, milliseconds, pool, run_steps
+from bench_train_step import (
+    StepTimes, breakdown, layout_name, memory_format_of, memory_formats, milliseconds, pool, run_steps,
+)
 from pgi_detect.inference import inference_copy
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
@@ -120,7 +122,7 @@ def official_model_dict(name: str, root: Path, spec: Path, official: dict[str, M
 
 def build_pair(name: str, args: argparse.Namespace, official: dict[str, ModuleType], channels_last: bool):
     """(official model, official loss, our model, our loss) with identical initial weights."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = memory_format_of(channels_last)
     torch.manual_seed(args.seed)
     theirs = official["models.yolo"].DetectionModel(official_model_dict(name, args.official_root, args.spec,
                                                                         official)).train()
@@ -135,8 +137,8 @@ def build_pair(name: str, args: argparse.Namespace, official: dict[str, ModuleTy
 
 def compare_inference(args: argparse.Namespace, official: dict[str, ModuleType]) -> None:
     """Latency of the official and our models on identical weights, in the forms each ships for inference."""
-    for channels_last in layouts_of(args.memory_format):
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for channels_last in memory_formats(args.memory_format):
+        memory_format = memory_format_of(channels_last)
         for name in args.models:
             theirs, _, ours, _ = build_pair(name, args, official, channels_last)
             theirs.eval()
@@ -155,10 +157,6 @@ def compare_inference(args: argparse.Namespace, official: dict[str, ModuleType])
                                                        lambda: None)
             print(f"{name} {layout_name(channels_last)} (max |official - ours| output difference {difference:.2e}): "
                   + ", ".join(f"{label} {milliseconds(values):.0f} ms" for label, values in times.items()), flush=True)
-
-
-def layouts_of(choice: str) -> list[bool]:
-    return {"contiguous": [False], "channels_last": [True], "both": [False, True]}[choice]
 
 
 def main() -> None:
@@ -183,7 +181,7 @@ def main() -> None:
     if args.inference:
         compare_inference(args, official)
         return
-    layouts = layouts_of(args.memory_format)
+    layouts = list(memory_formats(args.memory_format))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8, 320x320, "
           f"{args.steps} timed steps x {args.rounds} rounds; official code from {args.official_root}")
     pooled: dict[tuple[str, bool, str], StepTimes] = {}

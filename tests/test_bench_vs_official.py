@@ -10,8 +10,7 @@ import pytest
 from conftest import REPO_ROOT, load_script_module, shared_path
 from pgi_detect.models.configs import MODEL_TABLES
 
-OFFICIAL_NAME = {"RepNCSPELAN4": "RepNCSPELAN4", "Upsample": "nn.Upsample", "DetectHead": "DDetect",
-                 "DualDetectHead": "DualDDetect"}
+OFFICIAL_NAME = {"Upsample": "nn.Upsample", "DetectHead": "DDetect", "DualDetectHead": "DualDDetect"}
 
 
 def as_tuples(value):
