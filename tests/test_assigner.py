@@ -4,17 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_script_module
-from pgi_detect.loss import DetectionLoss, TaskAlignedAssigner, ciou, make_anchors, pad_targets
+from helpers import reference_loss as reference
+from pgi_detect.geometry import anchor_grid, ciou, map_shapes
+from pgi_detect.loss import DetectionLoss, TaskAlignedAssigner, pad_targets
 
-# The naive per-image reference lives in scripts/bench_loss.py (the benchmark's baseline too).
-reference = load_script_module("bench_loss")
 
 
 def test_matches_official_assigner_golden(golden_dir):
     golden = torch.load(golden_dir / "loss_golden.pt", weights_only=True)
     loss_fn = DetectionLoss(80)
-    anchors, strides = make_anchors(golden["feats_main"], loss_fn.strides)
+    anchors, strides = anchor_grid(map_shapes(golden["feats_main"]), loss_fn.strides)
     gts = pad_targets(golden["targets"], 2, (320.0, 320.0))
     assignment = loss_fn.assign(golden["feats_main"], anchors, strides, gts)
 
@@ -29,7 +28,7 @@ def test_matches_official_assigner_golden(golden_dir):
 def random_scene(seed: int, batch: int = 3, num_classes: int = 6, size: int = 128):
     generator = torch.Generator().manual_seed(seed)
     feats = [torch.zeros(batch, 1, size // s, size // s) for s in (8, 16, 32)]
-    anchors, strides = make_anchors(feats, (8, 16, 32))
+    anchors, strides = anchor_grid(map_shapes(feats), (8, 16, 32), dtype=feats[0].dtype)
     anchors = anchors * strides
     num_anchors = anchors.shape[0]
     scores = torch.rand(batch, num_anchors, num_classes, generator=generator)
@@ -68,7 +67,7 @@ def test_batched_equals_per_image_per_gt_loop(seed):
 def one_image(gt_boxes, gt_labels=None, pred_boxes=None, size=64, num_classes=2):
     """Single image with uniform class scores; predicted boxes default to 8-px squares around each anchor."""
     feats = [torch.zeros(1, 1, size // s, size // s) for s in (8, 16, 32)]
-    anchors, strides = make_anchors(feats, (8, 16, 32))
+    anchors, strides = anchor_grid(map_shapes(feats), (8, 16, 32), dtype=feats[0].dtype)
     anchors = anchors * strides
     if pred_boxes is None:
         pred_boxes = torch.cat((anchors - 4, anchors + 4), -1)
@@ -104,7 +103,7 @@ def test_anchor_claimed_by_two_gts_goes_to_higher_ciou():
     # Two nested gts share the anchors near (20, 20). The anchor at (20, 20) predicts a box equal to the small gt.
     small, large = [14.0, 14.0, 26.0, 26.0], [2.0, 2.0, 38.0, 38.0]
     feats = [torch.zeros(1, 1, 64 // s, 64 // s) for s in (8, 16, 32)]
-    anchors, strides = make_anchors(feats, (8, 16, 32))
+    anchors, strides = anchor_grid(map_shapes(feats), (8, 16, 32), dtype=feats[0].dtype)
     anchors = anchors * strides
     pred = torch.cat((anchors - 6, anchors + 6), -1)
     target_anchor = int(((anchors - 20).abs().sum(1) == 0).nonzero()[0])

@@ -15,18 +15,6 @@ def colour_bbox(image: np.ndarray, colour) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
-def test_letterbox_centres_pads_and_inverts():
-    image = np.zeros((50, 100, 3), np.uint8)
-    out, gain, pad = aug.letterbox(image, (64, 64), scaleup=True)
-    assert out.shape == (64, 64, 3) and gain == (0.64, 0.64) and pad == (0, 16)
-    assert out[0, 0].tolist() == [114] * 3 and out[32, 32].tolist() == [0, 0, 0]
-    point = np.array([[80.0, 25.0, 80.0, 25.0]], np.float32)
-    mapped = aug.scale_and_shift_boxes(point, gain, pad)
-    np.testing.assert_allclose((mapped[0, :2] - pad) / gain, [80, 25])
-    small, gain, pad = aug.letterbox(np.zeros((20, 10, 3), np.uint8), (64, 64), scaleup=False)
-    assert gain == (1.0, 1.0) and pad == (27, 22) and small.shape == (64, 64, 3)
-
-
 def test_mosaic_places_quadrants_and_boxes_follow():
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     images = [np.full((40, 60, 3), c, np.uint8) for c in colours]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from pgi_detect.inference.export import NMSOutput, export_main, export_onnx, run_onnx
 from pgi_detect.models import build_model
-from pgi_detect.postprocess import non_max_suppression
+from pgi_detect.geometry import non_max_suppression
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -49,7 +49,7 @@ def test_predictor_runs_stripped_fused_main_branch(yolov9_checkpoint: tuple[Dete
     task, path = yolov9_checkpoint
     predictor = Predictor.from_checkpoint(path, conf=0.3, iou=0.5, img_size=64)
     assert predictor.class_names == ["ball", "cup"]
-    assert predictor.conf == 0.3 and predictor.iou == 0.5
+    assert predictor.nms.conf_thres == 0.3 and predictor.nms.iou_thres == 0.5
     assert predictor.model.num_branches == 1 and predictor.model.fused and not predictor.model.training
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -5,12 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_script_module
-from pgi_detect.loss import DetectionLoss, make_anchors, pad_targets
+from helpers import reference_loss as reference
+from pgi_detect.geometry import anchor_grid, map_shapes
+from pgi_detect.loss import DetectionLoss, pad_targets
 from pgi_detect.loss.detection_loss import decode_distribution, split_branch
 
-# The naive per-image reference lives in scripts/bench_loss.py (the benchmark's baseline too).
-reference = load_script_module("bench_loss")
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def test_dual_branch_matches_official_golden(golden):
 
 
 def test_anchors_and_decoded_boxes_match_golden(golden):
-    anchors, strides = make_anchors(golden["feats_main"], (8, 16, 32))
+    anchors, strides = anchor_grid(map_shapes(golden["feats_main"]), (8, 16, 32))
     torch.testing.assert_close(anchors, golden["anchor_points"])
     torch.testing.assert_close(strides, golden["stride_tensor"])
     distribution, _ = split_branch(golden["feats_main"], 16, 80)
@@ -133,7 +132,7 @@ def test_image_without_boxes_only_adds_its_background_class_loss():
     assert single_items[0] > 0
     torch.testing.assert_close(pair_items[[0, 2]], single_items[[0, 2]], rtol=1e-6, atol=0)
 
-    anchors, strides = make_anchors(single_maps[0], loss_fn.strides)
+    anchors, strides = anchor_grid(map_shapes(single_maps[0]), loss_fn.strides, dtype=single_maps[0][0].dtype)
     gts = pad_targets(targets, 1, (128.0, 128.0))
     score_sum = loss_fn.assign(single_maps[0], anchors, strides, gts).scores.sum().clamp(min=1)
     background_bce = F.softplus(split_branch([m[1:] for m in maps[0]], 16, 4)[1]).sum()

@@ -182,15 +182,20 @@ def test_validation_image_logger_offline_wandb(tmp_path, monkeypatch):
     )
     module = SimpleNamespace(hparams=SimpleNamespace(class_names=["circle", "square"]))
     images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
-    detections = [torch.tensor([[4.0, 5.0, 30.0, 40.0, 0.9, 1.0], [1.0, 1.0, 2.0, 2.0, 0.1, 0.0]])] * 3
+    # originals are 128 x 128, letterboxed at gain 0.5
+    batch = {"images": images, "orig_shapes": torch.full((3, 2), 128), "scales": torch.full((3, 2), 0.5),
+             "pads": torch.zeros(3, 2)}
+    detections = [torch.tensor([[8.0, 10.0, 60.0, 80.0, 0.9, 1.0], [2.0, 2.0, 4.0, 4.0, 0.1, 0.0]])] * 3
     callback = ValidationImageLogger(num_images=2)
-    callback.on_validation_batch_end(trainer, module, {"detections": detections}, {"images": images}, 0)
+    drawn = []
+    monkeypatch.setattr("pgi_detect.training.callbacks.wandb_box_data", lambda rows, names: drawn.append(rows) or {})
+    callback.on_validation_batch_end(trainer, module, {"detections": detections}, batch, 0)
     assert callback.logged_count == 2
-    callback.on_validation_batch_end(trainer, module, {"detections": detections}, {"images": images}, 1)
+    torch.testing.assert_close(drawn[0], torch.tensor([[4.0, 5.0, 30.0, 40.0, 0.9, 1.0]]))  # input pixels, score >= .25
+    callback.on_validation_batch_end(trainer, module, {"detections": detections}, batch, 1)
     assert callback.logged_count == 2  # only the first batch
     logger.experiment.finish()
-    media = list(tmp_path.rglob("*.png"))
-    assert len(media) >= 2, list(tmp_path.rglob("*"))
+    assert len(list(tmp_path.rglob("*.png"))) >= 2, list(tmp_path.rglob("*"))
 
 
 def test_validation_image_logger_ignores_other_loggers():

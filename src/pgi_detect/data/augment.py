@@ -13,7 +13,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-PAD_VALUE = 114
+from pgi_detect.geometry import PAD_VALUE
+
 SEGMENT_RESAMPLE_POINTS = 1000  # segment-aware warping resamples each polygon to this many points
 COPY_PASTE_MAX_IOA = 0.30  # a mirrored copy may cover less than this fraction of every existing box
 
@@ -77,34 +78,7 @@ class AugmentationConfig:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------------- geometry
-
-
-def letterbox(image: np.ndarray, new_shape: tuple[int, int], scaleup: bool = True,
-              pad_value: int = PAD_VALUE) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
-    """Resize keeping the aspect ratio into `new_shape` (h, w) and pad centred with `pad_value`.
-
-    Returns (image, (gain_x, gain_y), (pad_x, pad_y)); a point maps as new = old * gain + pad. With scaleup=False
-    images are only shrunk. The odd pixel of padding goes bottom/right.
-    """
-    h, w = image.shape[:2]
-    ratio = min(new_shape[0] / h, new_shape[1] / w)
-    if not scaleup:
-        ratio = min(ratio, 1.0)
-    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
-    if (new_w, new_h) != (w, h):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (new_shape[1] - new_w) / 2, (new_shape[0] - new_h) / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    if top or bottom or left or right:
-        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
-    return image, (new_w / w, new_h / h), (left, top)
-
-
-def scale_and_shift_boxes(boxes: np.ndarray, gain: tuple[float, float], pad: tuple[float, float]) -> np.ndarray:
-    return boxes * np.asarray([gain[0], gain[1], gain[0], gain[1]], np.float32) + np.asarray(
-        [pad[0], pad[1], pad[0], pad[1]], np.float32)
+# ---------------------------------------------------------------------------------------------------- mosaic
 
 
 def tile_origin(tile: int, height: int, width: int, center: tuple[int, int]) -> tuple[int, int]:

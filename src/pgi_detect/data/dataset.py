@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from pgi_detect.geometry import Letterbox
+
 from . import augment as aug
 from .augment import AugmentationConfig
 from .images import decode_annotated_image, resize_long_side
@@ -98,8 +100,7 @@ class DetectionDataset(Dataset):
             image, orig = cached
         boxes = record.pixel_boxes(*orig)
         if len(boxes):
-            gain = (image.shape[1] / orig[1], image.shape[0] / orig[0])
-            boxes = aug.scale_and_shift_boxes(boxes, gain, (0, 0))
+            boxes = Letterbox.stretch(orig, image.shape[:2]).boxes_to_input(boxes)
         return image, orig, boxes, record.classes
 
     def cache_all(self, threads: int = 2) -> None:
@@ -176,12 +177,13 @@ class DetectionDataset(Dataset):
         return self.img_size, self.img_size
 
     def _letterboxed(self, index: int, shape: tuple[int, int], scaleup: bool):
+        """load_image's result letterboxed to `shape`, with the placement relative to the original image."""
         image, orig, boxes, classes = self.load_image(index)
-        resized_hw = image.shape[:2]
-        image, gain, pad = aug.letterbox(image, shape, scaleup=scaleup)
-        boxes = aug.scale_and_shift_boxes(boxes, gain, pad) if len(boxes) else boxes
-        total_gain = (gain[0] * resized_hw[1] / orig[1], gain[1] * resized_hw[0] / orig[0])
-        return image, boxes, classes, orig, total_gain, pad
+        letterbox = Letterbox.fit(image.shape[:2], shape, scaleup=scaleup)
+        total = Letterbox.stretch(orig, image.shape[:2]).then(letterbox)
+        image = letterbox.apply(image)
+        boxes = letterbox.boxes_to_input(boxes) if len(boxes) else boxes
+        return image, boxes, classes, orig, total.gain, total.pad
 
     def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
         """Mosaic-4 of `index` and three random images, then random_perspective back to img_size."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.runner import PredictionRun, run_prediction
-from pgi_detect.postprocess import NMS_DETECT
+from pgi_detect.geometry import NMS_DETECT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
-from pgi_detect.postprocess import NMS_DETECT
+from pgi_detect.geometry import NMS_DETECT
 
 DEFAULT_OPSET = 17
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from pgi_detect.data.augment import letterbox
+from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
 from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.sources import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
-from pgi_detect.postprocess import NMS_DETECT, non_max_suppression, scale_boxes
-
-
-@dataclass(frozen=True)
-class LetterboxMeta:
-    """How one image was placed into the network input: original = (letterboxed - pad) / gain."""
-
-    orig_shape: tuple[int, int]  # (h, w)
-    gain: tuple[float, float]  # (x, y)
-    pad: tuple[float, float]  # (x, y)
 
 
 class Predictor:
@@ -72,8 +61,7 @@ class Predictor:
         self.stride = int(max(getattr(detector, "strides", (32,))))
         self.img_size = math.ceil(img_size / self.stride) * self.stride
         self.class_names = list(class_names) if class_names is not None else None
-        self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
-        self.multi_label = bool(multi_label)
+        self.nms = NMSSettings(float(conf), float(iou), bool(multi_label), int(max_det))
         self.classes = list(classes) if classes is not None else None
         self.batch_size = int(batch_size)
 
@@ -87,36 +75,34 @@ class Predictor:
 
     # ------------------------------------------------------------------ pipeline stages
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[LetterboxMeta]]:
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[Letterbox]]:
         """Letterbox RGB uint8 arrays to (img_size, img_size) and stack them as a float batch in [0, 1]."""
-        tensors, metas = [], []
+        tensors, letterboxes = [], []
         for image in images:
-            boxed, gain, pad = letterbox(image, (self.img_size, self.img_size))
-            tensors.append(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
-            metas.append(LetterboxMeta(orig_shape=tuple(image.shape[:2]), gain=gain, pad=pad))
+            letterbox = Letterbox.fit(image.shape[:2], (self.img_size, self.img_size))
+            tensors.append(torch.from_numpy(np.ascontiguousarray(letterbox.apply(image).transpose(2, 0, 1))))
+            letterboxes.append(letterbox)
         batch = torch.stack(tensors).to(self.device, non_blocking=True)
         batch = batch.half() if self.half else batch.float()
-        return batch / 255.0, metas
+        return batch / 255.0, letterboxes
 
     @torch.no_grad()  # not inference_mode: its tensors (e.g. cached anchors) would break a later training forward
     def raw_predictions(self, batch: Tensor) -> Tensor:
         """Decoded network output (B, 4 + nc, N): xywh input pixels + class probabilities (float32)."""
         return self.model.predict_raw(batch.contiguous(memory_format=self.memory_format)).float()
 
-    def postprocess(self, pred: Tensor, metas: Sequence[LetterboxMeta]) -> list[Detections]:
-        rows = non_max_suppression(pred, self.conf, self.iou, self.multi_label, self.max_det, classes=self.classes)
-        return [
-            Detections.from_rows(scale_boxes(r, meta.gain, meta.pad, meta.orig_shape), meta.orig_shape, self.class_names)
-            for r, meta in zip(rows, metas)
-        ]
+    def postprocess(self, pred: Tensor, letterboxes: Sequence[Letterbox]) -> list[Detections]:
+        """NMS and the letterbox undone: `Detections` in original pixels."""
+        rows = postprocess(pred, self.nms, *stack_letterboxes(letterboxes, pred.device), classes=self.classes)
+        return [Detections.from_rows(r, lb.source_shape, self.class_names) for r, lb in zip(rows, letterboxes)]
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for RGB uint8 arrays, `batch_size` images per forward pass."""
         results: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch, metas = self.preprocess(chunk)
-            results.extend(self.postprocess(self.raw_predictions(batch), metas))
+            batch, letterboxes = self.preprocess(chunk)
+            results.extend(self.postprocess(self.raw_predictions(batch), letterboxes))
         return results
 
     # ------------------------------------------------------------------ public entry points

@@ -1,6 +1,5 @@
 """YOLOv9/GELAN training loss: task-aligned assignment, CIoU box loss, DFL and BCE class loss."""
 from pgi_detect.loss.assigner import Assignment, TaskAlignedAssigner
-from pgi_detect.loss.boxes import bbox2dist, ciou, dist2bbox, make_anchors
 from pgi_detect.loss.detection_loss import DetectionLoss, PaddedTargets, pad_targets
 
 __all__ = [
@@ -8,9 +7,5 @@ __all__ = [
     "DetectionLoss",
     "PaddedTargets",
     "TaskAlignedAssigner",
-    "bbox2dist",
-    "ciou",
-    "dist2bbox",
-    "make_anchors",
     "pad_targets",
 ]

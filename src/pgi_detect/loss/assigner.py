@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pgi_detect.loss.boxes import ciou
+from pgi_detect.geometry import ciou
 
 
 @dataclass(frozen=True)

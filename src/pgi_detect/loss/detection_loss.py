@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pgi_detect.geometry import anchor_grid, bbox2dist, ciou, dist2bbox, map_shapes
 from pgi_detect.loss.assigner import Assignment, TaskAlignedAssigner
-from pgi_detect.loss.boxes import bbox2dist, ciou, dist2bbox, make_anchors
 
 BOX_GAIN = 7.5
 CLS_GAIN = 0.5
@@ -150,7 +150,8 @@ class DetectionLoss:
             batch_size = first_maps[0].shape[0]
             grid_h, grid_w = first_maps[0].shape[-2:]
             image_size = (grid_h * self.strides[0], grid_w * self.strides[0])
-            anchor_points, stride_tensor = make_anchors(first_maps, self.strides, offset=0.5, dtype=torch.float32)
+            anchor_points, stride_tensor = anchor_grid(map_shapes(first_maps), self.strides, first_maps[0].device,
+                                                      torch.float32)
             anchor_pixels = anchor_points * stride_tensor  # shared by every branch's assignment
             gts = pad_targets(targets.to(first_maps[0].device), batch_size, image_size)
 

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from pgi_detect.models.blocks import Conv, RepConvN, Silence
 from pgi_detect.models.configs import MODEL_TABLES, get_table, inference_name
 from pgi_detect.models.graph import IMAGE, Layer, Routing, build_layers, resolve, run_layers
-from pgi_detect.models.heads import REG_MAX, STRIDES, DetectHead, DualDetectHead, anchor_grid, decode_maps
+from pgi_detect.geometry import anchor_grid
+from pgi_detect.models.heads import REG_MAX, STRIDES, DetectHead, DualDetectHead, decode_maps
 
 
 class Detector(nn.Module):
@@ -76,13 +77,17 @@ class Detector(nn.Module):
         shapes = tuple(tuple(m.shape[-2:]) for m in maps)
         reference = maps[0]
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return anchor_grid(shapes, self.strides, reference.device, reference.dtype)
+            return self._channel_first_grid(shapes, reference)
         key = (shapes, reference.device, reference.dtype)
         cached = self._anchor_cache.get(key)
         if cached is None:
-            cached = anchor_grid(shapes, self.strides, reference.device, reference.dtype)
+            cached = self._channel_first_grid(shapes, reference)
             self._anchor_cache = {key: cached}  # keep one entry: shapes rarely change within a run
         return cached
+
+    def _channel_first_grid(self, shapes: Sequence[tuple[int, int]], reference: Tensor) -> tuple[Tensor, Tensor]:
+        points, strides = anchor_grid(shapes, self.strides, reference.device, reference.dtype)
+        return points.T, strides.T
 
     def decode(self, maps: Sequence[Tensor]) -> Tensor:
         """One branch's raw maps -> `(B, 4 + nc, N)`: xywh in input pixels + sigmoid class scores."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgi_detect.loss.boxes import dist2bbox, grid_anchors
+from pgi_detect.geometry import dist2bbox
 from pgi_detect.models.blocks import Conv
 
 REG_MAX = 16
@@ -150,15 +150,9 @@ class DualDetectHead(nn.Module):
         return [self.aux.branch(xs[: self.num_levels]), self.main.branch(xs[self.num_levels :])]
 
 
-def anchor_grid(shapes: Sequence[tuple[int, int]], strides: Sequence[int], device, dtype) -> tuple[Tensor, Tensor]:
-    """Cell centres in grid units `(2, N)` (x, y) and per-anchor strides `(1, N)`: the loss's grid, transposed
-    to the head's channel-first layout."""
-    points, anchor_strides = grid_anchors(shapes, strides, device, dtype)
-    return points.T, anchor_strides.T
-
-
 def decode_maps(maps: Sequence[Tensor], anchors: Tensor, anchor_strides: Tensor, dfl: DFL) -> Tensor:
-    """Raw per-level maps -> `(B, 4 + nc, N)`: xywh in input pixels + sigmoid class scores."""
+    """Raw per-level maps -> `(B, 4 + nc, N)`: xywh in input pixels + sigmoid class scores. `anchors` (2, N) and
+    `anchor_strides` (1, N) are the transposed `geometry.anchor_grid`."""
     batch = maps[0].shape[0]
     flat = torch.cat([m.reshape(batch, m.shape[1], -1) for m in maps], 2)
     distribution, logits = flat.split((4 * dfl.reg_max, flat.shape[1] - 4 * dfl.reg_max), 1)

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, WeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+import torch
 from torch import Tensor
+
+from pgi_detect.geometry import Letterbox
 
 if TYPE_CHECKING:  # lightning_module imports this module
     from pgi_detect.training.lightning_module import DetectionTask
@@ -176,7 +179,8 @@ def wandb_box_data(detections: Tensor, class_names: list[str] | None) -> dict:
 class ValidationImageLogger(Callback):
     """Log the first validation batch's images with predicted boxes to wandb (no-op for other loggers).
 
-    Expects `validation_step` to return `{"detections": [(n, 6) per image in network-input pixels]}`.
+    Expects `validation_step` to return `{"detections": [(n, 6) per image in original pixels]}`; boxes are drawn on
+    the letterboxed network input.
     """
 
     def __init__(self, num_images: int = 8, every_n_epochs: int = 1, min_score: float = 0.25) -> None:
@@ -199,8 +203,11 @@ class ValidationImageLogger(Callback):
         class_names = getattr(pl_module.hparams, "class_names", None)
         images = batch["images"][: self.num_images].detach().cpu()
         pictures, boxes = [], []
-        for image, dets in zip(images, outputs["detections"]):
-            dets = dets[dets[:, 4] >= self.min_score]
+        for index, (image, dets) in enumerate(zip(images, outputs["detections"])):
+            dets = dets[dets[:, 4] >= self.min_score].detach().float().cpu()
+            letterbox = Letterbox(tuple(batch["orig_shapes"][index].tolist()), tuple(image.shape[-2:]),
+                                  tuple(batch["scales"][index].tolist()), tuple(batch["pads"][index].tolist()))
+            dets[:, :4] = torch.from_numpy(letterbox.boxes_to_input(dets[:, :4].numpy()))
             pictures.append(image.permute(1, 2, 0).numpy())
             boxes.append(wandb_box_data(dets, class_names))
         for logger in loggers:

@@ -14,7 +14,7 @@ from torch import Tensor
 from pgi_detect.evaluation import evaluate_detections, fitness, rows_to_coco
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import Backbone, Detector, build_model
-from pgi_detect.postprocess import non_max_suppression, scale_detections
+from pgi_detect.geometry import NMSSettings, postprocess
 from pgi_detect.training.callbacks import NonFiniteLossGuard
 from pgi_detect.training.optim import (
     DecayName,
@@ -310,18 +310,19 @@ class DetectionTask(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return model.decode([m.float() for m in main_maps])
 
+    def _detections(self, batch: dict, nms: NMSSettings) -> list[Tensor]:
+        """Per image `(n, 6)` rows `[x1, y1, x2, y2, score, class]` in original pixels."""
+        return postprocess(self._decoded_predictions(batch), nms, batch["scales"], batch["pads"], batch["orig_shapes"])
+
     def _eval_step(self, batch: dict) -> dict:
-        pred = self._decoded_predictions(batch)
-        detections = non_max_suppression(
-            pred, self.hparams.conf_thres, self.hparams.iou_thres, self.hparams.multi_label, self.hparams.max_det
-        )
-        original = scale_detections(detections, batch["scales"], batch["pads"], batch["orig_shapes"])
+        hp = self.hparams
+        original = self._detections(batch, NMSSettings(hp.conf_thres, hp.iou_thres, hp.multi_label, hp.max_det))
         # One device->host copy per batch, then split per image.
         host_rows = torch.cat(original).detach().float().cpu().numpy()
         per_image = np.split(host_rows, np.cumsum([len(rows) for rows in original])[:-1])
         for image_id, rows in zip(batch["image_ids"].tolist(), per_image):
             self._eval_rows.append((int(image_id), rows))
-        return {"detections": detections}
+        return {"detections": original}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return self._eval_step(batch)
@@ -383,12 +384,10 @@ class DetectionTask(pl.LightningModule):
         """Per image: `{"image_id", "path", "detections": inference.Detections}` in original pixels."""
         from pgi_detect.inference.detections import Detections
 
-        pred = self._decoded_predictions(batch)
-        detections = non_max_suppression(
-            pred, self.hparams.predict_conf_thres, self.hparams.predict_iou_thres, False,
-            self.hparams.predict_max_det,
+        hp = self.hparams
+        original = self._detections(
+            batch, NMSSettings(hp.predict_conf_thres, hp.predict_iou_thres, False, hp.predict_max_det)
         )
-        original = scale_detections(detections, batch["scales"], batch["pads"], batch["orig_shapes"])
         return [
             {
                 "image_id": int(image_id),

@@ -1,4 +1,4 @@
-"""NMS parity with the official non_max_suppression, and letterbox undoing."""
+"""NMS parity with the official non_max_suppression."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from pgi_detect.postprocess import NMS_DETECT, NMS_EVAL, non_max_suppression, scale_boxes, scale_detections
+from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, non_max_suppression
 
 
 @pytest.fixture
@@ -93,33 +93,3 @@ def test_no_candidates_gives_empty_rows():
     pred = torch.zeros(2, 84, 10)
     outputs = non_max_suppression(pred, **dataclasses.replace(NMS_DETECT, max_det=5))
     assert [tuple(o.shape) for o in outputs] == [(0, 6), (0, 6)]
-
-
-def letterbox_boxes(boxes, gain, pad):
-    return boxes * torch.tensor(gain * 2) + torch.tensor(pad * 2)
-
-
-def test_scale_boxes_inverts_a_letterbox():
-    orig_h, orig_w = 480, 640
-    gain, pad = (0.5, 0.5), (0.0, 40.0)  # 640x480 -> 320x240, padded to 320x320
-    original = torch.tensor([[10.0, 20.0, 300.0, 400.0], [0.0, 0.0, 640.0, 480.0]])
-    restored = scale_boxes(letterbox_boxes(original, gain, pad), gain, pad, (orig_h, orig_w))
-    torch.testing.assert_close(restored, original)
-
-
-def test_scale_boxes_clips_and_keeps_extra_columns():
-    rows = torch.tensor([[-10.0, 30.0, 400.0, 500.0, 0.9, 3.0]])
-    out = scale_boxes(rows, (1.0, 1.0), (0.0, 20.0), (300, 350))
-    torch.testing.assert_close(out, torch.tensor([[0.0, 10.0, 350.0, 300.0, 0.9, 3.0]]))
-    assert rows[0, 0] == -10.0  # input untouched
-
-
-def test_batch_scaling_equals_per_image_scaling():
-    generator = torch.Generator().manual_seed(0)
-    detections = [torch.rand(n, 6, generator=generator) * 400 for n in (3, 0, 5)]
-    scales = torch.tensor([[0.5, 0.5], [1.0, 1.0], [0.8, 0.8]])
-    pads = torch.tensor([[0.0, 40.0], [12.0, 0.0], [3.0, 7.0]])
-    shapes = torch.tensor([[480, 640], [300, 300], [400, 500]])
-    batched = scale_detections(detections, scales, pads, shapes)
-    for det, out, s, p, hw in zip(detections, batched, scales, pads, shapes):
-        torch.testing.assert_close(out, scale_boxes(det, s, p, hw))

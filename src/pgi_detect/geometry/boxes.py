@@ -1,41 +1,10 @@
-"""Box geometry shared by the head's decode, the assigner and the loss: anchor grids, distance <-> box conversion, CIoU."""
+"""Box geometry shared by the head's decode, the assigner and the loss: distance <-> box conversion and CIoU."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
-
-def grid_anchors(
-    shapes: Sequence[tuple[int, int]], strides: Sequence[float], device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None, offset: float = 0.5,
-) -> tuple[Tensor, Tensor]:
-    """Grid-cell centres of every level of size `(height, width)`, in grid units, and the stride of each anchor.
-
-    Levels are concatenated P3 -> P5 and rows are row-major within a level, the same order the head flattens its
-    maps in. Returns `(anchor_points (A, 2) as (x, y), stride_tensor (A, 1))`. The head's decode uses the same
-    grid, transposed.
-    """
-    points, stride_rows = [], []
-    for (height, width), stride in zip(shapes, strides):
-        kwargs = dict(device=device, dtype=dtype)
-        xs = torch.arange(width, **kwargs) + offset
-        ys = torch.arange(height, **kwargs) + offset
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack((grid_x, grid_y), -1).reshape(-1, 2))
-        stride_rows.append(torch.full((height * width, 1), float(stride), **kwargs))
-    return torch.cat(points), torch.cat(stride_rows)
-
-
-def make_anchors(
-    feats: Sequence[Tensor], strides: Sequence[float], offset: float = 0.5, dtype: torch.dtype | None = None
-) -> tuple[Tensor, Tensor]:
-    """`grid_anchors` for these feature maps, in `dtype` (default: the maps' dtype; pass float32 for
-    half-precision maps, whose grids are not exact in bf16)."""
-    shapes = [tuple(feat.shape[-2:]) for feat in feats]
-    return grid_anchors(shapes, strides, feats[0].device, dtype or feats[0].dtype, offset)
 
 
 def dist2bbox(distance: Tensor, anchor_points: Tensor, xywh: bool = False, dim: int = -1) -> Tensor:

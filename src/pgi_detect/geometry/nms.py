@@ -1,4 +1,4 @@
-"""Post-processing of decoded predictions: NMS with the reference's semantics, and letterbox undoing."""
+"""Non-maximum suppression of decoded predictions with the reference's semantics, and its named settings."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -75,42 +75,3 @@ def non_max_suppression(
         keep = batched_nms(boxes, scores, labels, iou_thres)[:max_det]
         outputs.append(torch.cat((boxes[keep], scores[keep, None], labels[keep, None].to(boxes.dtype)), 1))
     return outputs
-
-
-def _undo_letterbox(rows: Tensor, gain: Tensor, offset: Tensor, limits: Tensor) -> Tensor:
-    """(letterboxed - pad) / gain on the first 4 columns, clipped to [0, image size]; gain/offset/limits are
-    (x, y, x, y) and broadcast over the rows. Returns a new tensor; other columns are copied unchanged."""
-    out = rows.clone()
-    out[..., :4] = torch.minimum(((rows[..., :4] - offset) / gain).clamp(min=0), limits)
-    return out
-
-
-def scale_boxes(
-    boxes: Tensor, scale: Sequence[float] | Tensor, pad: Sequence[float] | Tensor, orig_shape: Sequence[int] | Tensor
-) -> Tensor:
-    """Map xyxy boxes from the letterboxed network input back to original-image pixels, clipped to the image.
-
-    `scale` is the letterbox gain `(gain_x, gain_y)`, `pad` the offset `(pad_x, pad_y)`, `orig_shape` `(h, w)`;
-    original = (letterboxed - pad) / gain. Returns a new tensor; extra columns beyond the first 4 are untouched.
-    """
-    gain = torch.as_tensor(scale, dtype=boxes.dtype, device=boxes.device).reshape(2).repeat(2)
-    offset = torch.as_tensor(pad, dtype=boxes.dtype, device=boxes.device).reshape(2).repeat(2)
-    limits = torch.as_tensor(orig_shape, dtype=boxes.dtype, device=boxes.device).reshape(2).flip(0).repeat(2)
-    return _undo_letterbox(boxes, gain, offset, limits)
-
-
-def scale_detections(detections: Sequence[Tensor], scales: Tensor, pads: Tensor, orig_shapes: Tensor) -> list[Tensor]:
-    """`scale_boxes` for a whole batch of NMS outputs at once (one concatenation, no per-image arithmetic).
-
-    detections: per-image `(n_i, >=4)` rows; scales/pads `(B, 2)` as (x, y); orig_shapes `(B, 2)` as (h, w).
-    """
-    if not detections:
-        return []
-    counts = [d.shape[0] for d in detections]
-    rows = torch.cat(list(detections))
-    device, dtype = rows.device, rows.dtype
-    image_of_row = torch.repeat_interleave(torch.arange(len(detections), device=device), torch.tensor(counts, device=device))
-    gain = scales.to(device, dtype)[image_of_row].repeat(1, 2)
-    offset = pads.to(device, dtype)[image_of_row].repeat(1, 2)
-    limits = orig_shapes.to(device, dtype)[image_of_row].flip(-1).repeat(1, 2)  # (w, h, w, h)
-    return list(_undo_letterbox(rows, gain, offset, limits).split(counts))
