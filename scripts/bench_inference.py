@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pgi_detect.inference import inference_copy
+from pgi_detect.models import inference_copy
 from pgi_detect.models import build_model
 
 DTYPES = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}

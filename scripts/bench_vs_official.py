@@ -45,10 +45,10 @@ from bench_inference import measure
 from bench_train_step import (
     StepTimes, breakdown, layout_name, memory_format_of, memory_formats, milliseconds, pool, run_steps,
 )
-from pgi_detect.inference import inference_copy
+from pgi_detect.models import inference_copy
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
-from pgi_detect.models.convert import load_official_state_dict
+from pgi_detect.models.official import load_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO.parent / "shared" / "docs" / "yolov9-reference.md"

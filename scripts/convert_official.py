@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pgi_detect.models import count_parameters, list_models
-from pgi_detect.models.convert import ConversionError, convert_official, read_official_checkpoint, save_detector
+from pgi_detect.models import WeightsError, convert_official, read_official_checkpoint, save_detector
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detector = convert_official(
             official, args.model, num_classes=args.num_classes, strip=args.strip, source=args.weights
         )
-    except (ConversionError, FileNotFoundError) as error:
+    except (WeightsError, FileNotFoundError) as error:
         print(error, file=sys.stderr)
         return 1
     save_detector(detector, args.output)

@@ -91,8 +91,9 @@ def test_custom_backbone_trains_one_step_and_predicts(make_backbone, neck: str) 
 
 
 def test_checkpoint_with_backbone_spec_rebuilds(tmp_path) -> None:
-    """A DetectionTask checkpoint whose hyperparameters hold a LightningCLI backbone spec loads for inference."""
-    from pgi_detect.inference import load_for_inference
+    """A version-0.1 DetectionTask checkpoint (no spec record) whose hyperparameters hold a LightningCLI backbone
+    spec loads for inference."""
+    from pgi_detect.models import read_weights
 
     spec = {"class_path": "pgi_detect.models.TimmBackbone",
             "init_args": {"model_name": "test_efficientnet", "pretrained": True}}  # no download on rebuild
@@ -102,7 +103,7 @@ def test_checkpoint_with_backbone_spec_rebuilds(tmp_path) -> None:
     payload = {"state_dict": state, "hyper_parameters": {"model": "tiny", "num_classes": 2, "backbone": spec,
                                                          "neck": "gelan-t", "class_names": ["x", "y"]}}
     torch.save(payload, tmp_path / "custom.ckpt")
-    loaded = load_for_inference(tmp_path / "custom.ckpt")
+    loaded = read_weights(tmp_path / "custom.ckpt")
     assert loaded.class_names == ["x", "y"]
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -126,8 +127,8 @@ def test_timm_experiment_config_parses(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_detection_task_trains_a_custom_backbone_and_its_checkpoint_reloads(tmp_path) -> None:
     """DetectionTask(backbone=...) builds the backbone detector, takes a training step through the recipe loss, and
-    the saved hyperparameters rebuild the same architecture for inference."""
-    from pgi_detect.inference.checkpoint import build_from_hparams
+    its spec rebuilds the same architecture for inference."""
+    from pgi_detect.models import build_detector, spec_of
     from pgi_detect.training import DetectionTask
 
     task = DetectionTask(model="tiny-custom", backbone=TinyBackbone(), neck="gelan-t", num_classes=2, batch_size=2)
@@ -143,7 +144,7 @@ def test_detection_task_trains_a_custom_backbone_and_its_checkpoint_reloads(tmp_
     changed = [k for k, v in task.detector.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("layers.0.") for k in changed), "backbone weights did not train"
 
-    rebuilt = build_from_hparams(dict(task.hparams))
+    rebuilt = build_detector(spec_of(task.detector))
     shapes = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in task.detector.state_dict().items()}
     rebuilt.load_state_dict(task.detector.state_dict())

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgi_detect.inference import Predictor, load_for_inference
+from pgi_detect.inference import Predictor
+from pgi_detect.models import read_weights
 from pgi_detect.training import DetectionTask
 
 
@@ -39,8 +40,8 @@ def yolov9_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Detecti
 
 def test_checkpoint_loads_weights_and_names(yolov9_checkpoint: tuple[DetectionTask, Path]) -> None:
     task, path = yolov9_checkpoint
-    loaded = load_for_inference(path)
-    assert loaded.class_names == ["ball", "cup"] and loaded.model_name == "yolov9-t"
+    loaded = read_weights(path)
+    assert loaded.class_names == ["ball", "cup"] and loaded.spec.model == "yolov9-t"
     for (name, expected), actual in zip(task.detector.state_dict().items(), loaded.detector.state_dict().values()):
         assert torch.equal(expected, actual), name
 
@@ -113,7 +114,7 @@ def test_cls_width_is_rebuilt_from_checkpoint_hparams(tmp_path: Path) -> None:
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected = task.detector.eval().predict_raw(images)
-    loaded = load_for_inference(path).detector.eval()
+    loaded = read_weights(path).detector.eval()
     restored = DetectionTask.load_from_checkpoint(path, map_location="cpu").detector.eval()
     for detector in (loaded, restored):
         assert detector.cls_width == 80

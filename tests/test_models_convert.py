@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from pgi_detect.models import build_model, load_detector
-from pgi_detect.models.convert import (
-    ConversionError,
+from pgi_detect.models import WeightsError
+from pgi_detect.models.official import (
     PickleStub,
     convert_official,
     load_official_state_dict,
@@ -80,12 +80,12 @@ def test_mismatches_are_listed_by_key(golden_dir):
     official = dict(load_golden(golden_dir)["state_dict"])
     del official["model.9.cv5.conv.weight"]
     official["model.99.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ConversionError) as error:
+    with pytest.raises(WeightsError) as error:
         convert_official(official, "gelan-t")
     message = str(error.value)
     assert "missing official keys (1): model.9.cv5.conv.weight" in message
     assert "unexpected official keys (1): model.99.extra.weight" in message
-    with pytest.raises(ConversionError, match=r"shape mismatches .*model\.0\.conv\.weight \(16, 3, 3, 3\)"):
+    with pytest.raises(WeightsError, match=r"shape mismatches .*model\.0\.conv\.weight \(16, 3, 3, 3\)"):
         convert_official(load_golden(golden_dir)["state_dict"], "gelan-s")
 
 
@@ -240,24 +240,25 @@ def test_cls_width_override_survives_save_and_load(tmp_path, name):
     if name == "yolov9-t":
         source = source.strip_auxiliary()  # the stripped copy keeps the width, and saves it
     save_detector(source, tmp_path / "model.pt")
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["cls_width"] == 80
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["spec"]["cls_width"] == 80
     model = load_detector(tmp_path / "model.pt")
     assert (model.name, model.source_name, model.cls_width, model.num_classes) == ("gelan-t", name, 80, 3)
     assert model.main_head.cls[0][0].conv.out_channels == 80
     assert model.state_dict().keys() == source.state_dict().keys()
-    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    source_state = source.state_dict()
+    assert all(torch.equal(v, source_state[k]) for k, v in model.state_dict().items())
     images = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(model.predict_raw(images), source.predict_raw(images))
 
 
-def test_default_width_files_have_no_cls_width_and_older_files_load(tmp_path):
-    from pgi_detect.models import save_detector
-
+def test_version_0_1_files_without_a_spec_still_load(tmp_path):
     torch.manual_seed(0)
     source = build_model("gelan-t", num_classes=2).eval()
-    save_detector(source, tmp_path / "model.pt")
-    payload = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert "cls_width" not in payload  # the same keys older versions wrote, so those files load as before
+    legacy = {"format": "pgi_detect.converted/1", "model": "gelan-t", "num_classes": 2, "source_name": "gelan-t",
+              "stripped": False, "state_dict": source.state_dict()}
+    torch.save(legacy, tmp_path / "model.pt")
     model = load_detector(tmp_path / "model.pt")
+    source_state = source.state_dict()
+    assert all(torch.equal(v, source_state[k]) for k, v in model.state_dict().items())
     assert model.cls_width is None and model.main_head.cls[0][0].conv.out_channels == 64  # max(64, min(2·2, 128))

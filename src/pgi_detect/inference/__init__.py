@@ -1,7 +1,6 @@
 """Prediction and export: the `Predictor` Python API, image/folder/video sources, drawing, COCO-style JSON and
 annotated outputs (`run_prediction`), and ONNX export."""
 from pgi_detect.inference.cli import detect_main
-from pgi_detect.inference.checkpoint import LoadedModel, inference_copy, load_for_inference
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.draw import draw_detections
 from pgi_detect.inference.export import export_main, export_onnx, run_onnx, verify_onnx
@@ -15,16 +14,13 @@ __all__ = [
     "CocoJsonWriter",
     "Detections",
     "Frame",
-    "LoadedModel",
     "PredictionRun",
     "Predictor",
     "detect_main",
     "draw_detections",
     "export_main",
     "export_onnx",
-    "inference_copy",
     "iter_frames",
-    "load_for_inference",
     "run_onnx",
     "run_prediction",
     "verify_onnx",

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
+from pgi_detect.models import build_model, inference_copy, read_weights
 from pgi_detect.geometry import NMS_DETECT
 
 DEFAULT_OPSET = 17
@@ -244,12 +244,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     (the console script passes it to sys.exit)."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     if args.checkpoint:
-        loaded = load_for_inference(args.checkpoint)
+        loaded = read_weights(args.checkpoint)
         detector, names = loaded.detector, loaded.class_names
         output = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
     else:
-        from pgi_detect.models import build_model
-
         detector, names = build_model(args.model, num_classes=args.num_classes), None
         output = Path(args.output or f"{args.model}.onnx")
     img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size[:2])

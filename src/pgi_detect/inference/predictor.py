@@ -12,9 +12,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
-from pgi_detect.inference.checkpoint import inference_copy, load_for_inference
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.sources import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
+from pgi_detect.models import inference_copy, read_weights
 
 
 class Predictor:
@@ -69,7 +69,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
         """Load a `DetectionTask` Lightning checkpoint (EMA weights, class names from its hyperparameters) or a
         converted official checkpoint; keyword arguments go to the constructor (conf, iou, img_size, ...)."""
-        loaded = load_for_inference(path)
+        loaded = read_weights(path)
         kwargs.setdefault("class_names", loaded.class_names)
         return cls(loaded.detector, device=device, **kwargs)
 

@@ -1,31 +1,43 @@
-"""Pure-PyTorch GELAN / YOLOv9 models: blocks, heads, the ten zoo tables, custom backbones, weight import."""
+"""Pure-PyTorch GELAN / YOLOv9 models: blocks, heads, the ten zoo tables, custom backbones, the spec-based builder
+and every weight-file kind (training checkpoints, our detector files, official weights)."""
 from pgi_detect.models.backbones import Backbone, NeckSpec, TimmBackbone
-from pgi_detect.models.convert import (
-    ConversionError,
-    convert_official,
-    is_converted_file,
-    detector_from_converted,
-    load_detector,
-    read_official_checkpoint,
-    save_detector,
-)
-from pgi_detect.models.detector import Detector, build_model, list_models
+from pgi_detect.models.detector import Detector, inference_copy, list_models
+from pgi_detect.models.detector_file import is_detector_file, load_detector, save_detector
+from pgi_detect.models.errors import WeightsError
 from pgi_detect.models.flops import count_gflops, count_parameters
+from pgi_detect.models.official import convert_official, read_official_checkpoint, to_official_state_dict
+from pgi_detect.models.spec import DetectorSpec, build_detector, build_model, spec_of
+from pgi_detect.models.weights import (
+    CHECKPOINT_RECORD,
+    LoadedDetector,
+    checkpoint_record,
+    load_weights_into,
+    read_weights,
+)
 
 __all__ = [
     "Backbone",
-    "ConversionError",
+    "CHECKPOINT_RECORD",
     "Detector",
+    "DetectorSpec",
+    "LoadedDetector",
     "NeckSpec",
     "TimmBackbone",
+    "WeightsError",
+    "build_detector",
     "build_model",
+    "checkpoint_record",
     "convert_official",
     "count_gflops",
     "count_parameters",
-    "detector_from_converted",
-    "is_converted_file",
+    "inference_copy",
+    "is_detector_file",
     "list_models",
     "load_detector",
+    "load_weights_into",
     "read_official_checkpoint",
+    "read_weights",
     "save_detector",
+    "spec_of",
+    "to_official_state_dict",
 ]

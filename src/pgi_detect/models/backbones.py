@@ -51,13 +51,13 @@ class TimmBackbone(Backbone):
             missing = [s for s in STRIDES if s not in reductions]
             if missing:
                 raise ValueError(
-                    f"backbones.py: timm model {model_name!r} has feature reductions {reductions}, "
+                    f"timm model {model_name!r} has feature reductions {reductions}, "
                     f"none at stride(s) {missing}; pass out_indices"
                 )
             positions = [reductions.index(s) for s in STRIDES]
         else:
             if len(out_indices) != 3:
-                raise ValueError(f"backbones.py: out_indices needs 3 levels (P3, P4, P5), got {out_indices}")
+                raise ValueError(f"out_indices needs 3 levels (P3, P4, P5), got {out_indices}")
             positions = list(out_indices)
         self.positions = positions
         self.out_channels = tuple(channels[p] for p in positions)
@@ -105,11 +105,11 @@ def gelan_neck_table(backbone: nn.Module, neck: str | NeckSpec = "gelan-s") -> t
     out_channels = getattr(backbone, "out_channels", None)
     if out_channels is None or len(tuple(out_channels)) != 3:
         raise ValueError(
-            f"backbones.py: {type(backbone).__name__} needs `out_channels` = (P3, P4, P5) widths, got {out_channels}"
+            f"{type(backbone).__name__} needs `out_channels` = (P3, P4, P5) widths, got {out_channels}"
         )
     if isinstance(neck, str):
         if neck not in NECKS:
-            raise KeyError(f"backbones.py: unknown neck {neck!r}; available: {', '.join(NECKS)}")
+            raise KeyError(f"unknown neck {neck!r}; available: {', '.join(NECKS)}")
         neck = NECKS[neck]
     p3, p4, p5 = neck.widths
     depth = neck.depth

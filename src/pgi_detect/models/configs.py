@@ -3,7 +3,7 @@
 Row i is official `model.i`. Args follow the input channels, as in the yaml: Conv(c_out, kernel, stride),
 RepNCSPELAN4(c_out, c_split, c_stage, depth), ELAN1(c_out, c_split, c_stage), AConv/ADown(c_out),
 SPPELAN(c_out, c_hidden), CBLinear(splits), CBFuse(picks). Heads get their input channels and the class
-count from the builder. `A(...)` rows are the PGI auxiliary branch that `strip_auxiliary` removes.
+count from the builder. `aux(...)` rows are the PGI auxiliary branch that `strip_auxiliary` removes.
 """
 from __future__ import annotations
 
@@ -26,302 +26,299 @@ from pgi_detect.models.heads import DetectHead, DualDetectHead
 Table = tuple[Layer, ...]
 
 
-def L(source, block, *args) -> Layer:
+def main(source, block, *args) -> Layer:
     """A main-branch row."""
     return Layer(source, block, tuple(args))
 
 
-def A(source, block, *args) -> Layer:
-    """An auxiliary-branch row."""
+def aux(source, block, *args) -> Layer:
+    """An auxiliary-branch row (PGI; removed by `strip_auxiliary`)."""
     return Layer(source, block, tuple(args), auxiliary=True)
 
-
-ELAN = RepNCSPELAN4  # short alias to keep the rows aligned
-
 GELAN_T: Table = (
-    L(-1, Conv, 16, 3, 2),                    # 0  P1/2
-    L(-1, Conv, 32, 3, 2),                    # 1  P2/4
-    L(-1, ELAN1, 32, 32, 16),                 # 2
-    L(-1, AConv, 64),                         # 3  P3/8
-    L(-1, ELAN, 64, 64, 32, 3),               # 4
-    L(-1, AConv, 96),                         # 5  P4/16
-    L(-1, ELAN, 96, 96, 48, 3),               # 6
-    L(-1, AConv, 128),                        # 7  P5/32
-    L(-1, ELAN, 128, 128, 64, 3),             # 8
-    L(-1, SPPELAN, 128, 64),                  # 9
-    L(-1, Upsample),                          # 10
-    L((-1, 6), Concat),                       # 11
-    L(-1, ELAN, 96, 96, 48, 3),               # 12
-    L(-1, Upsample),                          # 13
-    L((-1, 4), Concat),                       # 14
-    L(-1, ELAN, 64, 64, 32, 3),               # 15 P3 out
-    L(-1, AConv, 48),                         # 16
-    L((-1, 12), Concat),                      # 17
-    L(-1, ELAN, 96, 96, 48, 3),               # 18 P4 out
-    L(-1, AConv, 64),                         # 19
-    L((-1, 9), Concat),                       # 20
-    L(-1, ELAN, 128, 128, 64, 3),             # 21 P5 out
-    L((15, 18, 21), DetectHead),              # 22
+    main(-1, Conv, 16, 3, 2),                       # 0  P1/2
+    main(-1, Conv, 32, 3, 2),                       # 1  P2/4
+    main(-1, ELAN1, 32, 32, 16),                    # 2
+    main(-1, AConv, 64),                            # 3  P3/8
+    main(-1, RepNCSPELAN4, 64, 64, 32, 3),          # 4
+    main(-1, AConv, 96),                            # 5  P4/16
+    main(-1, RepNCSPELAN4, 96, 96, 48, 3),          # 6
+    main(-1, AConv, 128),                           # 7  P5/32
+    main(-1, RepNCSPELAN4, 128, 128, 64, 3),        # 8
+    main(-1, SPPELAN, 128, 64),                     # 9
+    main(-1, Upsample),                             # 10
+    main((-1, 6), Concat),                          # 11
+    main(-1, RepNCSPELAN4, 96, 96, 48, 3),          # 12
+    main(-1, Upsample),                             # 13
+    main((-1, 4), Concat),                          # 14
+    main(-1, RepNCSPELAN4, 64, 64, 32, 3),          # 15 P3 out
+    main(-1, AConv, 48),                            # 16
+    main((-1, 12), Concat),                         # 17
+    main(-1, RepNCSPELAN4, 96, 96, 48, 3),          # 18 P4 out
+    main(-1, AConv, 64),                            # 19
+    main((-1, 9), Concat),                          # 20
+    main(-1, RepNCSPELAN4, 128, 128, 64, 3),        # 21 P5 out
+    main((15, 18, 21), DetectHead),                 # 22
 )
 
 GELAN_S: Table = (
-    L(-1, Conv, 32, 3, 2),                    # 0
-    L(-1, Conv, 64, 3, 2),                    # 1
-    L(-1, ELAN1, 64, 64, 32),                 # 2
-    L(-1, AConv, 128),                        # 3
-    L(-1, ELAN, 128, 128, 64, 3),             # 4
-    L(-1, AConv, 192),                        # 5
-    L(-1, ELAN, 192, 192, 96, 3),             # 6
-    L(-1, AConv, 256),                        # 7
-    L(-1, ELAN, 256, 256, 128, 3),            # 8
-    L(-1, SPPELAN, 256, 128),                 # 9
-    L(-1, Upsample),                          # 10
-    L((-1, 6), Concat),                       # 11
-    L(-1, ELAN, 192, 192, 96, 3),             # 12
-    L(-1, Upsample),                          # 13
-    L((-1, 4), Concat),                       # 14
-    L(-1, ELAN, 128, 128, 64, 3),             # 15 P3 out
-    L(-1, AConv, 96),                         # 16
-    L((-1, 12), Concat),                      # 17
-    L(-1, ELAN, 192, 192, 96, 3),             # 18 P4 out
-    L(-1, AConv, 128),                        # 19
-    L((-1, 9), Concat),                       # 20
-    L(-1, ELAN, 256, 256, 128, 3),            # 21 P5 out
-    L((15, 18, 21), DetectHead),              # 22
+    main(-1, Conv, 32, 3, 2),                       # 0
+    main(-1, Conv, 64, 3, 2),                       # 1
+    main(-1, ELAN1, 64, 64, 32),                    # 2
+    main(-1, AConv, 128),                           # 3
+    main(-1, RepNCSPELAN4, 128, 128, 64, 3),        # 4
+    main(-1, AConv, 192),                           # 5
+    main(-1, RepNCSPELAN4, 192, 192, 96, 3),        # 6
+    main(-1, AConv, 256),                           # 7
+    main(-1, RepNCSPELAN4, 256, 256, 128, 3),       # 8
+    main(-1, SPPELAN, 256, 128),                    # 9
+    main(-1, Upsample),                             # 10
+    main((-1, 6), Concat),                          # 11
+    main(-1, RepNCSPELAN4, 192, 192, 96, 3),        # 12
+    main(-1, Upsample),                             # 13
+    main((-1, 4), Concat),                          # 14
+    main(-1, RepNCSPELAN4, 128, 128, 64, 3),        # 15 P3 out
+    main(-1, AConv, 96),                            # 16
+    main((-1, 12), Concat),                         # 17
+    main(-1, RepNCSPELAN4, 192, 192, 96, 3),        # 18 P4 out
+    main(-1, AConv, 128),                           # 19
+    main((-1, 9), Concat),                          # 20
+    main(-1, RepNCSPELAN4, 256, 256, 128, 3),       # 21 P5 out
+    main((15, 18, 21), DetectHead),                 # 22
 )
 
 GELAN_M: Table = (
-    L(-1, Conv, 32, 3, 2),                    # 0
-    L(-1, Conv, 64, 3, 2),                    # 1
-    L(-1, ELAN, 128, 128, 64, 1),             # 2
-    L(-1, AConv, 240),                        # 3
-    L(-1, ELAN, 240, 240, 120, 1),            # 4
-    L(-1, AConv, 360),                        # 5
-    L(-1, ELAN, 360, 360, 180, 1),            # 6
-    L(-1, AConv, 480),                        # 7
-    L(-1, ELAN, 480, 480, 240, 1),            # 8
-    L(-1, SPPELAN, 480, 240),                 # 9
-    L(-1, Upsample),                          # 10
-    L((-1, 6), Concat),                       # 11
-    L(-1, ELAN, 360, 360, 180, 1),            # 12
-    L(-1, Upsample),                          # 13
-    L((-1, 4), Concat),                       # 14
-    L(-1, ELAN, 240, 240, 120, 1),            # 15 P3 out
-    L(-1, AConv, 184),                        # 16
-    L((-1, 12), Concat),                      # 17
-    L(-1, ELAN, 360, 360, 180, 1),            # 18 P4 out
-    L(-1, AConv, 240),                        # 19
-    L((-1, 9), Concat),                       # 20
-    L(-1, ELAN, 480, 480, 240, 1),            # 21 P5 out
-    L((15, 18, 21), DetectHead),              # 22
+    main(-1, Conv, 32, 3, 2),                       # 0
+    main(-1, Conv, 64, 3, 2),                       # 1
+    main(-1, RepNCSPELAN4, 128, 128, 64, 1),        # 2
+    main(-1, AConv, 240),                           # 3
+    main(-1, RepNCSPELAN4, 240, 240, 120, 1),       # 4
+    main(-1, AConv, 360),                           # 5
+    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 6
+    main(-1, AConv, 480),                           # 7
+    main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 8
+    main(-1, SPPELAN, 480, 240),                    # 9
+    main(-1, Upsample),                             # 10
+    main((-1, 6), Concat),                          # 11
+    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 12
+    main(-1, Upsample),                             # 13
+    main((-1, 4), Concat),                          # 14
+    main(-1, RepNCSPELAN4, 240, 240, 120, 1),       # 15 P3 out
+    main(-1, AConv, 184),                           # 16
+    main((-1, 12), Concat),                         # 17
+    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 18 P4 out
+    main(-1, AConv, 240),                           # 19
+    main((-1, 9), Concat),                          # 20
+    main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 21 P5 out
+    main((15, 18, 21), DetectHead),                 # 22
 )
 
 GELAN_C: Table = (
-    L(-1, Conv, 64, 3, 2),                    # 0
-    L(-1, Conv, 128, 3, 2),                   # 1
-    L(-1, ELAN, 256, 128, 64, 1),             # 2
-    L(-1, ADown, 256),                        # 3
-    L(-1, ELAN, 512, 256, 128, 1),            # 4
-    L(-1, ADown, 512),                        # 5
-    L(-1, ELAN, 512, 512, 256, 1),            # 6
-    L(-1, ADown, 512),                        # 7
-    L(-1, ELAN, 512, 512, 256, 1),            # 8
-    L(-1, SPPELAN, 512, 256),                 # 9
-    L(-1, Upsample),                          # 10
-    L((-1, 6), Concat),                       # 11
-    L(-1, ELAN, 512, 512, 256, 1),            # 12
-    L(-1, Upsample),                          # 13
-    L((-1, 4), Concat),                       # 14
-    L(-1, ELAN, 256, 256, 128, 1),            # 15 P3 out
-    L(-1, ADown, 256),                        # 16
-    L((-1, 12), Concat),                      # 17
-    L(-1, ELAN, 512, 512, 256, 1),            # 18 P4 out
-    L(-1, ADown, 512),                        # 19
-    L((-1, 9), Concat),                       # 20
-    L(-1, ELAN, 512, 512, 256, 1),            # 21 P5 out
-    L((15, 18, 21), DetectHead),              # 22
+    main(-1, Conv, 64, 3, 2),                       # 0
+    main(-1, Conv, 128, 3, 2),                      # 1
+    main(-1, RepNCSPELAN4, 256, 128, 64, 1),        # 2
+    main(-1, ADown, 256),                           # 3
+    main(-1, RepNCSPELAN4, 512, 256, 128, 1),       # 4
+    main(-1, ADown, 512),                           # 5
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 6
+    main(-1, ADown, 512),                           # 7
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 8
+    main(-1, SPPELAN, 512, 256),                    # 9
+    main(-1, Upsample),                             # 10
+    main((-1, 6), Concat),                          # 11
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 12
+    main(-1, Upsample),                             # 13
+    main((-1, 4), Concat),                          # 14
+    main(-1, RepNCSPELAN4, 256, 256, 128, 1),       # 15 P3 out
+    main(-1, ADown, 256),                           # 16
+    main((-1, 12), Concat),                         # 17
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 18 P4 out
+    main(-1, ADown, 512),                           # 19
+    main((-1, 9), Concat),                          # 20
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 21 P5 out
+    main((15, 18, 21), DetectHead),                 # 22
 )
 
 # gelan-e keeps the CBNet dual backbone: backbone 1 (1-9) feeds backbone 2 (15-28) through CBLinear/CBFuse.
 GELAN_E: Table = (
-    L(-1, Silence),                           # 0  image router
-    L(-1, Conv, 64, 3, 2),                    # 1
-    L(-1, Conv, 128, 3, 2),                   # 2
-    L(-1, ELAN, 256, 128, 64, 2),             # 3
-    L(-1, ADown, 256),                        # 4
-    L(-1, ELAN, 512, 256, 128, 2),            # 5
-    L(-1, ADown, 512),                        # 6
-    L(-1, ELAN, 1024, 512, 256, 2),           # 7
-    L(-1, ADown, 1024),                       # 8
-    L(-1, ELAN, 1024, 512, 256, 2),           # 9
-    L(1, CBLinear, (64,)),                    # 10
-    L(3, CBLinear, (64, 128)),                # 11
-    L(5, CBLinear, (64, 128, 256)),           # 12
-    L(7, CBLinear, (64, 128, 256, 512)),      # 13
-    L(9, CBLinear, (64, 128, 256, 512, 1024)),  # 14
-    L(0, Conv, 64, 3, 2),                     # 15 backbone 2 starts from the image
-    L((10, 11, 12, 13, 14, -1), CBFuse, (0, 0, 0, 0, 0)),  # 16
-    L(-1, Conv, 128, 3, 2),                   # 17
-    L((11, 12, 13, 14, -1), CBFuse, (1, 1, 1, 1)),  # 18
-    L(-1, ELAN, 256, 128, 64, 2),             # 19
-    L(-1, ADown, 256),                        # 20
-    L((12, 13, 14, -1), CBFuse, (2, 2, 2)),   # 21
-    L(-1, ELAN, 512, 256, 128, 2),            # 22
-    L(-1, ADown, 512),                        # 23
-    L((13, 14, -1), CBFuse, (3, 3)),          # 24
-    L(-1, ELAN, 1024, 512, 256, 2),           # 25
-    L(-1, ADown, 1024),                       # 26
-    L((14, -1), CBFuse, (4,)),                # 27
-    L(-1, ELAN, 1024, 512, 256, 2),           # 28
-    L(28, SPPELAN, 512, 256),                 # 29
-    L(-1, Upsample),                          # 30
-    L((-1, 25), Concat),                      # 31
-    L(-1, ELAN, 512, 512, 256, 2),            # 32
-    L(-1, Upsample),                          # 33
-    L((-1, 22), Concat),                      # 34
-    L(-1, ELAN, 256, 256, 128, 2),            # 35 P3 out
-    L(-1, ADown, 256),                        # 36
-    L((-1, 32), Concat),                      # 37
-    L(-1, ELAN, 512, 512, 256, 2),            # 38 P4 out
-    L(-1, ADown, 512),                        # 39
-    L((-1, 29), Concat),                      # 40
-    L(-1, ELAN, 512, 1024, 512, 2),           # 41 P5 out
-    L((35, 38, 41), DetectHead),              # 42
+    main(-1, Silence),                              # 0  image router
+    main(-1, Conv, 64, 3, 2),                       # 1
+    main(-1, Conv, 128, 3, 2),                      # 2
+    main(-1, RepNCSPELAN4, 256, 128, 64, 2),        # 3
+    main(-1, ADown, 256),                           # 4
+    main(-1, RepNCSPELAN4, 512, 256, 128, 2),       # 5
+    main(-1, ADown, 512),                           # 6
+    main(-1, RepNCSPELAN4, 1024, 512, 256, 2),      # 7
+    main(-1, ADown, 1024),                          # 8
+    main(-1, RepNCSPELAN4, 1024, 512, 256, 2),      # 9
+    main(1, CBLinear, (64,)),                       # 10
+    main(3, CBLinear, (64, 128)),                   # 11
+    main(5, CBLinear, (64, 128, 256)),              # 12
+    main(7, CBLinear, (64, 128, 256, 512)),         # 13
+    main(9, CBLinear, (64, 128, 256, 512, 1024)),   # 14
+    main(0, Conv, 64, 3, 2),                        # 15 backbone 2 starts from the image
+    main((10, 11, 12, 13, 14, -1), CBFuse, (0, 0, 0, 0, 0)),# 16
+    main(-1, Conv, 128, 3, 2),                      # 17
+    main((11, 12, 13, 14, -1), CBFuse, (1, 1, 1, 1)),# 18
+    main(-1, RepNCSPELAN4, 256, 128, 64, 2),        # 19
+    main(-1, ADown, 256),                           # 20
+    main((12, 13, 14, -1), CBFuse, (2, 2, 2)),      # 21
+    main(-1, RepNCSPELAN4, 512, 256, 128, 2),       # 22
+    main(-1, ADown, 512),                           # 23
+    main((13, 14, -1), CBFuse, (3, 3)),             # 24
+    main(-1, RepNCSPELAN4, 1024, 512, 256, 2),      # 25
+    main(-1, ADown, 1024),                          # 26
+    main((14, -1), CBFuse, (4,)),                   # 27
+    main(-1, RepNCSPELAN4, 1024, 512, 256, 2),      # 28
+    main(28, SPPELAN, 512, 256),                    # 29
+    main(-1, Upsample),                             # 30
+    main((-1, 25), Concat),                         # 31
+    main(-1, RepNCSPELAN4, 512, 512, 256, 2),       # 32
+    main(-1, Upsample),                             # 33
+    main((-1, 22), Concat),                         # 34
+    main(-1, RepNCSPELAN4, 256, 256, 128, 2),       # 35 P3 out
+    main(-1, ADown, 256),                           # 36
+    main((-1, 32), Concat),                         # 37
+    main(-1, RepNCSPELAN4, 512, 512, 256, 2),       # 38 P4 out
+    main(-1, ADown, 512),                           # 39
+    main((-1, 29), Concat),                         # 40
+    main(-1, RepNCSPELAN4, 512, 1024, 512, 2),      # 41 P5 out
+    main((35, 38, 41), DetectHead),                 # 42
 )
 
 # yolov9-t/s: the auxiliary branch is a second top-down FPN on the same backbone (no CBLinear/CBFuse).
 YOLOV9_T: Table = GELAN_T[:22] + (
-    A(8, SPPELAN, 128, 64),                   # 22
-    A(-1, Upsample),                          # 23
-    A((-1, 6), Concat),                       # 24
-    A(-1, ELAN, 96, 96, 48, 3),               # 25 aux P4
-    A(-1, Upsample),                          # 26
-    A((-1, 4), Concat),                       # 27
-    A(-1, ELAN, 64, 64, 32, 3),               # 28 aux P3
-    L((28, 25, 22, 15, 18, 21), DualDetectHead),  # 29
+    aux(8, SPPELAN, 128, 64),                       # 22
+    aux(-1, Upsample),                              # 23
+    aux((-1, 6), Concat),                           # 24
+    aux(-1, RepNCSPELAN4, 96, 96, 48, 3),           # 25 aux P4
+    aux(-1, Upsample),                              # 26
+    aux((-1, 4), Concat),                           # 27
+    aux(-1, RepNCSPELAN4, 64, 64, 32, 3),           # 28 aux P3
+    main((28, 25, 22, 15, 18, 21), DualDetectHead), # 29
 )
 
 YOLOV9_S: Table = GELAN_S[:22] + (
-    A(8, SPPELAN, 256, 128),                  # 22
-    A(-1, Upsample),                          # 23
-    A((-1, 6), Concat),                       # 24
-    A(-1, ELAN, 192, 192, 96, 3),             # 25 aux P4
-    A(-1, Upsample),                          # 26
-    A((-1, 4), Concat),                       # 27
-    A(-1, ELAN, 128, 128, 64, 3),             # 28 aux P3
-    L((28, 25, 22, 15, 18, 21), DualDetectHead),  # 29
+    aux(8, SPPELAN, 256, 128),                      # 22
+    aux(-1, Upsample),                              # 23
+    aux((-1, 6), Concat),                           # 24
+    aux(-1, RepNCSPELAN4, 192, 192, 96, 3),         # 25 aux P4
+    aux(-1, Upsample),                              # 26
+    aux((-1, 4), Concat),                           # 27
+    aux(-1, RepNCSPELAN4, 128, 128, 64, 3),         # 28 aux P3
+    main((28, 25, 22, 15, 18, 21), DualDetectHead), # 29
 )
 
 # yolov9-m/c: main network at rows 1-22 (gelan row i = row i+1 here); an auxiliary reversible backbone
 # (26-37) reads the image and the main backbone's P3-P5 through CBLinear 23-25.
 YOLOV9_M: Table = (
-    L(-1, Silence),                           # 0
-    L(-1, Conv, 32, 3, 2),                    # 1
-    L(-1, Conv, 64, 3, 2),                    # 2
-    L(-1, ELAN, 128, 128, 64, 1),             # 3
-    L(-1, AConv, 240),                        # 4
-    L(-1, ELAN, 240, 240, 120, 1),            # 5  B3
-    L(-1, AConv, 360),                        # 6
-    L(-1, ELAN, 360, 360, 180, 1),            # 7  B4
-    L(-1, AConv, 480),                        # 8
-    L(-1, ELAN, 480, 480, 240, 1),            # 9  B5
-    L(-1, SPPELAN, 480, 240),                 # 10
-    L(-1, Upsample),                          # 11
-    L((-1, 7), Concat),                       # 12
-    L(-1, ELAN, 360, 360, 180, 1),            # 13
-    L(-1, Upsample),                          # 14
-    L((-1, 5), Concat),                       # 15
-    L(-1, ELAN, 240, 240, 120, 1),            # 16 P3 out
-    L(-1, AConv, 184),                        # 17
-    L((-1, 13), Concat),                      # 18
-    L(-1, ELAN, 360, 360, 180, 1),            # 19 P4 out
-    L(-1, AConv, 240),                        # 20
-    L((-1, 10), Concat),                      # 21
-    L(-1, ELAN, 480, 480, 240, 1),            # 22 P5 out
-    A(5, CBLinear, (240,)),                   # 23
-    A(7, CBLinear, (240, 360)),               # 24
-    A(9, CBLinear, (240, 360, 480)),          # 25
-    A(0, Conv, 32, 3, 2),                     # 26
-    A(-1, Conv, 64, 3, 2),                    # 27
-    A(-1, ELAN, 128, 128, 64, 1),             # 28
-    A(-1, AConv, 240),                        # 29
-    A((23, 24, 25, -1), CBFuse, (0, 0, 0)),   # 30
-    A(-1, ELAN, 240, 240, 120, 1),            # 31 aux P3
-    A(-1, AConv, 360),                        # 32
-    A((24, 25, -1), CBFuse, (1, 1)),          # 33
-    A(-1, ELAN, 360, 360, 180, 1),            # 34 aux P4
-    A(-1, AConv, 480),                        # 35
-    A((25, -1), CBFuse, (2,)),                # 36
-    A(-1, ELAN, 480, 480, 240, 1),            # 37 aux P5
-    L((31, 34, 37, 16, 19, 22), DualDetectHead),  # 38
+    main(-1, Silence),                              # 0
+    main(-1, Conv, 32, 3, 2),                       # 1
+    main(-1, Conv, 64, 3, 2),                       # 2
+    main(-1, RepNCSPELAN4, 128, 128, 64, 1),        # 3
+    main(-1, AConv, 240),                           # 4
+    main(-1, RepNCSPELAN4, 240, 240, 120, 1),       # 5  B3
+    main(-1, AConv, 360),                           # 6
+    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 7  B4
+    main(-1, AConv, 480),                           # 8
+    main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 9  B5
+    main(-1, SPPELAN, 480, 240),                    # 10
+    main(-1, Upsample),                             # 11
+    main((-1, 7), Concat),                          # 12
+    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 13
+    main(-1, Upsample),                             # 14
+    main((-1, 5), Concat),                          # 15
+    main(-1, RepNCSPELAN4, 240, 240, 120, 1),       # 16 P3 out
+    main(-1, AConv, 184),                           # 17
+    main((-1, 13), Concat),                         # 18
+    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 19 P4 out
+    main(-1, AConv, 240),                           # 20
+    main((-1, 10), Concat),                         # 21
+    main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 22 P5 out
+    aux(5, CBLinear, (240,)),                       # 23
+    aux(7, CBLinear, (240, 360)),                   # 24
+    aux(9, CBLinear, (240, 360, 480)),              # 25
+    aux(0, Conv, 32, 3, 2),                         # 26
+    aux(-1, Conv, 64, 3, 2),                        # 27
+    aux(-1, RepNCSPELAN4, 128, 128, 64, 1),         # 28
+    aux(-1, AConv, 240),                            # 29
+    aux((23, 24, 25, -1), CBFuse, (0, 0, 0)),       # 30
+    aux(-1, RepNCSPELAN4, 240, 240, 120, 1),        # 31 aux P3
+    aux(-1, AConv, 360),                            # 32
+    aux((24, 25, -1), CBFuse, (1, 1)),              # 33
+    aux(-1, RepNCSPELAN4, 360, 360, 180, 1),        # 34 aux P4
+    aux(-1, AConv, 480),                            # 35
+    aux((25, -1), CBFuse, (2,)),                    # 36
+    aux(-1, RepNCSPELAN4, 480, 480, 240, 1),        # 37 aux P5
+    main((31, 34, 37, 16, 19, 22), DualDetectHead), # 38
 )
 
 YOLOV9_C: Table = (
-    L(-1, Silence),                           # 0
-    L(-1, Conv, 64, 3, 2),                    # 1
-    L(-1, Conv, 128, 3, 2),                   # 2
-    L(-1, ELAN, 256, 128, 64, 1),             # 3
-    L(-1, ADown, 256),                        # 4
-    L(-1, ELAN, 512, 256, 128, 1),            # 5  B3
-    L(-1, ADown, 512),                        # 6
-    L(-1, ELAN, 512, 512, 256, 1),            # 7  B4
-    L(-1, ADown, 512),                        # 8
-    L(-1, ELAN, 512, 512, 256, 1),            # 9  B5
-    L(-1, SPPELAN, 512, 256),                 # 10
-    L(-1, Upsample),                          # 11
-    L((-1, 7), Concat),                       # 12
-    L(-1, ELAN, 512, 512, 256, 1),            # 13
-    L(-1, Upsample),                          # 14
-    L((-1, 5), Concat),                       # 15
-    L(-1, ELAN, 256, 256, 128, 1),            # 16 P3 out
-    L(-1, ADown, 256),                        # 17
-    L((-1, 13), Concat),                      # 18
-    L(-1, ELAN, 512, 512, 256, 1),            # 19 P4 out
-    L(-1, ADown, 512),                        # 20
-    L((-1, 10), Concat),                      # 21
-    L(-1, ELAN, 512, 512, 256, 1),            # 22 P5 out
-    A(5, CBLinear, (256,)),                   # 23
-    A(7, CBLinear, (256, 512)),               # 24
-    A(9, CBLinear, (256, 512, 512)),          # 25
-    A(0, Conv, 64, 3, 2),                     # 26
-    A(-1, Conv, 128, 3, 2),                   # 27
-    A(-1, ELAN, 256, 128, 64, 1),             # 28
-    A(-1, ADown, 256),                        # 29
-    A((23, 24, 25, -1), CBFuse, (0, 0, 0)),   # 30
-    A(-1, ELAN, 512, 256, 128, 1),            # 31 aux P3
-    A(-1, ADown, 512),                        # 32
-    A((24, 25, -1), CBFuse, (1, 1)),          # 33
-    A(-1, ELAN, 512, 512, 256, 1),            # 34 aux P4
-    A(-1, ADown, 512),                        # 35
-    A((25, -1), CBFuse, (2,)),                # 36
-    A(-1, ELAN, 512, 512, 256, 1),            # 37 aux P5
-    L((31, 34, 37, 16, 19, 22), DualDetectHead),  # 38
+    main(-1, Silence),                              # 0
+    main(-1, Conv, 64, 3, 2),                       # 1
+    main(-1, Conv, 128, 3, 2),                      # 2
+    main(-1, RepNCSPELAN4, 256, 128, 64, 1),        # 3
+    main(-1, ADown, 256),                           # 4
+    main(-1, RepNCSPELAN4, 512, 256, 128, 1),       # 5  B3
+    main(-1, ADown, 512),                           # 6
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 7  B4
+    main(-1, ADown, 512),                           # 8
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 9  B5
+    main(-1, SPPELAN, 512, 256),                    # 10
+    main(-1, Upsample),                             # 11
+    main((-1, 7), Concat),                          # 12
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 13
+    main(-1, Upsample),                             # 14
+    main((-1, 5), Concat),                          # 15
+    main(-1, RepNCSPELAN4, 256, 256, 128, 1),       # 16 P3 out
+    main(-1, ADown, 256),                           # 17
+    main((-1, 13), Concat),                         # 18
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 19 P4 out
+    main(-1, ADown, 512),                           # 20
+    main((-1, 10), Concat),                         # 21
+    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 22 P5 out
+    aux(5, CBLinear, (256,)),                       # 23
+    aux(7, CBLinear, (256, 512)),                   # 24
+    aux(9, CBLinear, (256, 512, 512)),              # 25
+    aux(0, Conv, 64, 3, 2),                         # 26
+    aux(-1, Conv, 128, 3, 2),                       # 27
+    aux(-1, RepNCSPELAN4, 256, 128, 64, 1),         # 28
+    aux(-1, ADown, 256),                            # 29
+    aux((23, 24, 25, -1), CBFuse, (0, 0, 0)),       # 30
+    aux(-1, RepNCSPELAN4, 512, 256, 128, 1),        # 31 aux P3
+    aux(-1, ADown, 512),                            # 32
+    aux((24, 25, -1), CBFuse, (1, 1)),              # 33
+    aux(-1, RepNCSPELAN4, 512, 512, 256, 1),        # 34 aux P4
+    aux(-1, ADown, 512),                            # 35
+    aux((25, -1), CBFuse, (2,)),                    # 36
+    aux(-1, RepNCSPELAN4, 512, 512, 256, 1),        # 37 aux P5
+    main((31, 34, 37, 16, 19, 22), DualDetectHead), # 38
 )
 
 # yolov9-e: rows 0-28 are gelan-e's dual backbone; the auxiliary branch is an FPN on backbone 1 (29-35),
 # the main neck sits on backbone 2 (36-48).
 YOLOV9_E: Table = GELAN_E[:29] + (
-    A(9, SPPELAN, 512, 256),                  # 29 aux P5
-    A(-1, Upsample),                          # 30
-    A((-1, 7), Concat),                       # 31
-    A(-1, ELAN, 512, 512, 256, 2),            # 32 aux P4
-    A(-1, Upsample),                          # 33
-    A((-1, 5), Concat),                       # 34
-    A(-1, ELAN, 256, 256, 128, 2),            # 35 aux P3
-    L(28, SPPELAN, 512, 256),                 # 36
-    L(-1, Upsample),                          # 37
-    L((-1, 25), Concat),                      # 38
-    L(-1, ELAN, 512, 512, 256, 2),            # 39
-    L(-1, Upsample),                          # 40
-    L((-1, 22), Concat),                      # 41
-    L(-1, ELAN, 256, 256, 128, 2),            # 42 P3 out
-    L(-1, ADown, 256),                        # 43
-    L((-1, 39), Concat),                      # 44
-    L(-1, ELAN, 512, 512, 256, 2),            # 45 P4 out
-    L(-1, ADown, 512),                        # 46
-    L((-1, 36), Concat),                      # 47
-    L(-1, ELAN, 512, 1024, 512, 2),           # 48 P5 out
-    L((35, 32, 29, 42, 45, 48), DualDetectHead),  # 49
+    aux(9, SPPELAN, 512, 256),                      # 29 aux P5
+    aux(-1, Upsample),                              # 30
+    aux((-1, 7), Concat),                           # 31
+    aux(-1, RepNCSPELAN4, 512, 512, 256, 2),        # 32 aux P4
+    aux(-1, Upsample),                              # 33
+    aux((-1, 5), Concat),                           # 34
+    aux(-1, RepNCSPELAN4, 256, 256, 128, 2),        # 35 aux P3
+    main(28, SPPELAN, 512, 256),                    # 36
+    main(-1, Upsample),                             # 37
+    main((-1, 25), Concat),                         # 38
+    main(-1, RepNCSPELAN4, 512, 512, 256, 2),       # 39
+    main(-1, Upsample),                             # 40
+    main((-1, 22), Concat),                         # 41
+    main(-1, RepNCSPELAN4, 256, 256, 128, 2),       # 42 P3 out
+    main(-1, ADown, 256),                           # 43
+    main((-1, 39), Concat),                         # 44
+    main(-1, RepNCSPELAN4, 512, 512, 256, 2),       # 45 P4 out
+    main(-1, ADown, 512),                           # 46
+    main((-1, 36), Concat),                         # 47
+    main(-1, RepNCSPELAN4, 512, 1024, 512, 2),      # 48 P5 out
+    main((35, 32, 29, 42, 45, 48), DualDetectHead), # 49
 )
 
 MODEL_TABLES: dict[str, Table] = {
@@ -347,4 +344,4 @@ def get_table(name: str) -> Table:
     try:
         return MODEL_TABLES[name]
     except KeyError:
-        raise KeyError(f"configs.py: unknown model {name!r}; available: {', '.join(MODEL_TABLES)}") from None
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODEL_TABLES)}") from None

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pgi_detect.models.blocks import Conv, RepConvN, Silence
-from pgi_detect.models.configs import MODEL_TABLES, get_table, inference_name
-from pgi_detect.models.graph import IMAGE, Layer, Routing, build_layers, resolve, run_layers
 from pgi_detect.geometry import anchor_grid
+from pgi_detect.models.backbones import gelan_neck_table
+from pgi_detect.models.blocks import Conv, RepConvN, Silence
+from pgi_detect.models.configs import MODEL_TABLES, inference_name
+from pgi_detect.models.graph import IMAGE, Layer, Routing, build_layers, resolve, run_layers
 from pgi_detect.models.heads import REG_MAX, STRIDES, DetectHead, DualDetectHead, decode_maps
 
 
@@ -41,13 +43,13 @@ class Detector(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"detector.py: num_classes must be >= 1, got {num_classes}")
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.table: tuple[Layer, ...] = tuple(table)
         if layers is None:
             layers = build_layers(self.table, num_classes, cls_width=cls_width)
         self.layers = layers
         if not isinstance(self.layers[-1], (DetectHead, DualDetectHead)):
-            raise ValueError("detector.py: the last layer of a table must be a DetectHead or DualDetectHead")
+            raise ValueError("the last layer of a detector table must be a DetectHead or DualDetectHead")
         self.routing = Routing(self.table)
         self.num_classes = num_classes
         self.cls_width = cls_width  # class-branch width override (None: official formula)
@@ -55,8 +57,16 @@ class Detector(nn.Module):
         self.source_name = source_name or name  # zoo name this model was built or stripped from
         self.stripped = stripped  # True when made by strip_auxiliary from a model that had an aux branch
         self.fused = False
+        self.describe_backbone(None, "gelan-s")
         self.num_branches = 2 if isinstance(self.layers[-1], DualDetectHead) else 1
         self._anchor_cache: dict = {}
+
+    def describe_backbone(self, backbone_spec: Any, neck: str) -> None:
+        """Record how a custom backbone is specified (`{class_path, init_args}` dict, or the module itself) and its
+        neck, for `spec_of`. Written into `__dict__`: a module here is `layers[0]` itself and must not be
+        registered a second time."""
+        self.__dict__["backbone_spec"] = backbone_spec
+        self.__dict__["neck"] = neck
 
     # ------------------------------------------------------------------ forward / decode
     def forward(self, images: Tensor) -> list[list[Tensor]]:
@@ -66,11 +76,6 @@ class Detector(nn.Module):
     def main_head(self) -> DetectHead:
         head = self.layers[-1]
         return head.main if isinstance(head, DualDetectHead) else head
-
-    @property
-    def is_gelan(self) -> bool:
-        """True for single-branch (inference-form) models: gelan-x, stripped yolov9-x, custom backbones."""
-        return self.num_branches == 1
 
     def anchors(self, maps: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Anchor centres (2, N) in grid units and strides (1, N) for these map shapes, cached per shape."""
@@ -122,7 +127,7 @@ class Detector(nn.Module):
             if table[absolute].block is Silence:  # identity: read what the Silence read
                 return remap(resolve(table[absolute].sources[0], absolute), consumer)
             raise ValueError(
-                f"detector.py: cannot strip {self.name}: main layer {consumer} reads auxiliary layer {absolute}"
+                f"cannot strip {self.name}: main layer {consumer} reads auxiliary layer {absolute}"
             )
 
         rows: list[Layer] = []
@@ -155,6 +160,7 @@ class Detector(nn.Module):
             cls_width=self.cls_width,
         )
         stripped.fused = self.fused
+        stripped.describe_backbone(self.backbone_spec, self.neck)
         return stripped.train(self.training)
 
     def _explicitly_referenced(self, index: int, dropped: list[bool]) -> bool:
@@ -195,18 +201,19 @@ class Detector(nn.Module):
         """A detector on any backbone returning (P3, P4, P5) maps at strides 8/16/32 and exposing
         `out_channels`, with a GELAN neck (`neck`: "gelan-t", "gelan-s" or a `NeckSpec`) and a DetectHead
         (`cls_width`: optional class-branch width override)."""
-        from pgi_detect.models.backbones import gelan_neck_table
+        detector = cls(gelan_neck_table(backbone, neck), num_classes, name=name, cls_width=cls_width)
+        detector.describe_backbone(backbone, neck)
+        return detector
 
-        return cls(gelan_neck_table(backbone, neck), num_classes, name=name, cls_width=cls_width)
 
-
-def build_model(name: str, num_classes: int = 80, cls_width: int | None = None) -> Detector:
-    """A freshly initialised zoo model: gelan-{t,s,m,c,e} or yolov9-{t,s,m,c,e}.
-
-    `cls_width` overrides the detect heads' class-branch width (None: the official formula; 80 on the t
-    models reproduces the official README's 2.0M params / 7.7 GFLOPs for the inference model)."""
-    return Detector(get_table(name), num_classes, name=name, cls_width=cls_width)
+def inference_copy(model: nn.Module) -> nn.Module:
+    """The deployable form of any model, never modifying `model`: `Detector.inference_copy()` (auxiliary branch
+    removed, BN folded, RepConvN merged) for our detectors, an eval-mode deep copy for other modules."""
+    if isinstance(model, Detector):
+        return model.inference_copy()
+    return copy.deepcopy(model).eval()
 
 
 def list_models() -> list[str]:
+    """Names of the zoo models."""
     return list(MODEL_TABLES)

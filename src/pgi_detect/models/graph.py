@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from pgi_detect.models.heads import DetectHead, DualDetectHead
+
 IMAGE = -1  # resolved index of the network input
 
 
@@ -35,8 +37,6 @@ def resolve(source: int, index: int) -> int:
 
 
 def is_head(block: type[nn.Module] | nn.Module) -> bool:
-    from pgi_detect.models.heads import DetectHead, DualDetectHead
-
     return isinstance(block, type) and issubclass(block, (DetectHead, DualDetectHead))
 
 
@@ -53,7 +53,7 @@ def build_layers(
         for source in row.sources:
             absolute = resolve(source, index)
             if not IMAGE <= absolute < index:
-                raise ValueError(f"graph.py: layer {index} reads from {source}, which is not an earlier layer")
+                raise ValueError(f"layer {index} reads from {source}, which is not an earlier layer")
             c_ins.append(in_channels if absolute == IMAGE else channels[absolute])
         c_in = c_ins[0] if isinstance(row.source, int) else c_ins
         if isinstance(row.block, nn.Module):

@@ -59,7 +59,7 @@ def head_widths(
     if cls_width is None:
         return box_width, max(first_in_channels, min(num_classes * 2, 128))
     if isinstance(cls_width, bool) or not isinstance(cls_width, int) or cls_width < 1:
-        raise ValueError(f"heads.py: cls_width must be a positive int or None, got {cls_width!r}")
+        raise ValueError(f"cls_width must be a positive int or None, got {cls_width!r}")
     return box_width, cls_width
 
 
@@ -82,7 +82,7 @@ class DetectHead(nn.Module):
     ) -> None:
         super().__init__()
         if len(c_ins) != len(strides):
-            raise ValueError(f"heads.py: DetectHead got {len(c_ins)} inputs for {len(strides)} strides")
+            raise ValueError(f"DetectHead got {len(c_ins)} inputs for {len(strides)} strides")
         self.num_classes = num_classes  # read by reset_biases
         box_width, cls_width = head_widths(c_ins[0], num_classes, reg_max, cls_width)
         self.cls_width = cls_width  # the width actually built

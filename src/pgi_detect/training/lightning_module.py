@@ -12,9 +12,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from pgi_detect.evaluation import evaluate_detections, fitness, rows_to_coco
-from pgi_detect.loss import DetectionLoss
-from pgi_detect.models import Backbone, Detector, build_model
 from pgi_detect.geometry import NMSSettings, postprocess
+from pgi_detect.loss import DetectionLoss
+from pgi_detect.models import (
+    CHECKPOINT_RECORD,
+    Backbone,
+    DetectorSpec,
+    build_detector,
+    checkpoint_record,
+    load_weights_into,
+)
 from pgi_detect.training.callbacks import NonFiniteLossGuard
 from pgi_detect.training.optim import (
     DecayName,
@@ -133,17 +140,15 @@ class DetectionTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if backbone is None:
-            self.detector = build_model(model, num_classes=num_classes, cls_width=cls_width)
-        else:
-            self.detector = Detector.from_backbone(
-                backbone, num_classes, neck=neck, name=model, cls_width=cls_width
-            )
+        # Under the LightningCLI the saved hyperparameters hold the backbone's {class_path, init_args} (portable);
+        # from Python they hold the module itself.
+        self.spec = DetectorSpec(model, num_classes, cls_width, self.hparams.get("backbone"), neck)
+        self.detector = build_detector(self.spec)
         self.criterion = DetectionLoss(
             num_classes, strides=tuple(self.detector.strides), reg_max=self.detector.reg_max
         )
         if weights:
-            load_matching_weights(self.detector, weights)
+            rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights)}")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.detector.to(memory_format=self.memory_format)
         self.nonfinite_guard = NonFiniteLossGuard(max_nonfinite_steps)
@@ -356,7 +361,7 @@ class DetectionTask(pl.LightningModule):
         return getter()
 
     def _category_ids(self) -> list[int] | None:
-        datamodule = self.trainer.datamodule
+        datamodule = getattr(self._trainer, "datamodule", None)
         ids = getattr(datamodule, "category_ids", None) if datamodule is not None else None
         return list(ids) if ids is not None else self.hparams.category_ids
 
@@ -378,6 +383,11 @@ class DetectionTask(pl.LightningModule):
         self.log(f"{stage}/mAP", metrics["AP"], prog_bar=True, sync_dist=False)
         self.log_dict(logged, sync_dist=False)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Every checkpoint records the detector spec and class table, so loaders need nothing else."""
+        checkpoint[CHECKPOINT_RECORD] = checkpoint_record(self.spec, "detector.", self.hparams.class_names,
+                                                          self._category_ids())
+
     # ------------------------------------------------------------------ prediction
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
@@ -396,15 +406,3 @@ class DetectionTask(pl.LightningModule):
             }
             for image_id, path, rows, shape in zip(batch["image_ids"], batch["paths"], original, batch["orig_shapes"])
         ]
-
-def load_matching_weights(detector: torch.nn.Module, path: str) -> None:
-    """Initialise from a DetectionTask checkpoint or a state dict, skipping tensors whose shape differs."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
-    if hasattr(state, "state_dict"):
-        state = state.state_dict()
-    state = {k.removeprefix("detector."): v for k, v in state.items()}
-    own = detector.state_dict()
-    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    detector.load_state_dict(matching, strict=False)
-    rank_zero_info(f"DetectionTask: loaded {len(matching)}/{len(own)} tensors from {path}")

@@ -1,4 +1,4 @@
-"""Import official YOLOv9 / GELAN weights, and the file format our own converted weights use.
+"""Official YOLOv9 / GELAN weight files: reading them safely and translating their keys to ours.
 
 Official state-dict keys are `model.<idx>.<official submodule path>`; ours are `layers.<idx>.<our path>`
 with the same idx (the tables keep the official row order), so only the submodule names need translating.
@@ -22,13 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from pgi_detect.models.configs import get_table
-from pgi_detect.models.detector import Detector, build_model
-
-FILE_FORMAT = "pgi_detect.converted/1"
-
-
-class ConversionError(RuntimeError):
-    """Official weights do not fit the requested model (lists the offending keys)."""
+from pgi_detect.models.detector import Detector
+from pgi_detect.models.errors import WeightsError, format_keys
+from pgi_detect.models.spec import build_model
 
 
 # ---------------------------------------------------------------------- key translation
@@ -63,11 +59,6 @@ def to_official_state_dict(detector: Detector) -> dict[str, Tensor]:
     return {theirs: state[ours] for ours, theirs in official_key_map(detector).items()}
 
 
-def _format_keys(title: str, keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-    return f"\n  {title} ({len(keys)}): {shown}"
-
-
 def load_official_state_dict(
     detector: Detector,
     official: Mapping[str, Tensor],
@@ -94,18 +85,18 @@ def load_official_state_dict(
     used = set(mapping.values())
     unexpected = [k for k in official if k not in used]
     if missing or unexpected or mismatched:
-        message = f"convert.py: {source} do not fit model {detector.name!r} (nc={detector.num_classes})"
+        message = f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})"
         if missing:
-            message += _format_keys("missing official keys", missing)
+            message += format_keys("missing official keys", missing)
         if unexpected:
-            message += _format_keys("unexpected official keys", unexpected)
+            message += format_keys("unexpected official keys", unexpected)
         if mismatched:
-            message += _format_keys("shape mismatches (official vs ours)", mismatched)
+            message += format_keys("shape mismatches (official vs ours)", mismatched)
         if detector.name.startswith("yolov9-") and not any(".cv4." in k for k in official):
             message += "\n  hint: these look like converted (gelan) weights; use the matching gelan-* model"
         elif detector.name.startswith("gelan-") and any(".cv4." in k for k in official):
             message += "\n  hint: these look like yolov9 training weights; use yolov9-* (and --strip)"
-        raise ConversionError(message)
+        raise WeightsError(message)
     with torch.no_grad():
         for ours, tensor in loaded.items():
             ours_state[ours].copy_(tensor.to(ours_state[ours].dtype))
@@ -122,7 +113,7 @@ def official_num_classes(official: Mapping[str, Tensor]) -> int:
         for key, tensor in official.items():
             if re.match(pattern, key):
                 return int(tensor.shape[0])
-    raise ConversionError("convert.py: no detect-head class conv (cv3/cv5) found in the official weights")
+    raise WeightsError("no detect-head class conv (cv3/cv5) found in the official weights")
 
 
 def convert_official(
@@ -272,7 +263,7 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, Tensor]:
                 return value.state_dict()
     if isinstance(obj, PickleStub):
         return stub_state_dict(obj)
-    raise ConversionError(f"convert.py: {source}: found no model weights (got {type(obj).__name__})")
+    raise WeightsError(f"{source}: found no model weights (got {type(obj).__name__})")
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
@@ -281,57 +272,10 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     This is the one place a DataParallel / DDP `module.` key prefix is removed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"convert.py: no such checkpoint: {path}")
+        raise FileNotFoundError(f"{path}: weights file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         obj = restricted_torch_load(path)
     state = extract_state_dict(obj, source=str(path))
     return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
-# ---------------------------------------------------------------------- our converted-file format
-def save_detector(detector: Detector, path: str | Path) -> None:
-    """Write the weights in the format `load_detector` reads (architecture name + state dict).
-
-    A class-branch width override is stored as `cls_width` only when the model has one, so files of
-    default-width models are exactly what older versions wrote."""
-    if detector.fused:
-        raise ValueError("convert.py: save the unfused model; fuse() after load_detector instead")
-    get_table(detector.name)  # only zoo architectures can be rebuilt by load_detector
-    payload = {
-        "format": FILE_FORMAT,
-        "model": detector.name,
-        "num_classes": detector.num_classes,
-        "source_name": detector.source_name,
-        "stripped": detector.stripped,
-        "state_dict": detector.state_dict(),
-    }
-    cls_width = getattr(detector, "cls_width", None)
-    if cls_width is not None:
-        payload["cls_width"] = int(cls_width)
-    torch.save(payload, path)
-
-
-def is_converted_file(obj) -> bool:
-    return isinstance(obj, Mapping) and obj.get("format") == FILE_FORMAT
-
-
-def detector_from_converted(obj: Mapping, source: str = "converted weights") -> Detector:
-    """Rebuild a Detector from the dict that `save_detector` wrote (already loaded)."""
-    if not is_converted_file(obj):
-        raise ConversionError(f"convert.py: {source} is not a {FILE_FORMAT} file")
-    cls_width = obj.get("cls_width")  # absent in files of default-width models (and older files)
-    if cls_width is not None:
-        cls_width = int(cls_width)
-    detector = build_model(obj["model"], obj["num_classes"], cls_width=cls_width)
-    detector.load_state_dict(obj["state_dict"])
-    detector.stripped = bool(obj.get("stripped", False))
-    detector.source_name = obj.get("source_name", obj["model"])
-    return detector
-
-
-def load_detector(path: str | Path) -> Detector:
-    """A Detector (eval mode) from a file written by `save_detector` / scripts/convert_official.py."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return detector_from_converted(obj, source=str(path)).eval()

@@ -1,0 +1,176 @@
+"""Which weight file is this, and what does it hold: the entry point for every file kind a user may pass.
+
+Kinds, each with one home:
+* training checkpoints (Lightning `.ckpt` of `DetectionTask`): a record under `CHECKPOINT_RECORD` (written by the task
+  through `checkpoint_record`) gives the spec, class table and state-dict prefix; read here;
+* our detector files (`detector_file.py`, written by `save_detector` / scripts/convert_official.py);
+* official YOLOv9 files and plain state dicts (`official.py`: restricted unpickling, key translation).
+
+`read_weights` rebuilds a detector from a file alone (inference, export); `load_weights_into` initialises an already
+built detector from any kind (fine-tuning), strictly unless partial loading is asked for.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pgi_detect.models.detector import Detector
+from pgi_detect.models.detector_file import detector_from_file, file_spec, is_detector_file
+from pgi_detect.models.errors import WeightsError, format_keys
+from pgi_detect.models.official import CLASS_BRANCH_KEYS, official_key_map, read_official_checkpoint
+from pgi_detect.models.spec import DetectorSpec, build_detector
+
+CHECKPOINT_RECORD = "pgi_detect"
+
+
+def checkpoint_record(spec: DetectorSpec, state_prefix: str, class_names: Sequence[str] | None,
+                      category_ids: Sequence[int] | None) -> dict[str, Any]:
+    """What a training checkpoint stores under `CHECKPOINT_RECORD` so that loaders need nothing else."""
+    return {
+        "spec": spec.to_dict(),
+        "state_prefix": state_prefix,
+        "class_names": None if class_names is None else [str(n) for n in class_names],
+        "category_ids": None if category_ids is None else [int(i) for i in category_ids],
+    }
+
+
+@dataclass
+class LoadedDetector:
+    """A detector rebuilt from a file (trained weights, unstripped, unfused) and the class table the file carries."""
+
+    detector: Detector
+    class_names: list[str] | None
+    category_ids: list[int] | None
+    spec: DetectorSpec
+    kind: str  # "checkpoint" or "detector file"
+
+
+def read_weights(path: str | Path) -> LoadedDetector:
+    """Rebuild the detector stored in a training checkpoint or a detector file."""
+    path = Path(path)
+    payload = _load_trusted(path)
+    record = _checkpoint_record(payload)
+    if record is not None:
+        spec = DetectorSpec.from_dict(record["spec"])
+        detector = build_detector(spec)
+        detector.load_state_dict(_prefixed(payload["state_dict"], record["state_prefix"]), strict=True)
+        return LoadedDetector(detector, record["class_names"], record["category_ids"], spec, "checkpoint")
+    if is_detector_file(payload):
+        detector = detector_from_file(payload, source=str(path))
+        return LoadedDetector(detector, _optional_list(payload.get("class_names")),
+                              _optional_list(payload.get("category_ids")), file_spec(payload), "detector file")
+    raise WeightsError(
+        f"{path}: not a pgi_detect checkpoint or detector file (official YOLOv9 weights must be converted first: "
+        f"python scripts/convert_official.py --weights {path} --model <name> --output converted.pt)"
+    )
+
+
+def load_weights_into(detector: Detector, path: str | Path, partial: bool = False) -> str:
+    """Copy the weights of any supported file into `detector` (in place) and return a one-line report.
+
+    Every tensor must fit, except the class branch, which is re-initialised when its shape differs (another class
+    count or class width: fine-tuning). Anything else missing, unexpected or mis-shaped raises `WeightsError` naming
+    the keys, unless `partial` is set: then whatever fits is loaded and the rest is reported."""
+    path = Path(path)
+    state = _state_in_our_keys(detector, path)
+    own = detector.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape_differs = [k for k in own if k in state and state[k].shape != own[k].shape]
+    reinit = [k for k in shape_differs if any(re.search(p, k) for p in CLASS_BRANCH_KEYS)]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape_differs if k not in reinit]
+    problems = ""
+    if missing:
+        problems += format_keys("missing", missing)
+    if unexpected:
+        problems += format_keys("unexpected", unexpected)
+    if mismatched:
+        problems += format_keys("shape mismatches (file vs model)", mismatched)
+    if problems and not partial:
+        raise WeightsError(f"{path}: weights do not fit model {detector.name!r} (nc={detector.num_classes}); load "
+                           f"with partial=True (DetectionTask: partial_weights) to take only what fits:{problems}"
+                           f"{_hint(detector, state)}")
+    fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    with torch.no_grad():
+        for key, tensor in fitting.items():
+            own[key].copy_(tensor.to(own[key].dtype))
+    report = f"loaded {len(fitting)}/{len(own)} tensors from {path}"
+    if reinit:
+        report += f"; class branch re-initialised for {detector.num_classes} classes ({len(reinit)} tensors)"
+    if problems:
+        report += f"; partial load, skipped:{problems}"
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------- internals
+
+
+def _load_trusted(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    # Training checkpoints may pickle a custom backbone module, so they are not loadable with weights_only=True.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _checkpoint_record(payload: Any) -> dict[str, Any] | None:
+    """The record of a training checkpoint; for checkpoints of version 0.1 (no record) one is derived from the
+    DetectionTask hyperparameters they stored."""
+    if not isinstance(payload, Mapping) or "state_dict" not in payload:
+        return None
+    if CHECKPOINT_RECORD in payload:
+        return payload[CHECKPOINT_RECORD]
+    hparams = payload.get("hyper_parameters")
+    if not isinstance(hparams, Mapping) or "model" not in hparams:
+        return None
+    spec = DetectorSpec(str(hparams["model"]), int(hparams.get("num_classes", 80)), hparams.get("cls_width"),
+                        hparams.get("backbone"), hparams.get("neck", "gelan-s"))
+    return checkpoint_record(spec, "detector.", hparams.get("class_names"), hparams.get("category_ids"))
+
+
+def _prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries under `prefix`, without it (a LightningModule's state dict holds more than the detector)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _state_in_our_keys(detector: Detector, path: Path) -> dict[str, Tensor]:
+    """The file's detector weights, keyed like `detector.state_dict()` (official keys translated)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    except Exception:  # pickled official models: read below with the restricted unpickler
+        payload = None
+    if payload is not None:
+        record = _checkpoint_record(payload)
+        if record is not None:
+            return _prefixed(payload["state_dict"], record["state_prefix"])
+        if is_detector_file(payload):
+            return dict(payload["state_dict"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    state = read_official_checkpoint(path)
+    if any(k.startswith("model.") for k in state):
+        ours_by_official = {theirs: ours for ours, theirs in official_key_map(detector).items()}
+        return {ours_by_official.get(k, k): v for k, v in state.items()}
+    return _prefixed(state, "detector.") if any(k.startswith("detector.") for k in state) else state
+
+
+def _hint(detector: Detector, state: Mapping[str, Tensor]) -> str:
+    dual_file = any(".main." in k or ".aux." in k for k in state)
+    if detector.num_branches == 1 and dual_file:
+        return "\n  hint: these are yolov9 (dual) weights; train the yolov9 model or strip the file first"
+    if detector.num_branches == 2 and not dual_file:
+        return "\n  hint: these are single-branch (gelan) weights; use the matching gelan model"
+    return ""
+
+
+def _optional_list(value: Any) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):  # {index: name}, the official / ultralytics style
+        return [value[k] for k in sorted(value)]
+    return list(value)
