@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--max-epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--num-predict", type=int, default=2, help="val images to draw predictions on")
-    args, overrides = parser.parse_known_args(argv)  # everything else goes to pgi-detect, e.g. --model.lr0=0.003
+    args, overrides = parser.parse_known_args(argv)  # everything else goes to pgi-detect, e.g. --model.optim.lr0=0.003
     args.overrides = overrides
     return args
 

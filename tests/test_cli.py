@@ -47,8 +47,9 @@ def test_coco_experiment_resolves_to_the_recipe(path):
     assert callbacks["ModelEMA"]["decay"] == 0.9999 and callbacks["ModelEMA"]["tau"] == 2000.0
     assert callbacks["ModelCheckpoint"]["monitor"] == "val/mAP" and callbacks["ModelCheckpoint"]["save_last"]
     assert {"LearningRateMonitor", "RichProgressBar", "ValidationImageLogger"} <= set(callbacks)
-    model = config["model"]
-    assert (model["optimizer"], model["lr0"], model["momentum"], model["weight_decay"]) == ("sgd", 0.01, 0.937, 5e-4)
+    optim, nms = config["model"]["optim"], config["model"]["eval_nms"]
+    assert (optim["optimizer"], optim["lr0"], optim["momentum"], optim["weight_decay"]) == ("sgd", 0.01, 0.937, 5e-4)
+    assert (nms["conf_thres"], nms["iou_thres"], nms["multi_label"], nms["max_det"]) == (0.001, 0.7, True, 300)
 
 
 def test_ddp_config_stacks_on_an_experiment():

@@ -14,31 +14,8 @@ from PIL import Image
 from pgi_detect.data import (AugmentationConfig, DataError, DetectionDataModule, DetectionDataset, load_source,
                              make_synthetic_coco)
 from pgi_detect.data.collate import collate_detections
+from helpers.datasets import datamodule, rectangles_coco
 
-COLOURS = [(230, 30, 30), (30, 220, 30), (30, 30, 230), (230, 230, 30), (230, 30, 230), (30, 230, 230)]
-
-
-def rectangles_coco(root, num_images=8, sizes=((64, 96),)):
-    """Images with saturated rectangles on grey 114, so object pixels are easy to find after augmentation."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        h, w = sizes[i % len(sizes)]
-        image = np.full((h, w, 3), 114, np.uint8)
-        for _ in range(2):
-            bw, bh = int(rng.integers(w // 5, w // 2)), int(rng.integers(h // 5, h // 2))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            cls = int(rng.integers(len(COLOURS)))
-            image[y:y + bh, x:x + bw] = COLOURS[cls]
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
-                                "bbox": [x, y, bw, bh], "iscrowd": 0, "area": bw * bh})
-        Image.fromarray(image).save(root / "images" / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
-    categories = [{"id": c + 1, "name": f"c{c}"} for c in range(len(COLOURS))]
-    path = root / "ann.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
 
 
 def object_mask(image_chw: torch.Tensor) -> np.ndarray:
@@ -121,13 +98,6 @@ def test_annotated_size_must_match_decoded_image(tmp_path):
         dataset[0]
 
 
-def datamodule(root, **kwargs):
-    args = dict(train=str(root / "ann.json"), train_images=str(root / "images"), val=str(root / "ann.json"),
-                val_images=str(root / "images"), img_size=64, batch_size=4, num_workers=0, seed=3)
-    args.update(kwargs)
-    return DetectionDataModule(**args)
-
-
 def first_batches(dm, n=2):
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -192,7 +162,7 @@ def test_datamodule_class_table_ground_truth_and_eval_loaders(tmp_path):
     rectangles_coco(tmp_path, 4)
     dm = datamodule(tmp_path)
     assert dm.num_classes == 6 and dm.class_names[0] == "c0" and dm.category_ids == [1, 2, 3, 4, 5, 6]
-    gt = dm.val_coco()
+    gt = dm.ground_truth("val")
     assert sorted(gt.getImgIds()) == [1, 2, 3, 4] and len(gt.getAnnIds()) == 8
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
@@ -219,9 +189,9 @@ def test_yolo_val_dataset_and_ground_truth_hold_the_same_images(tmp_path, ground
     with pytest.raises(DataError, match=r"b\.png: cannot read image header"):
         DetectionDataModule(val=str(root), img_size=64, num_workers=0).source("val")
     dm = DetectionDataModule(val=str(root), img_size=64, batch_size=2, num_workers=0, on_bad_sample="skip")
-    gt = dm.val_coco() if ground_truth_first else None
+    gt = dm.ground_truth("val") if ground_truth_first else None
     dm.setup("validate")
-    gt = gt or dm.val_coco()
+    gt = gt or dm.ground_truth("val")
     dataset_ids = sorted(r.image_id for r in dm.dataset("val").records)
     assert dataset_ids == sorted(gt.getImgIds()) == [0, 2]
     batch = next(iter(dm.val_dataloader()))

@@ -9,7 +9,7 @@ import pytest
 from lightning.pytorch.trainer.states import RunningStage
 
 from pgi_detect.data.samplers import RectShardSampler, rect_batches
-from test_data_pipeline import datamodule, rectangles_coco
+from helpers.datasets import datamodule, rectangles_coco
 
 SIZES = ((64, 96), (96, 40), (60, 90))  # h/w 0.67, 2.4, 0.67: several padded shapes
 

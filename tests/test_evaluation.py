@@ -77,3 +77,30 @@ def test_predictions_to_coco_roundtrip(tmp_path):
     assert dets[1]["category_id"] == 3 and dets[1]["bbox"][2] == 1.235
     path = write_detections_json(dets, tmp_path / "out" / "dets.json")
     assert json.loads(path.read_text()) == dets
+
+
+def test_metric_scores_each_image_once_and_equals_evaluate_detections():
+    """CocoDetectionMetric: repeated images (sampler padding) count once, and the numbers are evaluate_detections'."""
+    import torch
+
+    from pgi_detect.evaluation import CocoDetectionMetric, evaluate_detections, rows_to_coco
+
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 9, "bbox": [50, 40, 20, 40], "area": 800, "iscrowd": 0},
+        ],
+        "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
+    }
+    image_1 = torch.tensor([[10.0, 10.0, 40.0, 40.0, 0.9, 0.0], [60.0, 60.0, 90.0, 90.0, 0.3, 1.0]])
+    image_2 = torch.tensor([[50.0, 40.0, 70.0, 80.0, 0.8, 0.0]])  # right box, wrong class
+    metric = CocoDetectionMetric("pycocotools")
+    metric.update([image_1, image_2], torch.tensor([1, 2]))
+    metric.update([image_2.clone()], torch.tensor([2]))  # a padded repeat of image 2
+    metric.ground_truth, metric.category_ids = gt, [5, 9]
+    evaluation = metric.compute()
+    assert evaluation.image_ids == [1, 2] and len(evaluation.detections) == 3
+    expected = evaluate_detections(gt, rows_to_coco({1: image_1, 2: image_2}, [5, 9]), "pycocotools")
+    assert evaluation.stats == expected
+    assert 0 < evaluation.stats["AP"] < 1

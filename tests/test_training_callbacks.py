@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.squares import SquaresDataModule
+from pgi_detect.training import DetectionDataSource, NonFiniteLossGuard
 from pgi_detect.training.callbacks import (
     CloseMosaic,
     ModelEMA,
-    NonFiniteLossGuard,
     PredictionWriter,
     ValidationImageLogger,
     ema_decay,
@@ -29,19 +30,19 @@ def test_ema_decay_formula():
 
 
 class ToyModule(pl.LightningModule):
-    """Linear + BatchNorm so that both parameters and BN buffers go through the EMA."""
+    """Linear + BatchNorm so that both parameters and BN buffers go through the EMA (which averages `detector`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+        self.detector = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
         self.seen_in_validation: list[torch.Tensor] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
+        return nn.functional.mse_loss(self.detector(x), y)
 
     def validation_step(self, batch, batch_idx):
-        self.seen_in_validation.append(self.net[0].weight.detach().clone())
+        self.seen_in_validation.append(self.detector[0].weight.detach().clone())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
@@ -89,10 +90,10 @@ def test_ema_matches_reference_update_rule_including_bn_buffers(tmp_path):
     assert ema.updates == 5
     # After fit the module holds the EMA weights (WeightAveraging copies them at train end).
     final = module.state_dict()
-    for key in ("net.0.weight", "net.1.running_mean", "net.1.running_var", "net.1.weight"):
+    for key in ("detector.0.weight", "detector.1.running_mean", "detector.1.running_var", "detector.1.weight"):
         torch.testing.assert_close(final[key], expected[key], rtol=1e-5, atol=1e-6)
-    assert final["net.1.num_batches_tracked"] == recorder.states[-1]["net.1.num_batches_tracked"]
-    assert not torch.allclose(final["net.0.weight"], recorder.states[-1]["net.0.weight"])
+    assert final["detector.1.num_batches_tracked"] == recorder.states[-1]["detector.1.num_batches_tracked"]
+    assert not torch.allclose(final["detector.0.weight"], recorder.states[-1]["detector.0.weight"])
 
 
 def test_validation_uses_ema_and_checkpoint_holds_both(tmp_path):
@@ -103,28 +104,29 @@ def test_validation_uses_ema_and_checkpoint_holds_both(tmp_path):
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = _trainer(tmp_path, [recorder, ema, checkpoint], max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(module, _loader(), _loader(8))
-    raw = recorder.states[-1]["net.0.weight"]
-    averaged = ema.averaged_module.net[0].weight.detach()
+    raw = recorder.states[-1]["detector.0.weight"]
+    averaged = ema.averaged_module[0].weight.detach()
     # Validation ran at the end of the epoch with the averaged weights swapped in.
     assert module.seen_in_validation, "validation did not run"
     torch.testing.assert_close(module.seen_in_validation[-1], averaged)
     assert not torch.allclose(module.seen_in_validation[-1], raw)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
-    torch.testing.assert_close(saved["state_dict"]["net.0.weight"], averaged)  # EMA = the model weights
-    torch.testing.assert_close(saved["current_model_state"]["net.0.weight"], raw)  # raw weights for resume
+    torch.testing.assert_close(saved["state_dict"]["detector.0.weight"], averaged)  # EMA = the model weights
+    torch.testing.assert_close(saved["current_model_state"]["detector.0.weight"], raw)  # raw weights for resume
     assert int(saved["averaging_state"]["n_averaged"]) == ema.updates + 1
 
 
-class FakeDataModule:
-    def __init__(self) -> None:
-        self.calls: list[bool] = []
+class FakeDataModule(SquaresDataModule):
+    """The DetectionDataSource contract; records the close-mosaic calls."""
 
-    def set_mosaic(self, enabled: bool) -> None:
-        self.calls.append(enabled)
+    def __init__(self) -> None:
+        super().__init__(train=1, val=1)
+        self.calls = self.mosaic_calls
 
 
 def test_close_mosaic_switches_at_the_right_epoch():
     datamodule = FakeDataModule()
+    assert isinstance(datamodule, DetectionDataSource)
     trainer = SimpleNamespace(max_epochs=20, current_epoch=0, datamodule=datamodule)
     callback = CloseMosaic(close_mosaic=5)
     for epoch in range(15):
@@ -180,7 +182,7 @@ def test_validation_image_logger_offline_wandb(tmp_path, monkeypatch):
     trainer = SimpleNamespace(
         loggers=[logger], sanity_checking=False, is_global_zero=True, current_epoch=0, global_step=3,
     )
-    module = SimpleNamespace(hparams=SimpleNamespace(class_names=["circle", "square"]))
+    module = SimpleNamespace(class_names=["circle", "square"])
     images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
     # originals are 128 x 128, letterboxed at gain 0.5
     batch = {"images": images, "orig_shapes": torch.full((3, 2), 128), "scales": torch.full((3, 2), 0.5),
@@ -220,7 +222,7 @@ def test_prediction_writer_uses_the_task_category_ids(tmp_path):
     import json
 
     trainer = SimpleNamespace(default_root_dir=str(tmp_path), world_size=1, global_rank=0)
-    module = SimpleNamespace(_category_ids=lambda: [3, 7])
+    module = SimpleNamespace(category_ids=[3, 7])
     from pgi_detect.inference import Detections
 
     detections = Detections.from_rows(torch.tensor([[1.0, 2.0, 11.0, 22.0, 0.5, 1.0]]), (30, 40), ["ball", "cup"])

@@ -27,8 +27,8 @@ def _overrides(coco128_dir: Path, tmp_path: Path) -> list[str]:
         "--trainer.overfit_batches=1", "--trainer.num_sanity_val_steps=0",
         # 12 steps on one fixed, un-augmented batch must lower its loss. The SGD recipe (warmup from lr 0, tuned for
         # 100k+ steps) barely moves in 12 steps, so this uses AdamW, no accumulation and a short warmup.
-        "--model.optimizer=adamw", "--model.lr0=0.002", "--model.nominal_batch_size=8",
-        "--model.min_warmup_iters=2", "--model.warmup_epochs=1",
+        "--model.optim.optimizer=adamw", "--model.optim.lr0=0.002", "--model.optim.nominal_batch_size=8",
+        "--model.optim.min_warmup_iters=2", "--model.optim.warmup_epochs=1",
         '--data.augmentation={"mosaic": 0, "mixup": 0, "translate": 0, "scale": 0, "hsv_h": 0, "hsv_s": 0, '
         '"hsv_v": 0, "fliplr": 0, "blur": 0, "median_blur": 0, "to_gray": 0, "clahe": 0}',
     ]

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pgi_detect.data import DetectionDataModule
-from test_data_pipeline import rectangles_coco
-from test_training_task import SquaresDataModule, make_task
+from helpers.datasets import rectangles_coco
+from helpers.squares import SquaresDataModule, make_task
 
 
 class RecordEvaluation(pl.Callback):
@@ -52,7 +52,7 @@ def test_ddp_two_cpu_processes_score_each_image_once(tmp_path):
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[RecordEvaluation(str(tmp_path))],
     )
-    trainer.fit(make_task(auto_accumulate=False), datamodule=datamodule)
+    trainer.fit(make_task(optim={"auto_accumulate": False}), datamodule=datamodule)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for record in ranks:
         assert record["world_size"] == 2
@@ -75,7 +75,7 @@ def test_ddp_rect_validation_matches_one_process(tmp_path):
     data = tmp_path / "data"
     rectangles_coco(data, 5, sizes=((64, 96), (96, 40), (60, 90)))
     task_args = dict(num_classes=6, class_names=[f"c{c}" for c in range(6)], category_ids=list(range(1, 7)),
-                     auto_accumulate=False)
+                     optim={"auto_accumulate": False})
     pl.seed_everything(0)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=1, logger=False,

@@ -10,118 +10,15 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from helpers.squares import SquaresDataModule, SquaresDataset, collate, make_task, make_trainer
 from pgi_detect.training import DetectionTask, ModelEMA
 from pgi_detect.training.optim import parameter_groups, warmup_iterations
-
-COLORS = [(230, 40, 40), (40, 230, 40), (40, 40, 230)]
-CATEGORY_IDS = [10, 20, 30]  # dataset ids differ from the contiguous indices on purpose
-
-
-class SquaresDataset(Dataset):
-    """Coloured squares on grey; the colour is the class. Originals are 2x the network input (scale 0.5)."""
-
-    def __init__(self, count: int, size: int = 64, seed: int = 0, first_id: int = 100) -> None:
-        rng = np.random.default_rng(seed)
-        self.size = size
-        self.items = []
-        for index in range(count):
-            boxes, classes = [], []
-            for _ in range(int(rng.integers(1, 3))):
-                w, h = rng.integers(size // 5, size // 2, 2)
-                x, y = rng.integers(0, size - w), rng.integers(0, size - h)
-                boxes.append([x, y, x + w, y + h])
-                classes.append(int(rng.integers(0, 3)))
-            self.items.append((first_id + index, np.array(boxes, np.float32), np.array(classes)))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        image_id, boxes, classes = self.items[index]
-        image = np.full((self.size, self.size, 3), 114, np.uint8)
-        for (x1, y1, x2, y2), cls in zip(boxes.astype(int), classes):
-            image[y1:y2, x1:x2] = COLORS[cls]
-        cxcywh = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                           boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1) / self.size
-        return {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "image_id": image_id,
-                "labels": torch.from_numpy(np.concatenate([classes[:, None], cxcywh], 1)).float()}
-
-    def coco(self) -> dict:
-        """Ground truth in original pixels (2x the network input)."""
-        images, annotations = [], []
-        for image_id, boxes, classes in self.items:
-            images.append({"id": image_id, "width": 2 * self.size, "height": 2 * self.size,
-                           "file_name": f"{image_id}.png"})
-            for box, cls in zip(boxes * 2, classes):
-                x1, y1, x2, y2 = box.tolist()
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": CATEGORY_IDS[cls], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                    "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        categories = [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]
-        return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def collate(samples: list[dict]) -> dict:
-    targets = [torch.cat([torch.full((len(s["labels"]), 1), float(i)), s["labels"]], 1) for i, s in enumerate(samples)]
-    size = samples[0]["image"].shape[-1]
-    batch = len(samples)
-    return {
-        "images": torch.stack([s["image"] for s in samples]),
-        "targets": torch.cat(targets),
-        "image_ids": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64),
-        "orig_shapes": torch.tensor([[2 * size, 2 * size]] * batch, dtype=torch.int64),
-        "scales": torch.full((batch, 2), 0.5),
-        "pads": torch.zeros(batch, 2),
-        "paths": [f"{s['image_id']}.png" for s in samples],
-    }
-
-
-class SquaresDataModule(pl.LightningDataModule):
-    """Implements the parts of the DetectionDataModule contract that DetectionTask uses."""
-
-    num_classes = 3
-    class_names = ["red", "green", "blue"]
-    category_ids = CATEGORY_IDS
-
-    def __init__(self, train: int = 16, val: int = 5, batch_size: int = 4, size: int = 64) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.train_set = SquaresDataset(train, size, seed=0)
-        self.val_set = SquaresDataset(val, size, seed=1, first_id=1000)
-        self.mosaic_calls: list[bool] = []
-
-    def set_mosaic(self, enabled: bool) -> None:
-        self.mosaic_calls.append(enabled)
-
-    def val_coco(self) -> dict:
-        return self.val_set.coco()
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
-
-
-def make_task(**overrides) -> DetectionTask:
-    kwargs = dict(model="gelan-t", num_classes=3, class_names=SquaresDataModule.class_names,
-                  category_ids=CATEGORY_IDS, warmup_epochs=1.0, min_warmup_iters=2)
-    kwargs.update(overrides)
-    return DetectionTask(**kwargs)
-
-
-def make_trainer(tmp_path, callbacks=(), **overrides) -> pl.Trainer:
-    kwargs = dict(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
-    kwargs.update(overrides)
-    return pl.Trainer(callbacks=list(callbacks), **kwargs)
 
 
 def test_recipe_wiring_accumulation_weight_decay_and_schedule(tmp_path):
     pl.seed_everything(0)
-    task = make_task(nominal_batch_size=8)  # the 64-image rule scaled down to keep the test small
+    task = make_task(optim={"nominal_batch_size": 8})  # the 64-image rule scaled down to keep the test small
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(task, datamodule=SquaresDataModule(train=8, batch_size=2))
     # Batch 2 on one device -> max(round(8 / 2), 1) = 4 batches per optimizer step.
@@ -143,7 +40,7 @@ def test_recipe_wiring_accumulation_weight_decay_and_schedule(tmp_path):
 
 def test_loss_is_float32_under_bf16_autocast(tmp_path):
     pl.seed_everything(0)
-    task = make_task(auto_accumulate=False)
+    task = make_task(optim={"auto_accumulate": False})
     seen: list[torch.dtype] = []
     criterion = task.criterion
 
@@ -169,7 +66,7 @@ class SnapshotWeights(pl.Callback):
 
 def test_nonfinite_loss_skips_step_then_stops(tmp_path):
     pl.seed_everything(0)
-    task = make_task(auto_accumulate=False, max_nonfinite_steps=3)
+    task = make_task(optim={"auto_accumulate": False}, max_nonfinite_steps=3)
     criterion = task.criterion
     calls = {"n": 0}
 
@@ -189,7 +86,7 @@ def test_nonfinite_loss_skips_step_then_stops(tmp_path):
     for parameter in task.parameters():
         assert torch.isfinite(parameter).all()
 
-    task = make_task(auto_accumulate=False, max_nonfinite_steps=3)
+    task = make_task(optim={"auto_accumulate": False}, max_nonfinite_steps=3)
     task.criterion = lambda b, t: (sum(level.sum() for level in b[-1]) * float("inf"), torch.zeros(3))
     trainer = make_trainer(tmp_path, max_steps=10, limit_val_batches=0, enable_checkpointing=False)
     with pytest.raises(FloatingPointError):
@@ -198,7 +95,7 @@ def test_nonfinite_loss_skips_step_then_stops(tmp_path):
 
 def test_validation_scores_each_image_once_with_ema(tmp_path):
     pl.seed_everything(0)
-    task = make_task(auto_accumulate=False)
+    task = make_task(optim={"auto_accumulate": False})
     ema = ModelEMA()
     datamodule = SquaresDataModule(train=8, val=5, batch_size=2)
     trainer = make_trainer(tmp_path, [ema], max_epochs=1, enable_checkpointing=False)
@@ -261,11 +158,12 @@ def test_compiled_training_forward_matches_eager_and_keeps_checkpoint_keys(tmp_p
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
     assert list(task.state_dict()) == list(reference.state_dict())
     assert not any("_orig_mod" in name for name, _ in task.named_modules())
-    # Fitting with EMA deep-copies the task after the compiled wrapper exists; the copy must stay plain.
+    # Fitting with EMA copies the detector after the compiled wrapper exists; the copy must stay plain.
     ema = ModelEMA()
     trainer = make_trainer(tmp_path, [ema], max_steps=1, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(task, datamodule=SquaresDataModule(train=4, batch_size=4))
-    assert trainer.global_step == 1 and ema.averaged_module.derived.compiled_detector is None
+    # The EMA averages the plain detector only, never the compiled wrapper.
+    assert trainer.global_step == 1 and type(ema.averaged_module) is type(task.detector)
 
 
 class KillAtEpoch(pl.Callback):
@@ -285,7 +183,7 @@ def _resume_run(tmp_path, kill: bool) -> tuple[DetectionTask, ModelEMA, pl.Train
         return [ModelEMA(tau=5.0), pl.callbacks.ModelCheckpoint(dirpath=checkpoint_dir, save_last=True), *extra]
 
     datamodule = SquaresDataModule(train=8, val=3, batch_size=4)
-    task = make_task(auto_accumulate=False)
+    task = make_task(optim={"auto_accumulate": False})
     common = dict(max_epochs=3, limit_val_batches=0)
     if not kill:
         callbacks_ = callbacks()
@@ -297,7 +195,7 @@ def _resume_run(tmp_path, kill: bool) -> tuple[DetectionTask, ModelEMA, pl.Train
         trainer.fit(task, datamodule=datamodule)
     assert (checkpoint_dir / "last.ckpt").exists()
     pl.seed_everything(1)  # a different process state must not matter
-    task = make_task(auto_accumulate=False)
+    task = make_task(optim={"auto_accumulate": False})
     callbacks_ = callbacks()
     trainer = make_trainer(tmp_path, callbacks_, **common)
     trainer.fit(task, datamodule=SquaresDataModule(train=8, val=3, batch_size=4), ckpt_path="last")

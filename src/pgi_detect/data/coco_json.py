@@ -1,7 +1,7 @@
 """COCO JSON annotations → DetectionSource.
 
 Category ids are mapped to contiguous indices in sorted-id order (`category_ids[index]` maps back for evaluation).
-iscrowd annotations are not training targets (they stay in the ground truth returned by `val_coco()`, where COCOeval
+iscrowd annotations are not training targets (they stay in the ground truth returned by `DetectionDataModule.ground_truth()`, where COCOeval
 treats them as ignore regions). Images without annotations are kept as negatives. Boxes come from the JSON `bbox`.
 
 With `segments=True` the polygon `segmentation` of each non-crowd annotation is kept as the object's segment (an

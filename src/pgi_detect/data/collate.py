@@ -1,18 +1,38 @@
-"""Batch assembly (the batch dict of docs/design.md) and per-worker seeding."""
+"""Batch assembly (the `Batch` contract) and per-worker seeding."""
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import get_worker_info
 
 
-def collate_detections(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into the batch dict: uint8 images (B,3,H,W), targets (n,6) [img_idx, cls, cx, cy, w, h]
-    normalised to the batch image size, plus image_ids, orig_shapes, scales, pads, paths (and `pipelines`, the
-    augmentation path each sample took, for debugging and tests)."""
+class Batch(TypedDict):
+    """One batch, as the data loaders produce it and DetectionTask consumes it.
+
+    images: uint8 (B, 3, H, W) RGB (the task divides by 255 on the device).
+    targets: float32 (n, 6) rows `[image_index, class, cx, cy, w, h]` normalised to the batch image size.
+    image_ids: int64 (B,) dataset image ids (COCO `id`; the running index for YOLO txt).
+    orig_shapes: int64 (B, 2) original (h, w); scales: float32 (B, 2) letterbox gain (x, y); pads: float32 (B, 2)
+        letterbox offset (x, y); original = (letterboxed - pad) / gain (see `geometry.Letterbox`).
+    paths: the image files; pipelines: the augmentation path each sample took ('mosaic', 'eval', ...).
+    """
+
+    images: Tensor
+    targets: Tensor
+    image_ids: Tensor
+    orig_shapes: Tensor
+    scales: Tensor
+    pads: Tensor
+    paths: list[str]
+    pipelines: NotRequired[list[str]]
+
+
+def collate_detections(samples: list[dict[str, Any]]) -> Batch:
+    """Stack `DetectionDataset` samples into a `Batch`."""
     shapes = {tuple(s["image"].shape) for s in samples}
     if len(shapes) != 1:
         raise ValueError(f"images in one batch differ in shape {sorted(shapes)}; rect batches need RectShardSampler")

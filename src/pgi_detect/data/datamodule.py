@@ -130,19 +130,14 @@ class DetectionDataModule(L.LightningDataModule):
     @property
     def category_ids(self) -> list[int]:
         """Contiguous class index → dataset category id (for COCO JSON results); taken from the val set when there
-        is one, so it matches val_coco()."""
+        is one, so it matches ground_truth("val")."""
         split = "val" if self.paths["val"][0] is not None else self._first_split()
         return list(self.source(split).category_ids)
 
-    def val_coco(self) -> Any:
-        """pycocotools COCO ground truth of the val set (original pixels, dataset image and category ids)."""
-        return self._ground_truth("val")
-
-    def test_coco(self) -> Any:
-        """Ground truth of the set the test/predict loaders run on."""
-        return self._ground_truth(self._eval_split("test"))
-
-    def _ground_truth(self, split: Split) -> Any:
+    def ground_truth(self, stage: Literal["val", "test"]) -> Any:
+        """pycocotools COCO ground truth (original pixels, dataset image and category ids) of the split that `stage`
+        evaluates: the val set, or the test set (the val set when no test set is configured)."""
+        split: Split = "val" if stage == "val" else self._eval_split("test")
         if split not in self._ground_truths:
             self._ground_truths[split] = ground_truth_coco(self.source(split))
         return self._ground_truths[split]

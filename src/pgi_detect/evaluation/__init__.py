@@ -8,8 +8,11 @@ from pgi_detect.evaluation.coco_eval import (
     rows_to_coco,
     write_detections_json,
 )
+from pgi_detect.evaluation.metric import CocoDetectionMetric, CocoEvaluation
 
 __all__ = [
+    "CocoDetectionMetric",
+    "CocoEvaluation",
     "STAT_NAMES",
     "coco_dataset_dict",
     "evaluate_detections",

@@ -1,13 +1,10 @@
-"""Lightning glue: the DetectionTask module, the recipe's optimizer/schedule and its callbacks."""
-from pgi_detect.training.callbacks import (
-    CloseMosaic,
-    ModelEMA,
-    NonFiniteLossGuard,
-    PredictionWriter,
-    ValidationImageLogger,
-    ema_decay,
-)
+"""Lightning glue: the DetectionTask module, the recipe's optimisation and its callbacks."""
+from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
+from pgi_detect.training.contracts import DetectionDataSource
+from pgi_detect.training.lightning_module import DetectionTask
 from pgi_detect.training.optim import (
+    NonFiniteLossGuard,
+    OptimizerSettings,
     RecipeSchedule,
     accumulate_steps,
     build_optimizer,
@@ -17,22 +14,13 @@ from pgi_detect.training.optim import (
     warmup_iterations,
 )
 
-
-
-def __getattr__(name: str):
-    # DetectionTask pulls in the model zoo and loss; import it only when asked for.
-    if name == "DetectionTask":
-        from pgi_detect.training.lightning_module import DetectionTask
-
-        return DetectionTask
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "CloseMosaic",
+    "DetectionDataSource",
     "DetectionTask",
     "ModelEMA",
     "NonFiniteLossGuard",
+    "OptimizerSettings",
     "PredictionWriter",
     "RecipeSchedule",
     "ValidationImageLogger",

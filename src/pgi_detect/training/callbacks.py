@@ -1,21 +1,24 @@
 """Training callbacks of the YOLOv9 recipe: EMA weights, close-mosaic, validation-image logging, prediction
-writing, plus the non-finite-loss guard used inside `DetectionTask.training_step`."""
+writing. They use the task and the datamodule only through their public contracts (training/contracts.py)."""
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, WeightAveraging
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from pgi_detect.geometry import Letterbox
-
-if TYPE_CHECKING:  # lightning_module imports this module
-    from pgi_detect.training.lightning_module import DetectionTask
+from pgi_detect.inference import write_task_predictions
+from pgi_detect.training.contracts import DetectionDataSource
 
 
 def ema_decay(updates: float, decay: float = 0.9999, tau: float = 2000.0) -> float:
@@ -27,25 +30,32 @@ def ema_decay(updates: float, decay: float = 0.9999, tau: float = 2000.0) -> flo
 
 
 class ModelEMA(WeightAveraging):
-    """Exponential moving average of all weights and BatchNorm buffers, as in the official recipe.
+    """Exponential moving average of the detector's weights and BatchNorm buffers, as in the official recipe.
 
-    Built on Lightning's `WeightAveraging`, which swaps the average in for validation, writes it as the checkpoint's
-    `state_dict` (raw weights go to `current_model_state`, restored on resume) and copies it into the module when
-    training ends. The update count `n` equals the optimizer steps taken; the k-th update uses decay
-    `ema_decay(k)` and the average starts from the initial weights, exactly like the reference. Integer buffers
-    (`num_batches_tracked`) are copied, not averaged.
+    Built on Lightning's `WeightAveraging`: the average is swapped in for validation, written as the checkpoint's
+    `state_dict` (the raw weights go to `current_model_state` and are restored on resume) and copied into the module
+    when training ends. Only `submodule` (the task's `detector`) is averaged, so the copy holds nothing else of the
+    task. The update count `n` equals the optimizer steps taken; the k-th update uses decay `ema_decay(k)` and the
+    average starts from the initial weights, exactly like the reference. Integer buffers (`num_batches_tracked`) are
+    copied, not averaged. `submodule=None` averages the whole LightningModule.
     """
 
-    def __init__(self, decay: float = 0.9999, tau: float = 2000.0, device: str | None = None) -> None:
+    def __init__(self, decay: float = 0.9999, tau: float = 2000.0, device: str | None = None,
+                 submodule: str | None = "detector") -> None:
         super().__init__(device=device, use_buffers=True, avg_fn=self._average)
         self.decay = decay
         self.tau = tau
+        self.submodule = submodule
 
     def _average(self, averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
         if not averaged.is_floating_point():
             return current
         d = ema_decay(float(num_averaged), self.decay, self.tau)
         return averaged * d + current.to(averaged.dtype) * (1.0 - d)
+
+    def averaged_part(self, pl_module: pl.LightningModule) -> torch.nn.Module:
+        """The module whose weights are averaged: `pl_module.<submodule>` (or the module itself)."""
+        return pl_module if self.submodule is None else pl_module.get_submodule(self.submodule)
 
     @property
     def updates(self) -> int:
@@ -55,8 +65,8 @@ class ModelEMA(WeightAveraging):
         return int(self._average_model.n_averaged) - 1
 
     @property
-    def averaged_module(self) -> pl.LightningModule | None:
-        """The averaged copy of the LightningModule (None outside `fit`)."""
+    def averaged_module(self) -> torch.nn.Module | None:
+        """The averaged copy of the detector (None outside `fit`)."""
         return None if self._average_model is None else self._average_model.module
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -65,21 +75,84 @@ class ModelEMA(WeightAveraging):
             # earlier fit must not be swapped in.
             self._average_model = None
             return
-        super().setup(trainer, pl_module, stage)
-        if self._average_model is not None:
-            # AveragedModel copies on its first update; starting the count at 1 makes the first update average
-            # the initial weights with decay ema_decay(1), as the reference does. Resume overwrites this count.
-            self._average_model.n_averaged.fill_(1)
-
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if self._average_model is None:
-            return  # validate/test/predict: the checkpoint's state_dict already holds the EMA weights
-        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        device = self._device or pl_module.device
+        self._average_model = AveragedModel(self.averaged_part(pl_module), device=device, use_buffers=True,
+                                            avg_fn=self._average)
+        # AveragedModel copies on its first update; starting the count at 1 makes the first update average the
+        # initial weights with decay ema_decay(1), as the reference does. Resume overwrites this count.
+        self._average_model.n_averaged.fill_(1)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # `setup` runs before the strategy moves the module to its device; keep the average next to the weights.
         if self._device is None and self._average_model is not None:
             self._average_model.to(pl_module.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # One update per optimizer step (the base class's rule), applied to the averaged part only.
+        if self._average_model is not None and trainer.global_step > self._latest_update_step:
+            self._average_model.update_parameters(self.averaged_part(pl_module))
+            self._latest_update_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # per-step averaging only
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is not None:
+            for average, current in self._pairs(pl_module):
+                current.data.copy_(average.data)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap(pl_module)
+
+    def _pairs(self, pl_module: pl.LightningModule) -> Iterator[tuple[Tensor, Tensor]]:
+        assert self._average_model is not None
+        averaged = self._average_model.module
+        current = self.averaged_part(pl_module)
+        return zip(itertools.chain(averaged.parameters(), averaged.buffers()),
+                   itertools.chain(current.parameters(), current.buffers()))
+
+    def _swap(self, pl_module: pl.LightningModule) -> None:
+        if self._average_model is None:
+            return
+        for average, current in self._pairs(pl_module):
+            held = average.data.clone()
+            average.data.copy_(current.data)
+            current.data.copy_(held)
+
+    def _prefix(self) -> str:
+        return "" if self.submodule is None else f"{self.submodule}."
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """`state_dict` gets the averaged weights (what validate/predict/export load), `current_model_state` the raw
+        ones and `averaging_state` the update count (both restored on resume)."""
+        if self._average_model is None:
+            return  # outside fit the module already holds the averaged weights
+        averaged = self._average_model.state_dict()
+        prefix = self._prefix()
+        checkpoint["current_model_state"] = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {
+            **checkpoint["state_dict"],
+            **{prefix + name[len("module."):]: value for name, value in averaged.items() if name.startswith("module.")},
+        }
+        checkpoint["averaging_state"] = {k: v for k, v in averaged.items() if not k.startswith("module.")}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._average_model is None:
+            return  # validate/test/predict: the checkpoint's state_dict already holds the EMA weights
+        prefix = self._prefix()
+        if "current_model_state" in checkpoint and "averaging_state" in checkpoint:
+            averaged = {"module." + k[len(prefix):]: v for k, v in checkpoint["state_dict"].items()
+                        if k.startswith(prefix)}
+            self._average_model.load_state_dict({**averaged, **checkpoint["averaging_state"]})
+            pl_module.load_state_dict(checkpoint["current_model_state"])
+        else:
+            rank_zero_warn("ModelEMA: the checkpoint holds no EMA state; the average restarts from its weights")
+            part = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            self._average_model.module.load_state_dict(part)
 
 
 class CloseMosaic(Callback):
@@ -101,12 +174,11 @@ class CloseMosaic(Callback):
             return
         if epoch < self.first_closed_epoch(trainer.max_epochs):
             return
-        datamodule = getattr(trainer, "datamodule", None)
-        set_mosaic = getattr(datamodule, "set_mosaic", None)
-        if set_mosaic is None:
-            rank_zero_warn("CloseMosaic: the datamodule has no set_mosaic(); mosaic stays as it is")
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, DetectionDataSource):
+            rank_zero_warn("CloseMosaic: the datamodule is not a DetectionDataSource (no set_mosaic); mosaic stays on")
             return
-        set_mosaic(False)
+        datamodule.set_mosaic(False)
         self.closed = True
         rank_zero_info(f"CloseMosaic: mosaic off from epoch {epoch} (last {self.close_mosaic} epochs)")
 
@@ -122,35 +194,7 @@ class CloseMosaic(Callback):
         self._close(trainer, trainer.current_epoch)
 
 
-class NonFiniteLossGuard:
-    """Decides whether a training step with a NaN/inf loss is skipped, and fails after too many in a row.
-
-    One bad batch (an AMP overflow, a degenerate box) should not kill a long run, but a run that only produces
-    non-finite losses is broken and must stop. Used by `DetectionTask.training_step`.
-    """
-
-    def __init__(self, max_consecutive: int = 10) -> None:
-        self.max_consecutive = max_consecutive
-        self.consecutive = 0
-        self.total_skipped = 0
-
-    def should_skip(self, finite: bool) -> bool:
-        if finite:
-            self.consecutive = 0
-            return False
-        self.consecutive += 1
-        self.total_skipped += 1
-        if self.max_consecutive > 0 and self.consecutive >= self.max_consecutive:
-            raise FloatingPointError(
-                f"{self.consecutive} consecutive training steps had a non-finite loss; stopping "
-                "(lower the learning rate, check the data with `pgi-detect check-data`, or try bf16-mixed)"
-            )
-        return True
-
-
 def _wandb_loggers(trainer: pl.Trainer) -> list[Any]:
-    from lightning.pytorch.loggers import WandbLogger
-
     return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
@@ -200,7 +244,7 @@ class ValidationImageLogger(Callback):
         loggers = _wandb_loggers(trainer)
         if not loggers or not isinstance(outputs, dict) or "detections" not in outputs:
             return
-        class_names = getattr(pl_module.hparams, "class_names", None)
+        class_names = pl_module.class_names
         images = batch["images"][: self.num_images].detach().cpu()
         pictures, boxes = [], []
         for index, (image, dets) in enumerate(zip(images, outputs["detections"])):
@@ -229,15 +273,13 @@ class PredictionWriter(BasePredictionWriter):
         self.max_images = max_images
 
     def write_on_epoch_end(
-        self, trainer: pl.Trainer, pl_module: DetectionTask, predictions: Any, batch_indices: Any
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
-        from pgi_detect.inference import write_task_predictions
-
         per_image = [item for batch in predictions for item in batch]
         output_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
         if trainer.world_size > 1:
             output_dir = output_dir / f"rank{trainer.global_rank}"
-        # The task's own lookup (datamodule first, then hparams): the same ids as its COCO evaluation uses.
-        write_task_predictions(per_image, output_dir, category_ids=pl_module._category_ids(),
+        # The task's category ids: the same as its COCO evaluation uses.
+        write_task_predictions(per_image, output_dir, category_ids=pl_module.category_ids,
                                save_images=self.save_images, max_images=self.max_images)
         rank_zero_info(f"PredictionWriter: wrote {len(per_image)} images' predictions to {output_dir}")

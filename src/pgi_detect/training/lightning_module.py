@@ -1,18 +1,25 @@
-"""`DetectionTask`: the LightningModule that trains a zoo detector with the official YOLOv9 recipe and scores it
-with COCO mAP (main branch, stripped and fused, EMA weights during fit)."""
+"""`DetectionTask`: the LightningModule that trains a detector with the official YOLOv9 recipe and scores it with COCO
+mAP (main branch, stripped and fused, EMA weights during fit).
+
+Lightning glue only: the detector is built from its spec (`pgi_detect.models`), the recipe's optimisation lives in
+`training/optim.py`, NMS in `pgi_detect.geometry`, COCO scoring in `pgi_detect.evaluation.CocoDetectionMetric`; the
+datamodule is used through the `DetectionDataSource` protocol.
+"""
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import asdict, is_dataclass
+from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from pgi_detect.evaluation import evaluate_detections, fitness, rows_to_coco
-from pgi_detect.geometry import NMSSettings, postprocess
+from pgi_detect.data import Batch
+from pgi_detect.evaluation import CocoDetectionMetric, fitness
+from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, NMSSettings, postprocess
+from pgi_detect.inference import Detections
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import (
     CHECKPOINT_RECORD,
@@ -22,16 +29,9 @@ from pgi_detect.models import (
     checkpoint_record,
     load_weights_into,
 )
-from pgi_detect.training.callbacks import NonFiniteLossGuard
-from pgi_detect.training.optim import (
-    DecayName,
-    OptimizerName,
-    RecipeSchedule,
-    accumulate_steps,
-    build_optimizer,
-    scaled_weight_decay,
-    warmup_iterations,
-)
+from pgi_detect.training.contracts import DetectionDataSource, EvalStage
+from pgi_detect.training.derived import DerivedModels
+from pgi_detect.training.optim import NonFiniteLossGuard, OptimizerSettings, RecipeSchedule
 
 # Logged metric name -> key of evaluate_detections().
 EVAL_METRICS = {
@@ -42,63 +42,40 @@ EVAL_METRICS = {
     "mAP_medium": "APm",
     "mAP_large": "APl",
 }
+STATE_PREFIX = "detector."  # the detector's keys in this module's state dict
+Settings = TypeVar("Settings")
 
 
-class DerivedModels:
-    """Models derived from the task's detector (the eval copy, the compiled wrapper), kept off the module tree so
-    that state_dict(), parameters() and the EMA swap never see them. Copies and pickles of the task (the EMA
-    callback deep-copies it) start without them and rebuild their own from their own detector."""
-
-    def __init__(self) -> None:
-        self.eval_model: torch.nn.Module | None = None
-        self.compiled_detector: torch.nn.Module | None = None
-
-    def __deepcopy__(self, memo: dict) -> "DerivedModels":
-        return DerivedModels()
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+def as_settings(value: Any, kind: type[Settings]) -> Settings:
+    """A settings object from itself or from its dict form (checkpoint hyperparameters hold dicts)."""
+    return value if isinstance(value, kind) else kind(**dict(value))
 
 
 class DetectionTask(pl.LightningModule):
-    """Train / validate / test / predict a `pgi_detect` zoo model.
+    """Train / validate / test / predict a `pgi_detect` detector.
 
     Args:
         model: zoo name (`gelan-{t,s,m,c,e}`, `yolov9-{t,s,m,c,e}`), or a free label when `backbone` is given.
-        backbone: optional custom backbone (any `pgi_detect.models.Backbone`, e.g. `TimmBackbone`): the detector
-            is then `Detector.from_backbone(backbone, num_classes, neck=neck)` instead of a zoo model.
-        neck: GELAN neck widths for a custom backbone ("gelan-t" or "gelan-s").
+        backbone: optional custom backbone (any `pgi_detect.models.Backbone`, e.g. `TimmBackbone`), joined to a GELAN
+            `neck` ("gelan-t" or "gelan-s") and a detect head instead of a zoo model.
         num_classes, class_names, category_ids: linked from the datamodule by the CLI; `category_ids` maps a
             contiguous class index to the dataset category id written into COCO results.
-        cls_width: optional width of the detect heads' class branches. None (default) keeps the official
-            `max(ch0, min(2·nc, 128))`; 80 on gelan-t / yolov9-t gives the official README's 2.0M params /
-            7.7 GFLOPs inference model (docs/models.md). Saved in the hyperparameters, so checkpoints rebuild
-            the same shapes. `weights` of another class width skip the class-branch tensors (shape differs).
-        weights: optional checkpoint (a DetectionTask .ckpt or a plain state dict) to initialise from; tensors
-            whose shapes differ (e.g. a head for another class count) are skipped.
-        batch_size: images per device and step; linked from the datamodule. Used for the nominal-batch rules.
-        optimizer: "sgd" (nesterov, the recipe) or "adamw"; lr0/momentum/weight_decay are its arguments.
-        lr_decay: per-epoch decay after warmup, "linear" (recipe), "cosine" or "flat"; it ends at lr0·lrf.
-        nominal_batch_size: images per optimizer step the recipe is tuned for (64). With `auto_accumulate` the
-            task sets `trainer.accumulate_grad_batches = max(round(64 / global_batch), 1)` unless the Trainer was
-            given a value other than 1; weight decay is scaled by global_batch·accumulate/64 either way.
-        gradient_clip_norm: clip the gradient norm before each step (recipe: 10); `Trainer(gradient_clip_val=...)`
-            overrides it.
+        cls_width: optional width of the detect heads' class branches (None: the official formula; 80 on gelan-t /
+            yolov9-t gives the official README's 2.0M params / 7.7 GFLOPs inference model, docs/models.md).
+        weights: a file to initialise the detector from (training checkpoint, detector file, official weights or a
+            state dict). Every tensor must fit except the class branch, which is re-initialised for another class
+            count (reported); `partial_weights` loads only what fits and reports the rest.
+        batch_size: images per device and step; linked from the datamodule (the recipe's nominal-batch rules).
+        optim: the recipe's optimizer, schedule, accumulation and clipping (`OptimizerSettings`).
         max_nonfinite_steps: a NaN/inf loss skips its step; this many in a row stops training.
-        conf_thres, iou_thres, multi_label, max_det: NMS for COCO evaluation (recipe: 0.001, 0.7, True, 300).
-        predict_*: NMS for `predict` (detect.py: 0.25, 0.45, single label).
+        eval_nms: NMS for COCO evaluation (recipe: conf 0.001, IoU 0.7, multi-label, 300 boxes).
+        predict_nms: NMS for `predict` (detect.py: conf 0.25, IoU 0.45, single label, 300 boxes).
         fuse_for_eval: evaluate the stripped + fused model (identical maths, faster) instead of the raw one.
         eval_backend: "faster" (faster-coco-eval) or "pycocotools".
-        channels_last: keep weights and images in NHWC layout (training and evaluation). On CPU this makes the
-            t/s training steps about 20-25 % faster (docs/benchmarks.md); on GPUs it is what AMP convolutions
-            prefer.
-        compile: `torch.compile` the training forward: True, or a dict of `torch.compile` keyword arguments
-            (e.g. `{mode: max-autotune}`). The first step pays the compilation; checkpoints and state-dict keys
-            are unchanged, and evaluation keeps running the eager stripped + fused copy (no recompiles for
-            rectangular batches).
+        channels_last: NHWC weights and images (training and evaluation); 20-25 % faster t/s steps on CPU.
+        compile: `torch.compile` the training forward: True, or a dict of `torch.compile` keyword arguments. The
+            first step pays the compilation; checkpoints and state-dict keys are unchanged, and evaluation keeps
+            running the eager stripped + fused copy.
     """
 
     def __init__(
@@ -111,28 +88,12 @@ class DetectionTask(pl.LightningModule):
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
         weights: str | None = None,
+        partial_weights: bool = False,
         batch_size: int | None = None,
-        optimizer: OptimizerName = "sgd",
-        lr0: float = 0.01,
-        lrf: float = 0.01,
-        momentum: float = 0.937,
-        weight_decay: float = 5e-4,
-        lr_decay: DecayName = "linear",
-        warmup_epochs: float = 3.0,
-        min_warmup_iters: int = 100,
-        warmup_bias_lr: float = 0.1,
-        warmup_momentum: float = 0.8,
-        nominal_batch_size: int = 64,
-        auto_accumulate: bool = True,
-        gradient_clip_norm: float | None = 10.0,
+        optim: OptimizerSettings = OptimizerSettings(),
         max_nonfinite_steps: int = 10,
-        conf_thres: float = 0.001,
-        iou_thres: float = 0.7,
-        multi_label: bool = True,
-        max_det: int = 300,
-        predict_conf_thres: float = 0.25,
-        predict_iou_thres: float = 0.45,
-        predict_max_det: int = 300,
+        eval_nms: NMSSettings = NMS_EVAL,
+        predict_nms: NMSSettings = NMS_DETECT,
         fuse_for_eval: bool = True,
         eval_backend: Literal["faster", "pycocotools"] = "faster",
         channels_last: bool = False,
@@ -140,22 +101,47 @@ class DetectionTask(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        # Under the LightningCLI the saved hyperparameters hold the backbone's {class_path, init_args} (portable);
-        # from Python they hold the module itself.
+        # Settings are kept as plain dicts in the hyperparameters, so checkpoints load with weights_only=True.
+        for key, value in self.hparams.items():
+            if is_dataclass(value):
+                self.hparams[key] = asdict(value)
+        self.optim = as_settings(optim, OptimizerSettings)
+        self.eval_nms = as_settings(eval_nms, NMSSettings)
+        self.predict_nms = as_settings(predict_nms, NMSSettings)
+        # Under the LightningCLI the hyperparameters hold the backbone as {class_path, init_args} (portable); from
+        # Python they hold the module itself.
         self.spec = DetectorSpec(model, num_classes, cls_width, self.hparams.get("backbone"), neck)
         self.detector = build_detector(self.spec)
-        self.criterion = DetectionLoss(
-            num_classes, strides=tuple(self.detector.strides), reg_max=self.detector.reg_max
-        )
+        self.criterion = DetectionLoss(num_classes, strides=tuple(self.detector.strides),
+                                       reg_max=self.detector.reg_max)
         if weights:
-            rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights)}")
+            rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights, partial=partial_weights)}")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.detector.to(memory_format=self.memory_format)
         self.nonfinite_guard = NonFiniteLossGuard(max_nonfinite_steps)
         self.schedule: RecipeSchedule | None = None
-        self._eval_rows: list[tuple[int, np.ndarray]] = []
+        self.metric = CocoDetectionMetric(eval_backend)
         self.last_eval: dict[str, Any] = {}
         self.derived = DerivedModels()
+
+    # ------------------------------------------------------------------ contracts
+
+    @property
+    def datasource(self) -> DetectionDataSource | None:
+        """The attached datamodule when it implements the `DetectionDataSource` protocol."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        return datamodule if isinstance(datamodule, DetectionDataSource) else None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.hparams.class_names
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        """Class index -> dataset category id: the datamodule's when attached, else the saved ones."""
+        source = self.datasource
+        ids = source.category_ids if source is not None else self.hparams.category_ids
+        return None if ids is None else list(ids)
 
     # ------------------------------------------------------------------ model forms
 
@@ -168,77 +154,40 @@ class DetectionTask(pl.LightningModule):
         return self.detector.inference_copy().to(memory_format=self.memory_format)
 
     def training_detector(self) -> torch.nn.Module:
-        """The detector as the training step calls it: compiled on first use when `compile` is set.
-
-        The compiled wrapper shares the detector's parameters; it lives in `self.derived` so that checkpoints,
-        the EMA copy and `inference_copy()` only ever see the plain detector."""
-        options = self.hparams.compile
-        if not options:
-            return self.detector
-        if self.derived.compiled_detector is None:
-            kwargs = options if isinstance(options, dict) else {}
-            self.derived.compiled_detector = torch.compile(self.detector, **kwargs)
-        return self.derived.compiled_detector
+        """The detector as the training step calls it: compiled on first use when `compile` is set."""
+        return self.derived.compiled(self.detector, self.hparams.compile)
 
     def _network_input(self, images: Tensor) -> Tensor:
         """uint8 batch -> float in [0, 1], in the detector's memory format."""
         return (images.float() / 255.0).contiguous(memory_format=self.memory_format)
 
-    def _build_eval_model(self) -> None:
-        # Called after the EMA callback has swapped its weights in (callback hooks run before module hooks).
-        model = self.inference_model() if self.hparams.fuse_for_eval else self.detector
-        self.derived.eval_model = model
-
-    # ------------------------------------------------------------------ batch-size rules
-
-    def per_device_batch_size(self) -> int:
-        if self.hparams.batch_size:
-            return int(self.hparams.batch_size)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        size = getattr(datamodule, "batch_size", None)
-        if isinstance(size, int) and size > 0:
-            return size
-        rank_zero_warn("DetectionTask: batch size unknown (pass model.batch_size); assuming 16 for the recipe rules")
-        return 16
+    # ------------------------------------------------------------------ recipe: batch size, optimizer, schedule
 
     def global_batch_size(self) -> int:
-        return self.per_device_batch_size() * self.trainer.world_size
+        size = self.hparams.batch_size
+        if not size:
+            source = self.datasource
+            size = source.batch_size if source is not None else None
+        if not size:
+            rank_zero_warn("DetectionTask: batch size unknown (pass model.batch_size); assuming 16 for the recipe")
+            size = 16
+        return int(size) * self.trainer.world_size
 
     def setup(self, stage: str) -> None:
-        if stage != "fit" or not self.hparams.auto_accumulate:
-            return
-        if self.trainer.accumulate_grad_batches == 1:
-            steps = accumulate_steps(self.global_batch_size(), self.hparams.nominal_batch_size)
+        if stage == "fit" and self.optim.auto_accumulate and self.trainer.accumulate_grad_batches == 1:
+            steps = self.optim.accumulation(self.global_batch_size())
             self.trainer.accumulate_grad_batches = steps
-            rank_zero_info(
-                f"DetectionTask: global batch {self.global_batch_size()} -> accumulate_grad_batches={steps} "
-                f"(nominal batch {self.hparams.nominal_batch_size})"
-            )
-
-    # ------------------------------------------------------------------ optimisation
+            rank_zero_info(f"DetectionTask: global batch {self.global_batch_size()} -> accumulate_grad_batches="
+                           f"{steps} (nominal batch {self.optim.nominal_batch_size})")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        accumulate = self.trainer.accumulate_grad_batches
-        weight_decay = scaled_weight_decay(
-            self.hparams.weight_decay, self.global_batch_size(), accumulate, self.hparams.nominal_batch_size
-        )
-        return build_optimizer(
-            self.detector, self.hparams.optimizer, self.hparams.lr0, self.hparams.momentum, weight_decay
-        )
+        return self.optim.build_optimizer(self.detector, self.global_batch_size(),
+                                          self.trainer.accumulate_grad_batches)
 
     def on_train_start(self) -> None:
         batches = self.trainer.num_training_batches
-        batches = int(batches) if np.isfinite(batches) else 1000
-        self.schedule = RecipeSchedule(
-            lr0=self.hparams.lr0,
-            lrf=self.hparams.lrf,
-            epochs=max(int(self.trainer.max_epochs or 1), 1),
-            decay=self.hparams.lr_decay,
-            momentum=self.hparams.momentum,
-            warmup_iters=warmup_iterations(self.hparams.warmup_epochs, batches, self.hparams.min_warmup_iters),
-            warmup_bias_lr=self.hparams.warmup_bias_lr,
-            warmup_momentum=self.hparams.warmup_momentum,
-        )
+        self.schedule = self.optim.schedule(self.trainer.max_epochs or 1,
+                                            int(batches) if np.isfinite(batches) else 1000)
 
     def training_iteration(self, batch_idx: int) -> int:
         """Batches seen since training began (the recipe's `ni`), consistent across resume."""
@@ -246,7 +195,7 @@ class DetectionTask(pl.LightningModule):
         batches = int(batches) if np.isfinite(batches) else 0
         return self.trainer.current_epoch * batches + batch_idx
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         if self.schedule is not None:
             optimizer = self.optimizers(use_pl_optimizer=False)
             self.schedule.apply(optimizer, self.training_iteration(batch_idx), self.trainer.current_epoch)
@@ -257,22 +206,24 @@ class DetectionTask(pl.LightningModule):
     ) -> None:
         if gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
-        elif self.hparams.gradient_clip_norm:
-            self.clip_gradients(optimizer, self.hparams.gradient_clip_norm, "norm")
+        elif self.optim.gradient_clip_norm:
+            self.clip_gradients(optimizer, self.optim.gradient_clip_norm, "norm")
 
     def backward_scale(self) -> float:
         """Factor that makes the gradient equal the reference's: its loss is summed over accumulated batches and
         multiplied by WORLD_SIZE, while Lightning divides by accumulate_grad_batches and DDP averages ranks."""
         return float(self.trainer.accumulate_grad_batches * self.trainer.world_size)
 
-    def compute_loss(self, batch: dict) -> tuple[Tensor, Tensor]:
+    # ------------------------------------------------------------------ training
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         branches = self.training_detector()(self._network_input(batch["images"]))
         # The loss (assignment, IoU, DFL) always runs in float32, whatever the Trainer precision.
         with torch.autocast(device_type=self.device.type, enabled=False):
             branches = [[level.float() for level in branch] for branch in branches]
             return self.criterion(branches, batch["targets"].float())
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         loss, items = self.compute_loss(batch)
         nonfinite = not bool(torch.isfinite(loss).item())
         if self.trainer.world_size > 1:
@@ -285,55 +236,44 @@ class DetectionTask(pl.LightningModule):
         batch_size = batch["images"].shape[0]
         box, cls, dfl = items.float()
         self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
-        self.log_dict(
-            {"train/box_loss": box, "train/cls_loss": cls, "train/dfl_loss": dfl},
-            on_step=True, on_epoch=True, batch_size=batch_size,
-        )
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        groups = optimizer.param_groups
-        self.log_dict(
-            {"train/lr_bias": groups[0]["lr"], "train/lr": groups[1]["lr"]}, on_step=True, on_epoch=False,
-            batch_size=batch_size,
-        )
+        self.log_dict({"train/box_loss": box, "train/cls_loss": cls, "train/dfl_loss": dfl},
+                      on_step=True, on_epoch=True, batch_size=batch_size)
+        groups = self.optimizers(use_pl_optimizer=False).param_groups
+        self.log_dict({"train/lr_bias": groups[0]["lr"], "train/lr": groups[1]["lr"]}, on_step=True,
+                      on_epoch=False, batch_size=batch_size)
         return loss * self.backward_scale()
 
     # ------------------------------------------------------------------ evaluation
 
+    def _start_eval(self) -> None:
+        # Runs after the EMA callback has swapped its weights in (callback hooks run before module hooks).
+        self.derived.eval_model = self.inference_model() if self.hparams.fuse_for_eval else self.detector
+
+    def _detections(self, batch: Batch, nms: NMSSettings) -> list[Tensor]:
+        """Per image `(n, 6)` rows `[x1, y1, x2, y2, score, class]` in original pixels."""
+        model = self.derived.eval_model if self.derived.eval_model is not None else self.detector
+        main_maps = model(self._network_input(batch["images"]))[-1]
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            pred = model.decode([m.float() for m in main_maps])
+        return postprocess(pred, nms, batch["scales"], batch["pads"], batch["orig_shapes"])
+
     def on_validation_epoch_start(self) -> None:
-        self._build_eval_model()
-        self._eval_rows = []
+        self._start_eval()
+        self.metric.reset()
 
     def on_test_epoch_start(self) -> None:
         self.on_validation_epoch_start()
 
     def on_predict_epoch_start(self) -> None:
-        self._build_eval_model()
+        self._start_eval()
 
-    def _decoded_predictions(self, batch: dict) -> Tensor:
-        model = self.derived.eval_model if self.derived.eval_model is not None else self.detector
-        main_maps = model(self._network_input(batch["images"]))[-1]
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return model.decode([m.float() for m in main_maps])
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
+        detections = self._detections(batch, self.eval_nms)
+        self.metric.update(detections, batch["image_ids"])
+        return {"detections": detections}
 
-    def _detections(self, batch: dict, nms: NMSSettings) -> list[Tensor]:
-        """Per image `(n, 6)` rows `[x1, y1, x2, y2, score, class]` in original pixels."""
-        return postprocess(self._decoded_predictions(batch), nms, batch["scales"], batch["pads"], batch["orig_shapes"])
-
-    def _eval_step(self, batch: dict) -> dict:
-        hp = self.hparams
-        original = self._detections(batch, NMSSettings(hp.conf_thres, hp.iou_thres, hp.multi_label, hp.max_det))
-        # One device->host copy per batch, then split per image.
-        host_rows = torch.cat(original).detach().float().cpu().numpy()
-        per_image = np.split(host_rows, np.cumsum([len(rows) for rows in original])[:-1])
-        for image_id, rows in zip(batch["image_ids"].tolist(), per_image):
-            self._eval_rows.append((int(image_id), rows))
-        return {"detections": original}
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._eval_step(batch)
-
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._eval_step(batch)
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
+        return self.validation_step(batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")
@@ -341,68 +281,35 @@ class DetectionTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
 
-    def _gather_rows(self) -> dict[int, np.ndarray]:
-        """All ranks' per-image rows, each image once (DistributedSampler pads by repeating images)."""
-        parts: list[list[tuple[int, np.ndarray]]] = [self._eval_rows]
-        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            parts = [None] * dist.get_world_size()  # type: ignore[list-item]
-            dist.all_gather_object(parts, self._eval_rows)
-        per_image: dict[int, np.ndarray] = {}
-        for part in parts:
-            for image_id, rows in part:
-                per_image.setdefault(image_id, rows)
-        return per_image
-
-    def _ground_truth(self, stage: str) -> Any:
-        datamodule = self.trainer.datamodule
-        if datamodule is None:
-            raise RuntimeError("COCO evaluation needs a datamodule with val_coco() (and optionally test_coco())")
-        getter = getattr(datamodule, f"{stage}_coco", None) or datamodule.val_coco
-        return getter()
-
-    def _category_ids(self) -> list[int] | None:
-        datamodule = getattr(self._trainer, "datamodule", None)
-        ids = getattr(datamodule, "category_ids", None) if datamodule is not None else None
-        return list(ids) if ids is not None else self.hparams.category_ids
-
-    def _finish_eval(self, stage: str) -> None:
-        per_image = self._gather_rows()
-        self._eval_rows = []
-        metrics: dict[str, float] | None = None
-        if self.trainer.is_global_zero:
-            detections = rows_to_coco(per_image, self._category_ids())
-            metrics = evaluate_detections(
-                self._ground_truth(stage), detections, self.hparams.eval_backend, image_ids=per_image.keys()
-            )
-        metrics = self.trainer.strategy.broadcast(metrics, src=0)
-        assert metrics is not None
-        self.last_eval = {"stage": stage, "image_ids": sorted(per_image), "metrics": metrics}
+    def _finish_eval(self, stage: EvalStage) -> None:
+        source = self.datasource
+        if source is None:
+            raise RuntimeError("COCO evaluation needs a datamodule implementing DetectionDataSource "
+                               "(ground_truth, category_ids; see pgi_detect.training.contracts)")
+        self.metric.ground_truth = source.ground_truth(stage)
+        self.metric.category_ids = self.category_ids
+        evaluation = self.metric.compute()  # every rank scores the same gathered detections
+        self.metric.reset()
+        metrics = evaluation.stats
+        self.last_eval = {"stage": stage, "image_ids": evaluation.image_ids, "metrics": metrics}
         logged = {f"{stage}/{name}": metrics[key] for name, key in EVAL_METRICS.items() if name != "mAP"}
         logged[f"{stage}/fitness"] = fitness(metrics)
-        # Identical on every rank after the broadcast, so no further reduction is needed.
+        # Identical on every rank, so no further reduction is needed.
         self.log(f"{stage}/mAP", metrics["AP"], prog_bar=True, sync_dist=False)
         self.log_dict(logged, sync_dist=False)
 
+    # ------------------------------------------------------------------ prediction and checkpoints
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """Per image: `{"image_id", "path", "detections": inference.Detections}` in original pixels."""
+        rows = self._detections(batch, self.predict_nms)
+        return [
+            {"image_id": int(image_id), "path": path,
+             "detections": Detections.from_rows(r, tuple(shape.tolist()), self.class_names)}
+            for image_id, path, r, shape in zip(batch["image_ids"], batch["paths"], rows, batch["orig_shapes"])
+        ]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint records the detector spec and class table, so loaders need nothing else."""
-        checkpoint[CHECKPOINT_RECORD] = checkpoint_record(self.spec, "detector.", self.hparams.class_names,
-                                                          self._category_ids())
-
-    # ------------------------------------------------------------------ prediction
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        """Per image: `{"image_id", "path", "detections": inference.Detections}` in original pixels."""
-        from pgi_detect.inference.detections import Detections
-
-        hp = self.hparams
-        original = self._detections(
-            batch, NMSSettings(hp.predict_conf_thres, hp.predict_iou_thres, False, hp.predict_max_det)
-        )
-        return [
-            {
-                "image_id": int(image_id),
-                "path": path,
-                "detections": Detections.from_rows(rows, tuple(shape.tolist()), self.hparams.class_names),
-            }
-            for image_id, path, rows, shape in zip(batch["image_ids"], batch["paths"], original, batch["orig_shapes"])
-        ]
+        checkpoint[CHECKPOINT_RECORD] = checkpoint_record(self.spec, STATE_PREFIX, self.class_names,
+                                                          self.category_ids)

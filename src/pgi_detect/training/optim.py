@@ -1,7 +1,6 @@
-"""Optimizer construction and the learning-rate / momentum schedule of the official YOLOv9 recipe.
-
-Pure PyTorch (no Lightning): parameter groups, weight-decay scaling with the nominal batch of 64, gradient
-accumulation, and the per-iteration warmup followed by a per-epoch linear or cosine decay.
+"""The optimisation side of the official YOLOv9 recipe, in pure PyTorch (no Lightning): its settings, parameter
+groups, weight-decay scaling with the nominal batch of 64, gradient accumulation, the per-iteration warmup followed
+by a per-epoch linear or cosine decay, and the guard that skips steps with a non-finite loss.
 """
 from __future__ import annotations
 
@@ -157,3 +156,72 @@ class RecipeSchedule:
                 group["betas"] = (momentum, group["betas"][1])
             elif "momentum" in group:
                 group["momentum"] = momentum
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The recipe's optimizer, schedule and batch-size rules (`--model.optim.<field>` on the command line).
+
+    optimizer: "sgd" (nesterov, the recipe) or "adamw" (`momentum` is then beta1, so the warmup still applies).
+    lr0, lrf: initial lr and final lr fraction; lr_decay: per-epoch "linear" (recipe), "cosine" or "flat".
+    warmup_epochs, min_warmup_iters: warmup length max(round(warmup_epochs * batches), min_warmup_iters) batches;
+        the bias lr falls from warmup_bias_lr and momentum rises from warmup_momentum during it.
+    nominal_batch_size: images per optimizer step the recipe is tuned for; with `auto_accumulate` gradient
+        accumulation is max(round(64 / global batch), 1), and weight decay is scaled by global·accumulate/64.
+    gradient_clip_norm: clip the gradient norm before each step (recipe 10; `Trainer(gradient_clip_val)` wins).
+    """
+
+    optimizer: OptimizerName = "sgd"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    lr_decay: DecayName = "linear"
+    warmup_epochs: float = 3.0
+    min_warmup_iters: int = 100
+    warmup_bias_lr: float = 0.1
+    warmup_momentum: float = 0.8
+    nominal_batch_size: int = NOMINAL_BATCH_SIZE
+    auto_accumulate: bool = True
+    gradient_clip_norm: float | None = 10.0
+
+    def accumulation(self, global_batch_size: int) -> int:
+        return accumulate_steps(global_batch_size, self.nominal_batch_size)
+
+    def build_optimizer(self, model: nn.Module, global_batch_size: int, accumulate: int) -> torch.optim.Optimizer:
+        """The three-group optimizer with the weight decay scaled for this global batch and accumulation."""
+        weight_decay = scaled_weight_decay(self.weight_decay, global_batch_size, accumulate, self.nominal_batch_size)
+        return build_optimizer(model, self.optimizer, self.lr0, self.momentum, weight_decay)
+
+    def schedule(self, epochs: int, batches_per_epoch: int) -> RecipeSchedule:
+        return RecipeSchedule(
+            lr0=self.lr0, lrf=self.lrf, epochs=max(int(epochs), 1), decay=self.lr_decay, momentum=self.momentum,
+            warmup_iters=warmup_iterations(self.warmup_epochs, batches_per_epoch, self.min_warmup_iters),
+            warmup_bias_lr=self.warmup_bias_lr, warmup_momentum=self.warmup_momentum,
+        )
+
+
+class NonFiniteLossGuard:
+    """Decides whether a training step with a NaN/inf loss is skipped, and fails after too many in a row.
+
+    One bad batch (an AMP overflow, a degenerate box) should not kill a long run, but a run that only produces
+    non-finite losses is broken and must stop.
+    """
+
+    def __init__(self, max_consecutive: int = 10) -> None:
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total_skipped = 0
+
+    def should_skip(self, finite: bool) -> bool:
+        if finite:
+            self.consecutive = 0
+            return False
+        self.consecutive += 1
+        self.total_skipped += 1
+        if self.max_consecutive > 0 and self.consecutive >= self.max_consecutive:
+            raise FloatingPointError(
+                f"{self.consecutive} consecutive training steps had a non-finite loss; stopping "
+                "(lower the learning rate, check the data with `pgi-detect check-data`, or try bf16-mixed)"
+            )
+        return True

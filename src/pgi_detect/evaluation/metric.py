@@ -1,0 +1,87 @@
+"""`CocoDetectionMetric`: COCO box mAP as a torchmetrics `Metric`, so that torchmetrics gathers the detections of
+every rank and each image is scored once.
+
+Why not torchmetrics' own `MeanAveragePrecision` (checked, faster-coco-eval backend): it scores whatever each update
+holds, so the images a DistributedSampler repeats to pad the last batches would be scored twice under DDP, and it
+wants the ground truth with every update, while our batches carry letterboxed training targets without the crowd
+regions and segmentation areas that COCO scoring uses. This metric keeps the dataset's own COCO ground truth, drops
+repeated images, and scores with the same function (`evaluate_detections`) that the tests prove equal to pycocotools.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from pgi_detect.evaluation.coco_eval import Backend, evaluate_detections, rows_to_coco
+
+ROW_WIDTH = 6  # [x1, y1, x2, y2, score, class]
+
+
+@dataclass
+class CocoEvaluation:
+    """What one evaluation scored and found: the 12 COCO statistics (`AP`, `AP50`, ... `ARl`), the COCO result
+    records that were scored (dataset image and category ids), and the image ids."""
+
+    stats: dict[str, float]
+    detections: list[dict]
+    image_ids: list[int]
+
+
+class CocoDetectionMetric(Metric):
+    """Accumulates per-image detection rows (original pixels) and scores them against a COCO ground truth.
+
+    `update(detections, image_ids)`: one `(n, 6)` tensor per image. Set `ground_truth` (a COCO object or dict) and
+    `category_ids` (class index -> dataset category id) before `compute()`, which returns a `CocoEvaluation` of all
+    ranks' detections, each image once.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, backend: Backend = "faster", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backend = backend
+        self.ground_truth: Any = None
+        self.category_ids: list[int] | None = None
+        # Flat 1-D states (rows are (n, 6) flattened) so that ranks with different counts gather cleanly.
+        self.add_state("image_ids", default=[], dist_reduce_fx="cat")
+        self.add_state("row_counts", default=[], dist_reduce_fx="cat")
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+
+    def update(self, detections: Sequence[Tensor], image_ids: Tensor) -> None:
+        self.image_ids.append(torch.as_tensor(image_ids, device=self.device).reshape(-1).long())
+        self.row_counts.append(torch.tensor([len(d) for d in detections], device=self.device, dtype=torch.long))
+        rows = torch.cat([d.detach().float().reshape(-1, ROW_WIDTH) for d in detections]) if detections else None
+        self.rows.append(rows.reshape(-1).to(self.device) if rows is not None else torch.zeros(0, device=self.device))
+
+    def per_image_rows(self) -> dict[int, np.ndarray]:
+        """{image id: (n, 6) rows}, each image once: the first copy wins (DistributedSampler and the rect sampler
+        repeat images so that all ranks take the same number of steps)."""
+        image_ids, counts = _concatenated(self.image_ids).tolist(), _concatenated(self.row_counts).tolist()
+        rows = _concatenated(self.rows).reshape(-1, ROW_WIDTH).cpu().numpy()
+        per_image: dict[int, np.ndarray] = {}
+        for image_id, part in zip(image_ids, np.split(rows, np.cumsum(counts)[:-1]) if counts else []):
+            per_image.setdefault(int(image_id), part)
+        return per_image
+
+    def compute(self) -> CocoEvaluation:
+        if self.ground_truth is None:
+            raise RuntimeError("CocoDetectionMetric needs its ground_truth set before compute()")
+        per_image = self.per_image_rows()
+        detections = rows_to_coco(per_image, self.category_ids)
+        stats = evaluate_detections(self.ground_truth, detections, self.backend, image_ids=per_image.keys())
+        return CocoEvaluation(stats, detections, sorted(per_image))
+
+
+def _concatenated(state: list[Tensor] | Tensor) -> Tensor:
+    """A list state as one tensor: a list before synchronisation, already one tensor after it."""
+    if isinstance(state, Tensor):
+        return state
+    return dim_zero_cat(state) if state else torch.zeros(0)
