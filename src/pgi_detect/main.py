@@ -106,6 +106,7 @@ def _load_command(module_name: str, function_name: str) -> Callable[[Sequence[st
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> DetectionCLI:
     """Create the LightningCLI (also used by tests with run=False to parse and instantiate a config)."""
+    # Imported here: Lightning costs ~2 s to import, which check-data, export and detect do not pay.
     from pgi_detect.data import DetectionDataModule
     from pgi_detect.training import DetectionTask
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .images import ImageSizeMismatchError, decode_annotated_image
-from .problems import DataError, DataProblem
-from .sources import read_source
+from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image
+from pgi_detect.data.problems import DataError, DataProblem
+from pgi_detect.data.loading import read_source
 
 
 @dataclass

@@ -14,13 +14,14 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .problems import DataError, DataProblem
-from .records import (DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image, empty_boxes, merge_polygons,
+from pgi_detect.data.problems import DataError, DataProblem
+from pgi_detect.data.records import (DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image, empty_boxes, merge_polygons,
                       pack_segments, report_box_repairs)
 
 
@@ -67,6 +68,15 @@ def _require_list(data: dict, key: str, path: Path) -> list:
     return value
 
 
+@dataclass
+class ImageObjects:
+    """The usable (non-crowd) annotations of one image, in file order: xyxy boxes, class indices, polygons."""
+
+    boxes: list[list[float]] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    polygons: list[np.ndarray | None] = field(default_factory=list)
+
+
 def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = None,
                    segments: bool = True) -> DetectionSource:
     """Parse a COCO JSON file. Structural errors raise DataError; per-image/annotation problems are collected.
@@ -83,8 +93,18 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
         images_dir = guess_coco_images_dir(annotation_file)
         if images_dir is None:
             raise DataError(f"{annotation_file}: cannot find the images folder; pass the images path explicitly")
-    images_dir = Path(images_dir)
+    category_ids, class_names = parse_categories(categories, annotation_file)
+    image_info = parse_images(images, annotation_file)
+    problems: list[DataProblem] = []
+    objects, bad_images = collect_objects(annotations, image_info, {c: i for i, c in enumerate(category_ids)},
+                                          str(annotation_file), segments, problems)
+    records = build_records(image_info, objects, bad_images, Path(images_dir), problems)
+    return DetectionSource(format="coco", location=str(annotation_file), records=records, class_names=class_names,
+                           category_ids=category_ids, problems=problems, coco_dict=data)
 
+
+def parse_categories(categories: list, annotation_file: Path) -> tuple[list[int], list[str]]:
+    """(sorted category ids, their names): class index i is the i-th smallest id."""
     try:
         category_ids = sorted(int(c["id"]) for c in categories)
         names_by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
@@ -92,9 +112,11 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
         raise DataError(f"{annotation_file}: every category needs an integer 'id'") from None
     if len(set(category_ids)) != len(category_ids):
         raise DataError(f"{annotation_file}: duplicate category ids")
-    index_of_category = {cid: i for i, cid in enumerate(category_ids)}
+    return category_ids, [names_by_id[c] for c in category_ids]
 
-    problems: list[DataProblem] = []
+
+def parse_images(images: list, annotation_file: Path) -> dict[int, dict]:
+    """{image id: {file_name, width, height}}; a malformed or duplicate entry is a structural error."""
     image_info: dict[int, dict] = {}
     for entry in images:
         try:
@@ -105,40 +127,49 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
         if image_id in image_info:
             raise DataError(f"{annotation_file}: duplicate image id {image_id}")
         image_info[image_id] = {"file_name": file_name, "width": width, "height": height}
+    return image_info
 
-    boxes_by_image: dict[int, list[list[float]]] = defaultdict(list)
-    classes_by_image: dict[int, list[int]] = defaultdict(list)
-    polygons_by_image: dict[int, list[np.ndarray | None]] = defaultdict(list)
+
+def collect_objects(annotations: list, image_info: dict[int, dict], index_of_category: dict[int, int], where: str,
+                    segments: bool, problems: list[DataProblem]) -> tuple[dict[int, ImageObjects], set[int]]:
+    """Group the usable annotations by image. Crowd annotations are skipped (evaluation ignores them); an annotation
+    with an unknown image is reported; one with an unknown category or an invalid bbox makes its image unusable."""
+    objects: dict[int, ImageObjects] = defaultdict(ImageObjects)
     bad_images: set[int] = set()
-    where = str(annotation_file)
     for ann in annotations:
         ann_id = ann.get("id", "?")
         image_id = ann.get("image_id")
         if image_id not in image_info:
-            problems.append(DataProblem(where, f"annotation {ann_id} references unknown image id {image_id}", "unknown_image"))
+            problems.append(DataProblem(where, f"annotation {ann_id} references unknown image id {image_id}",
+                                        "unknown_image"))
             continue
         if ann.get("iscrowd", 0):
             continue
-        info = image_info[image_id]
+        file = f"{where} [{image_info[image_id]['file_name']}]"
         category = ann.get("category_id")
         if category not in index_of_category:
-            problems.append(DataProblem(
-                f"{where} [{info['file_name']}]", f"annotation {ann_id} has unknown category id {category}", "unknown_category"))
+            problems.append(DataProblem(file, f"annotation {ann_id} has unknown category id {category}",
+                                        "unknown_category"))
             bad_images.add(image_id)
             continue
         bbox = ann.get("bbox")
         if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-            problems.append(DataProblem(
-                f"{where} [{info['file_name']}]", f"annotation {ann_id} has an invalid bbox {bbox!r}", "invalid_box"))
+            problems.append(DataProblem(file, f"annotation {ann_id} has an invalid bbox {bbox!r}", "invalid_box"))
             bad_images.add(image_id)
             continue
         x, y, w, h = (float(v) for v in bbox)
-        boxes_by_image[image_id].append([x, y, x + w, y + h])
-        classes_by_image[image_id].append(index_of_category[category])
+        found = objects[image_id]
+        found.boxes.append([x, y, x + w, y + h])
+        found.classes.append(index_of_category[category])
         if segments:
-            polygons_by_image[image_id].append(annotation_polygon(ann.get("segmentation")))
+            found.polygons.append(annotation_polygon(ann.get("segmentation")))
+    return objects, bad_images
 
+
+def build_records(image_info: dict[int, dict], objects: dict[int, ImageObjects], bad_images: set[int],
+                  images_dir: Path, problems: list[DataProblem]) -> list[ImageRecord]:
+    """One record per usable image: boxes clipped to the image (repairs reported), polygons packed."""
     records: list[ImageRecord] = []
     for image_id, info in image_info.items():
         path = images_dir / info["file_name"]
@@ -148,27 +179,18 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
         if image_id in bad_images:
             continue
         boxes, classes = empty_boxes()
-        if boxes_by_image.get(image_id):
-            raw = np.asarray(boxes_by_image[image_id], np.float32)
+        found = objects.get(image_id)
+        keep = np.zeros(0, bool)
+        if found is not None and found.boxes:
+            raw = np.asarray(found.boxes, np.float32)
             boxes, keep, clipped = clip_boxes_to_image(raw, info["width"], info["height"])
-            classes = np.asarray(classes_by_image[image_id], np.int64)
             report_box_repairs(problems, str(path), raw, keep, clipped)
-            boxes, classes = boxes[keep], classes[keep]
+            boxes, classes = boxes[keep], np.asarray(found.classes, np.int64)[keep]
         record = ImageRecord(path, image_id, boxes, classes, info["width"], info["height"])
-        polygons = polygons_by_image.get(image_id)
-        if polygons and any(p is not None for p in polygons):
-            kept = [p for p, k in zip(polygons, keep) if k]
+        if found is not None and any(p is not None for p in found.polygons):
             limits = np.asarray([info["width"], info["height"]], np.float32)
+            kept = [p for p, k in zip(found.polygons, keep) if k]
             kept = [box_polygon(b) if p is None else p.clip(0, limits) for p, b in zip(kept, boxes)]
             record.segment_points, record.segment_offsets = pack_segments(kept)
         records.append(record)
-
-    return DetectionSource(
-        format="coco",
-        location=str(annotation_file),
-        records=records,
-        class_names=[names_by_id[c] for c in category_ids],
-        category_ids=category_ids,
-        problems=problems,
-        coco_dict=data,
-    )
+    return records

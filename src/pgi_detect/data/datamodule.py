@@ -11,13 +11,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .augment import AugmentationConfig
-from .collate import collate_detections, seed_worker
-from .dataset import DetectionDataset
-from .problems import DataError
-from .records import DetectionSource
-from .samplers import RectShardSampler, rect_batches
-from .sources import ground_truth_coco, load_source
+from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.data.collate import collate_detections, seed_worker
+from pgi_detect.data.dataset import DetectionDataset
+from pgi_detect.data.problems import DataError
+from pgi_detect.data.records import DetectionSource
+from pgi_detect.data.samplers import RectShardSampler, rect_batches
+from pgi_detect.data.ground_truth import ground_truth_coco
+from pgi_detect.data.loading import load_source
 
 
 Split = Literal["train", "val", "test"]

@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from pgi_detect.geometry import Letterbox
 
-from . import augment as aug
-from .augment import AugmentationConfig
-from .images import decode_annotated_image, resize_long_side
-from .problems import DataError, check_policy
-from .records import DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image
+from pgi_detect.data import augment as aug
+from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.data.images import decode_annotated_image, resize_long_side
+from pgi_detect.data.problems import DataError, check_policy
+from pgi_detect.data.records import DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image
 
 logger = logging.getLogger("pgi_detect.data")
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .problems import DataError
+from pgi_detect.data.problems import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BACKGROUND_GREY = 114

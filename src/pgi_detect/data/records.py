@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .problems import DataProblem
+from pgi_detect.data.problems import DataProblem
 
 
 @dataclass

@@ -15,9 +15,9 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from .images import IMAGE_SUFFIXES, ImageDecodeError, read_image_size
-from .problems import DataError, DataProblem
-from .records import (DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image, empty_boxes, pack_segments,
+from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, read_image_size
+from pgi_detect.data.problems import DataError, DataProblem
+from pgi_detect.data.records import (DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image, empty_boxes, pack_segments,
                       report_box_repairs)
 
 CLASSES_FILE = "classes.yaml"

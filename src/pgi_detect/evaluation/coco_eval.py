@@ -12,7 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import faster_coco_eval
 import numpy as np
+import pycocotools.coco
+import pycocotools.cocoeval
 import torch
 
 Backend = Literal["faster", "pycocotools"]
@@ -35,25 +38,16 @@ def coco_dataset_dict(gt: Any) -> dict:
 
 def _backend_classes(backend: Backend) -> tuple[type, type]:
     if backend == "faster":
-        from faster_coco_eval import COCO, COCOeval_faster
-
-        return COCO, COCOeval_faster
+        return faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
     if backend == "pycocotools":
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        return COCO, COCOeval
+        return pycocotools.coco.COCO, pycocotools.cocoeval.COCOeval
     raise ValueError(f"unknown COCO evaluation backend {backend!r}; use 'faster' or 'pycocotools'")
 
 
 def index_coco(dataset: dict, coco_cls: type | None = None) -> Any:
     """An indexed COCO object (pycocotools by default) over an in-memory annotation dict, without the index's
     prints. Both backends' COCO classes accept an empty constructor; a dict need not be written to disk first."""
-    if coco_cls is None:
-        from pycocotools.coco import COCO
-
-        coco_cls = COCO
-    gt = coco_cls()
+    gt = (coco_cls or pycocotools.coco.COCO)()
     gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pgi_detect.evaluation import rows_to_coco
 from pgi_detect.inference.draw import draw_detections
 
 
@@ -60,8 +61,6 @@ class Detections:
         """COCO result dicts (`evaluation.rows_to_coco`: bbox = [x, y, w, h] rounded to 3 decimals, score to 5, like
         val.py), plus the class name and, when given, the file name. `category_ids` maps class index -> dataset
         category id."""
-        from pgi_detect.evaluation.coco_eval import rows_to_coco
-
         records = rows_to_coco({int(image_id): self.rows()}, category_ids)
         for record, name in zip(records, self.class_names):
             record["category_name"] = name

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_convert, nms
 
-from pgi_detect.models import build_model, inference_copy, read_weights
 from pgi_detect.geometry import NMS_DETECT
+from pgi_detect.models import build_model, inference_copy, read_weights
 
 DEFAULT_OPSET = 17
 
@@ -51,8 +52,6 @@ class OnnxNonMaxSuppression(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
                 score_threshold: float) -> Tensor:
-        from torchvision.ops import box_convert, nms
-
         selected = []
         xyxy = box_convert(boxes, "cxcywh", "xyxy")
         for b in range(scores.shape[0]):
@@ -151,28 +150,16 @@ def export_onnx(
     model = inference_copy(detector) if prepare else detector.eval()
     stride = int(max(getattr(model, "strides", (32,))))
     height, width = _image_shape(img_size, stride)
-    wrapper = NMSOutput(model, conf, iou, max_det, multi_label) if nms else RawOutput(model)
-    wrapper = wrapper.eval()
+    wrapper = (NMSOutput(model, conf, iou, max_det, multi_label) if nms else RawOutput(model)).eval()
     output_name = "detections" if nms else "predictions"
-    axes: dict[str, dict[int, str]] = {"images": {}, output_name: {}}
-    if dynamic_batch:
-        axes["images"][0] = "batch"
-        if not nms:
-            axes[output_name][0] = "batch"
-    if dynamic_shape:
-        axes["images"].update({2: "height", 3: "width"})
-        if not nms:
-            axes[output_name][2] = "anchors"
-    if nms:
-        axes[output_name][0] = "detections"
-    dummy = torch.rand(batch_size, 3, height, width)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
         torch.onnx.export(
-            wrapper, (dummy,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-            output_names=[output_name], dynamic_axes={k: v for k, v in axes.items() if v}, do_constant_folding=True,
+            wrapper, (torch.rand(batch_size, 3, height, width),), str(path), dynamo=False, opset_version=opset,
+            input_names=["images"], output_names=[output_name], do_constant_folding=True,
+            dynamic_axes=_dynamic_axes(output_name, nms, dynamic_batch, dynamic_shape),
         )
     _write_metadata(path, {
         "format": "nms" if nms else "raw",
@@ -185,8 +172,26 @@ def export_onnx(
     return path
 
 
+def _dynamic_axes(output_name: str, nms: bool, dynamic_batch: bool, dynamic_shape: bool) -> dict[str, dict[int, str]]:
+    """Symbolic dimensions: the batch and/or the image size of the input, and the output dimensions they drive (an
+    NMS output's row count is always symbolic)."""
+    axes: dict[str, dict[int, str]] = {"images": {}, output_name: {}}
+    if dynamic_batch:
+        axes["images"][0] = "batch"
+    if dynamic_shape:
+        axes["images"].update({2: "height", 3: "width"})
+    if nms:
+        axes[output_name][0] = "detections"
+    else:
+        if dynamic_batch:
+            axes[output_name][0] = "batch"
+        if dynamic_shape:
+            axes[output_name][2] = "anchors"
+    return {name: dims for name, dims in axes.items() if dims}
+
+
 def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
-    import onnx
+    import onnx  # the optional `export` extra; imported only when exporting
 
     model = onnx.load(str(path))
     for key, value in metadata.items():
@@ -197,7 +202,7 @@ def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 def run_onnx(path: str | Path, images: Tensor) -> Tensor:
     """Run an exported model with onnxruntime (CPU) on float images (B, 3, H, W); returns its single output."""
-    import onnxruntime
+    import onnxruntime  # the optional `export` extra; imported only when running an export
 
     options = onnxruntime.SessionOptions()
     # No busy-waiting between runs: spinning ORT threads would starve PyTorch's threads in the same process.

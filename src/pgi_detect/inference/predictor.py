@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
 from pgi_detect.inference.detections import Detections
-from pgi_detect.inference.sources import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
+from pgi_detect.inference.inputs import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
 from pgi_detect.models import inference_copy, read_weights
 
 

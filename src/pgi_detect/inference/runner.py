@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgi_detect.data.images import decode_image
+from pgi_detect.inference.detections import Detections
+from pgi_detect.inference.inputs import Frame, Source
 from pgi_detect.inference.predictor import Predictor
-from pgi_detect.inference.sources import Source
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter, save_annotated_image
 
 
@@ -21,6 +23,49 @@ class PredictionRun:
     videos: list[Path] = field(default_factory=list)
     frames: int = 0
     detections: int = 0
+
+
+class PredictionOutputs:
+    """Writes predicted frames as they come: COCO-style JSON records, annotated images, annotated videos (one .mp4
+    per input video, at its own frame rate). `close()` finishes the files and returns what was written."""
+
+    def __init__(self, output_dir: str | Path, *, save_json: bool = True, save_images: bool = True,
+                 save_videos: bool = True, category_ids: Sequence[int] | None = None,
+                 json_name: str = "predictions.json", image_suffix: str = ".jpg") -> None:
+        self.run = PredictionRun(output_dir=Path(output_dir))
+        self.run.output_dir.mkdir(parents=True, exist_ok=True)
+        self.json_writer = CocoJsonWriter(self.run.output_dir / json_name, category_ids) if save_json else None
+        self.save_images, self.save_videos, self.image_suffix = save_images, save_videos, image_suffix
+        self.video_writer: AnnotatedVideoWriter | None = None
+
+    def add(self, frame: Frame, detections: Detections) -> None:
+        self.run.frames += 1
+        self.run.detections += len(detections)
+        if self.json_writer is not None:
+            self.json_writer.add(frame, detections)
+        if frame.video is None and self.save_images:
+            drawn = detections.draw(frame.image)
+            self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", frame.name,
+                                                        self.image_suffix))
+        elif frame.video is not None and self.save_videos:
+            self._video_for(frame).write(detections.draw(frame.image))
+
+    def _video_for(self, frame: Frame) -> AnnotatedVideoWriter:
+        target = self.run.output_dir / "videos" / f"{frame.video.stem}.mp4"
+        if self.video_writer is None or self.video_writer.path != target:
+            if self.video_writer is not None:
+                self.video_writer.close()
+            self.video_writer = AnnotatedVideoWriter(target, frame.fps or 25.0)
+            self.run.videos.append(target)
+        return self.video_writer
+
+    def close(self) -> PredictionRun:
+        if self.video_writer is not None:
+            self.video_writer.close()
+            self.video_writer = None
+        if self.json_writer is not None:
+            self.run.json_path = self.json_writer.write()
+        return self.run
 
 
 def run_prediction(
@@ -41,36 +86,13 @@ def run_prediction(
     * `images/<name>.jpg`: still images with boxes and labels drawn;
     * `videos/<video stem>.mp4`: each input video re-encoded with boxes drawn, at its own frame rate.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    run = PredictionRun(output_dir=output_dir)
-    json_writer = CocoJsonWriter(output_dir / json_name, category_ids) if save_json else None
-    video_writer: AnnotatedVideoWriter | None = None
+    outputs = PredictionOutputs(output_dir, save_json=save_json, save_images=save_images, save_videos=save_videos,
+                                category_ids=category_ids, json_name=json_name, image_suffix=image_suffix)
     try:
         for frame, detections in predictor.stream(source):
-            run.frames += 1
-            run.detections += len(detections)
-            if json_writer is not None:
-                json_writer.add(frame, detections)
-            is_video = frame.video is not None
-            if not ((is_video and save_videos) or (not is_video and save_images)):
-                continue
-            drawn = detections.draw(frame.image)
-            if not is_video:
-                run.images.append(save_annotated_image(drawn, output_dir / "images", frame.name, image_suffix))
-                continue
-            target = output_dir / "videos" / f"{frame.video.stem}.mp4"
-            if video_writer is None or video_writer.path != target:
-                if video_writer is not None:
-                    video_writer.close()
-                video_writer = AnnotatedVideoWriter(target, frame.fps or 25.0)
-                run.videos.append(target)
-            video_writer.write(drawn)
+            outputs.add(frame, detections)
     finally:
-        if video_writer is not None:
-            video_writer.close()
-    if json_writer is not None:
-        run.json_path = json_writer.write()
+        run = outputs.close()
     return run
 
 
@@ -85,8 +107,6 @@ def write_task_predictions(
 ) -> PredictionRun:
     """Write `DetectionTask.predict_step` results (dicts with image_id, path and `Detections`) in the same formats
     as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files."""
-    from pgi_detect.data.images import decode_image
-
     output_dir = Path(output_dir)
     run = PredictionRun(output_dir=output_dir)
     json_writer = CocoJsonWriter(output_dir / json_name, category_ids)

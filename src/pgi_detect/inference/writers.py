@@ -10,7 +10,7 @@ import numpy as np
 
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.draw import save_rgb_image
-from pgi_detect.inference.sources import Frame
+from pgi_detect.inference.inputs import Frame
 
 
 class CocoJsonWriter:

@@ -8,6 +8,7 @@ inside the gt; an anchor claimed by several gts goes to the gt with the highest 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,6 +46,43 @@ def anchors_inside_boxes(anchor_points: Tensor, gt_boxes: Tensor, eps: float = 1
     return inside > eps
 
 
+class _Positives(NamedTuple):
+    """Positive (image, gt, anchor) pairs with their alignment metric and overlap, as flat index tensors."""
+
+    image: Tensor
+    gt: Tensor
+    anchor: Tensor
+    metric: Tensor
+    overlap: Tensor
+
+    def where(self, keep: Tensor) -> _Positives:
+        return _Positives(*(field[keep] for field in self))
+
+    def extended(self, other: _Positives) -> _Positives:
+        return _Positives(*(torch.cat((a, b)) for a, b in zip(self, other)))
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The predictions and gts of one assignment, and the alignment metric of any (image, gt, anchor) pairs."""
+
+    pred_scores: Tensor
+    pred_boxes: Tensor
+    gt_labels: Tensor
+    gt_boxes: Tensor
+    alpha: float
+    beta: float
+    scores_are_logits: bool
+
+    def metric(self, image: Tensor, gt: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
+        """(score**alpha * overlap**beta, overlap) with overlap the CIoU clamped at 0."""
+        overlap = ciou(self.gt_boxes[image, gt], self.pred_boxes[image, anchor]).clamp_(min=0)
+        score = self.pred_scores[image, anchor, self.gt_labels[image, gt]]
+        if self.scores_are_logits:
+            score = score.sigmoid()
+        return score.pow(self.alpha) * overlap.pow(self.beta), overlap
+
+
 class TaskAlignedAssigner:
     """Assign gts to anchors by `score(cls)**alpha * CIoU**beta`. Stateless and gradient-free.
 
@@ -74,57 +112,63 @@ class TaskAlignedAssigner:
         over the whole tensor), pred_boxes (B, A, 4) xyxy, anchor_points (A, 2), gt_labels (B, n) long, gt_boxes
         (B, n, 4) xyxy, gt_mask (B, n) bool for real (non-padding) gts. Boxes and points share one unit system
         (pixels in the reference)."""
-        batch_size, num_anchors = pred_scores.shape[:2]
-        num_gt = gt_boxes.shape[1]
+        pairs = _Pairs(pred_scores, pred_boxes, gt_labels, gt_boxes, self.alpha, self.beta, scores_are_logits)
+        positives = self._top_candidates(pairs, anchor_points, gt_mask)
+        positives = self._one_gt_per_anchor(pairs, positives)
+        return self._targets(pairs, positives)
 
-        def metric_of(image: Tensor, gt: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:
-            overlap = ciou(gt_boxes[image, gt], pred_boxes[image, anchor]).clamp_(min=0)
-            score = pred_scores[image, anchor, gt_labels[image, gt]]
-            if scores_are_logits:
-                score = score.sigmoid()
-            return score.pow(self.alpha) * overlap.pow(self.beta), overlap
-
-        inside = anchors_inside_boxes(anchor_points, gt_boxes) & gt_mask.unsqueeze(-1)  # (B, n, A)
+    def _top_candidates(self, pairs: _Pairs, anchor_points: Tensor, gt_mask: Tensor) -> _Positives:
+        """Each gt's top-k anchors by metric among the anchors whose centre lies inside it."""
+        batch_size, num_anchors = pairs.pred_boxes.shape[:2]
+        inside = anchors_inside_boxes(anchor_points, pairs.gt_boxes) & gt_mask.unsqueeze(-1)  # (B, n, A)
         image, gt, anchor = inside.nonzero(as_tuple=True)
-        metric, overlap = metric_of(image, gt, anchor)
-        dense_metric = pred_boxes.new_zeros(batch_size, num_gt, num_anchors)
+        metric, overlap = pairs.metric(image, gt, anchor)
+        dense_metric = pairs.pred_boxes.new_zeros(batch_size, pairs.gt_boxes.shape[1], num_anchors)
         dense_metric[image, gt, anchor] = metric  # = metric * inside, what top-k ranks (ties included)
         chosen = self._topk_mask(dense_metric)[image, gt, anchor]
-        image, gt, anchor, metric, overlap = image[chosen], gt[chosen], anchor[chosen], metric[chosen], overlap[chosen]
+        return _Positives(image[chosen], gt[chosen], anchor[chosen], metric[chosen], overlap[chosen])
 
-        # An anchor positive for several gts keeps only the gt of highest overlap among *all* gts of its image,
-        # even one it is not inside (the reference argmaxes unmasked overlaps).
-        flat_anchor = image * num_anchors + anchor
+    @staticmethod
+    def _one_gt_per_anchor(pairs: _Pairs, positives: _Positives) -> _Positives:
+        """An anchor positive for several gts keeps only the gt of highest overlap among *all* gts of its image,
+        even one it is not inside (the reference argmaxes unmasked overlaps)."""
+        batch_size, num_anchors = pairs.pred_boxes.shape[:2]
+        flat_anchor = positives.image * num_anchors + positives.anchor
         claims = torch.bincount(flat_anchor, minlength=batch_size * num_anchors)
         contested = claims[flat_anchor] > 1
-        if bool(contested.any()):
-            keep = ~contested
-            contested_anchor = (claims > 1).nonzero().squeeze(1)
-            c_image, c_anchor = contested_anchor // num_anchors, contested_anchor % num_anchors
-            all_overlaps = ciou(gt_boxes[c_image], pred_boxes[c_image, c_anchor].unsqueeze(1)).clamp_(min=0)
-            c_gt = all_overlaps.argmax(1)
-            c_metric, c_overlap = metric_of(c_image, c_gt, c_anchor)
-            image, gt, anchor = torch.cat((image[keep], c_image)), torch.cat((gt[keep], c_gt)), torch.cat((anchor[keep], c_anchor))
-            metric, overlap = torch.cat((metric[keep], c_metric)), torch.cat((overlap[keep], c_overlap))
+        if not bool(contested.any()):
+            return positives
+        contested_anchor = (claims > 1).nonzero().squeeze(1)
+        image, anchor = contested_anchor // num_anchors, contested_anchor % num_anchors
+        all_overlaps = ciou(pairs.gt_boxes[image], pairs.pred_boxes[image, anchor].unsqueeze(1)).clamp_(min=0)
+        gt = all_overlaps.argmax(1)
+        metric, overlap = pairs.metric(image, gt, anchor)
+        return positives.where(~contested).extended(_Positives(image, gt, anchor, metric, overlap))
 
-        # Soft target: each gt's metric rescaled so its best positive anchor scores that gt's best positive CIoU.
+    def _targets(self, pairs: _Pairs, positives: _Positives) -> Assignment:
+        """Soft targets: each gt's metric rescaled so its best positive anchor scores that gt's best positive CIoU;
+        background anchors carry gt 0 of their image, like the reference."""
+        batch_size, num_anchors = pairs.pred_boxes.shape[:2]
+        num_gt = pairs.gt_boxes.shape[1]
+        image, gt, anchor, metric, overlap = positives
         flat_gt = image * num_gt + gt
         best_metric = metric.new_zeros(batch_size * num_gt).scatter_reduce_(0, flat_gt, metric, "amax")
         best_overlap = overlap.new_zeros(batch_size * num_gt).scatter_reduce_(0, flat_gt, overlap, "amax")
         soft_score = metric * best_overlap[flat_gt] / (best_metric[flat_gt] + self.eps)
 
-        fg_mask = torch.zeros(batch_size, num_anchors, dtype=torch.bool, device=pred_boxes.device)
+        device = pairs.pred_boxes.device
+        fg_mask = torch.zeros(batch_size, num_anchors, dtype=torch.bool, device=device)
         fg_mask[image, anchor] = True
-        scores = pred_boxes.new_zeros(batch_size, num_anchors)
+        scores = pairs.pred_boxes.new_zeros(batch_size, num_anchors)
         scores[image, anchor] = soft_score
-        assigned_gt = torch.zeros(batch_size, num_anchors, dtype=torch.long, device=pred_boxes.device)
-        assigned_gt[image, anchor] = gt  # background keeps gt 0 of its image, like the reference
+        assigned_gt = torch.zeros(batch_size, num_anchors, dtype=torch.long, device=device)
+        assigned_gt[image, anchor] = gt
         if num_gt == 0:
             labels = assigned_gt
-            boxes = pred_boxes.new_zeros(batch_size, num_anchors, 4)
+            boxes = pairs.pred_boxes.new_zeros(batch_size, num_anchors, 4)
         else:
-            labels = gt_labels.gather(1, assigned_gt)
-            boxes = gt_boxes.gather(1, assigned_gt.unsqueeze(-1).expand(-1, -1, 4))
+            labels = pairs.gt_labels.gather(1, assigned_gt)
+            boxes = pairs.gt_boxes.gather(1, assigned_gt.unsqueeze(-1).expand(-1, -1, 4))
         return Assignment(labels=labels, boxes=boxes, scores=scores, fg_mask=fg_mask)
 
     def _topk_mask(self, metric: Tensor) -> Tensor:

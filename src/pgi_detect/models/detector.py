@@ -109,40 +109,16 @@ class Detector(nn.Module):
         Drops auxiliary rows, an unreferenced Silence and the aux head, and renumbers sources; the kept
         modules are copied unchanged, so main-branch outputs are bit-identical.
         """
-        table = self.table
-        dropped = [row.auxiliary for row in table]
-        for index, row in enumerate(table):
-            if row.block is Silence and not self._explicitly_referenced(index, dropped):
-                dropped[index] = True
-        new_index: dict[int, int] = {}
-        for index, gone in enumerate(dropped):
-            if not gone:
-                new_index[index] = len(new_index)
-
-        def remap(absolute: int, consumer: int) -> int:
-            if absolute == IMAGE:
-                return IMAGE
-            if absolute in new_index:
-                return new_index[absolute]
-            if table[absolute].block is Silence:  # identity: read what the Silence read
-                return remap(resolve(table[absolute].sources[0], absolute), consumer)
-            raise ValueError(
-                f"cannot strip {self.name}: main layer {consumer} reads auxiliary layer {absolute}"
-            )
-
+        new_index = self._kept_rows()
         rows: list[Layer] = []
         modules = nn.ModuleList()
-        for index, row in enumerate(table):
-            if dropped[index]:
+        for index, row in enumerate(self.table):
+            if index not in new_index:
                 continue
             sources, module, block = row.sources, self.layers[index], row.block
             if isinstance(module, DualDetectHead):
                 sources, module, block = sources[module.num_levels :], module.main, DetectHead
-            at = new_index[index]
-            new_sources = []
-            for source in sources:
-                absolute = remap(resolve(source, index), index)
-                new_sources.append(source if source < 0 and absolute == at + source else absolute)
+            new_sources = [self._renumbered(source, index, new_index) for source in sources]
             source = new_sources[0] if isinstance(row.source, int) else tuple(new_sources)
             module = copy.deepcopy(module)
             if isinstance(block, nn.Module):  # a prebuilt row (custom backbone): the row names the copy
@@ -162,6 +138,33 @@ class Detector(nn.Module):
         stripped.fused = self.fused
         stripped.describe_backbone(self.backbone_spec, self.neck)
         return stripped.train(self.training)
+
+    def _kept_rows(self) -> dict[int, int]:
+        """Old row index -> new row index of the rows `strip_auxiliary` keeps: main-branch rows, without a Silence
+        that no kept row names explicitly."""
+        dropped = [row.auxiliary for row in self.table]
+        for index, row in enumerate(self.table):
+            if row.block is Silence and not self._explicitly_referenced(index, dropped):
+                dropped[index] = True
+        kept = [index for index, gone in enumerate(dropped) if not gone]
+        return {old: new for new, old in enumerate(kept)}
+
+    def _renumbered(self, source: int, consumer: int, new_index: dict[int, int]) -> int:
+        """A row's source after stripping: relative sources that still point at the same row stay relative."""
+        absolute = self._kept_source(resolve(source, consumer), consumer, new_index)
+        at = new_index[consumer]
+        return source if source < 0 and absolute == at + source else absolute
+
+    def _kept_source(self, absolute: int, consumer: int, new_index: dict[int, int]) -> int:
+        """New index of the row that `absolute` resolves to once dropped rows are gone (a dropped Silence is an
+        identity: it stands for what it read)."""
+        if absolute == IMAGE:
+            return IMAGE
+        if absolute in new_index:
+            return new_index[absolute]
+        if self.table[absolute].block is Silence:
+            return self._kept_source(resolve(self.table[absolute].sources[0], absolute), consumer, new_index)
+        raise ValueError(f"cannot strip {self.name}: main layer {consumer} reads auxiliary layer {absolute}")
 
     def _explicitly_referenced(self, index: int, dropped: list[bool]) -> bool:
         """Whether a kept row names row `index` other than as its implicit previous layer (-1)."""
