@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from pgi_detect.loss import DetectionLoss
 

@@ -7,7 +7,6 @@ tests/test_training_coco128.py and tests/test_cli.py cover the real data module.
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 

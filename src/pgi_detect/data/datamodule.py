@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
+import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -24,7 +24,7 @@ from pgi_detect.data.loading import load_source
 Split = Literal["train", "val", "test"]
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(pl.LightningDataModule):
     """COCO JSON or YOLO txt detection data with the official YOLOv9 training augmentation.
 
     Args:
