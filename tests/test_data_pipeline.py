@@ -99,10 +99,12 @@ def test_annotated_size_must_match_decoded_image(tmp_path):
 
 
 def first_batches(dm, n=2):
+    """The first `n` batches of two epochs (the trainer calls `set_epoch` at each epoch start)."""
     dm.setup("fit")
     loader = dm.train_dataloader()
     batches = []
-    for _ in range(2):  # two epochs
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
         for i, batch in enumerate(loader):
             batches.append(batch)
             if i + 1 == n:
@@ -120,6 +122,15 @@ def test_same_seed_same_batches(tmp_path, num_workers):
     c = first_batches(datamodule(tmp_path, num_workers=num_workers, persistent_workers=False, seed=4))
     assert not torch.equal(a[0]["images"], c[0]["images"])
     assert not torch.equal(a[0]["images"], a[2]["images"])  # epochs differ
+
+
+def test_batches_do_not_depend_on_the_worker_count(tmp_path):
+    """Each sample's augmentation is drawn from (seed, epoch, index), so 0 and 2 workers give the same batches."""
+    rectangles_coco(tmp_path, 8)
+    single = first_batches(datamodule(tmp_path, num_workers=0))
+    workers = first_batches(datamodule(tmp_path, num_workers=2, persistent_workers=False))
+    for x, y in zip(single, workers, strict=True):
+        assert torch.equal(x["images"], y["images"]) and torch.equal(x["targets"], y["targets"])
 
 
 def test_close_mosaic_reaches_persistent_workers(tmp_path):

@@ -366,8 +366,9 @@ class PixelAugmenter:
     """The official albumentations pixel transforms, really applied (upstream they silently vanish with
     albumentations >= 2 because the old keyword arguments raise and the exception is swallowed).
 
-    Whether a transform runs is drawn from our generator; the transforms are built with p=1 and only draw their
-    own parameters (blur size, CLAHE clip...) from their own generators, seeded per worker through `reseed`.
+    Whether a transform runs is drawn from our generator; the transforms are built with p=1, and a transform that
+    runs is first reseeded from our generator, so its own parameters (blur size, CLAHE clip...) follow the sample's
+    randomness too.
     """
 
     def __init__(self, config: AugmentationConfig) -> None:
@@ -381,16 +382,12 @@ class PixelAugmenter:
             (config.jpeg, A.ImageCompression(quality_range=(config.jpeg_quality, config.jpeg_quality), p=1.0)),
         ]
         self.transforms = [(p, t) for p, t in candidates if p > 0]
-        self.reseed(0)
-
-    def reseed(self, seed: int) -> None:
-        for i, (_, transform) in enumerate(self.transforms):
-            transform.set_random_seed((seed + 7919 * (i + 1)) % 2**32)  # distinct stream per transform
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         applied = []
         for probability, transform in self.transforms:
             if rng.random() < probability:
+                transform.set_random_seed(int(rng.integers(2**32)))
                 image = transform(image=image)["image"]
                 applied.append(type(transform).__name__)
         return image, applied

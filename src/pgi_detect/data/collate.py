@@ -7,7 +7,6 @@ from typing import Any, NotRequired, TypedDict
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import get_worker_info
 
 
 class Batch(TypedDict):
@@ -58,12 +57,8 @@ def collate_detections(samples: list[dict[str, Any]]) -> Batch:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: seed `random`, numpy and the dataset's generator from torch's per-worker seed
-    (base seed from the loader's generator + worker id), so runs with the same seed give identical batches."""
+    """DataLoader worker_init_fn: seed `random` and numpy's global generator from torch's per-worker seed, for any
+    code that uses them (our augmentation draws from a per-sample generator, `DetectionDataset.sample_rng`)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    info = get_worker_info()
-    reseed = getattr(info.dataset if info is not None else None, "reseed", None)
-    if reseed is not None:
-        reseed(seed)

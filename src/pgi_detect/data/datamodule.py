@@ -16,6 +16,7 @@ from pgi_detect.data.collate import collate_detections, seed_worker
 from pgi_detect.data.dataset import DetectionDataset
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
+from pgi_detect.data.resumable import EpochSampler, ResumableLoader
 from pgi_detect.data.samplers import RectShardSampler, rect_batches
 from pgi_detect.data.ground_truth import ground_truth_coco
 from pgi_detect.data.loading import load_source
@@ -187,7 +188,18 @@ class DetectionDataModule(pl.LightningDataModule):
                     generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, **self._loader_args())
+        """Shuffled by (seed, epoch), resumable mid-epoch (see data/resumable.py)."""
+        dataset = self.dataset("train")
+        sampler = EpochSampler(dataset, *self._rank_and_world(), seed=self.seed)
+        return ResumableLoader(dataset, sampler=sampler, batch_size=self.batch_size,
+                               processed_batches=self._processed_training_batches, **self._loader_args())
+
+    def _processed_training_batches(self) -> int:
+        """Batches of the current epoch the trainer has trained on (its progress counter survives a resume)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _rank_and_world(self) -> tuple[int, int]:
         """(global rank, world size) that rect eval batches are sharded over: the attached Trainer's, else an

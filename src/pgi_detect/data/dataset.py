@@ -59,7 +59,8 @@ class DetectionDataset(Dataset):
         # Polygons are only used by training mosaics (copy-paste, segment-aware warping); records loaded with
         # segments=False, or without polygon labels, keep the box-only pipeline.
         self.use_segments = train and any(r.segment_points is not None for r in self.records)
-        self.reseed(seed)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,11 +75,11 @@ class DetectionDataset(Dataset):
     def mosaic_enabled(self) -> bool:
         return bool(self._mosaic_flag[0])
 
-    def reseed(self, seed: int) -> None:
-        """Reset the augmentation randomness (called per worker by collate.seed_worker)."""
-        self.rng = np.random.default_rng(seed)
-        if self.pixel_augmenter is not None:
-            self.pixel_augmenter.reseed(seed)
+    def sample_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The augmentation randomness of one sample: a function of (seed, epoch, index) only, so a sample is the
+        same whichever worker draws it, however many workers there are, and after a resume in the middle of an
+        epoch."""
+        return np.random.default_rng((self.seed, epoch, index))
 
     def set_rect_shapes(self, shapes: dict[int, tuple[int, int]] | None) -> None:
         """Per-index letterbox shapes for rectangular evaluation batches (see samplers.rect_batches)."""
@@ -120,7 +121,10 @@ class DetectionDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------------ samples
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """`key` is an index, or `(epoch, index)` as `EpochSampler` yields them (the epoch seeds the augmentation)."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        self.rng = self.sample_rng(int(epoch), int(index))
         for _ in range(len(self)):
             if index not in self._bad:
                 try:
