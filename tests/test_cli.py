@@ -1,5 +1,5 @@
-"""The `pgi-detect` entry point: every experiment YAML parses, `# extends:` chains, links from the datamodule,
-and the extra subcommands delegate."""
+"""The `pgi-detect` entry point: every experiment YAML parses (per-model files compose with their base through
+jsonargparse's `config:` key), links from the datamodule, and the extra subcommands delegate."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgi_detect.main import build_cli, config_chain, expand_config_args, main
+from pgi_detect.main import build_cli, main
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +45,9 @@ def test_coco_experiment_resolves_to_the_recipe(path):
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in trainer["callbacks"]}
     assert callbacks["CloseMosaic"]["close_mosaic"] == 15
     assert callbacks["ModelEMA"]["decay"] == 0.9999 and callbacks["ModelEMA"]["tau"] == 2000.0
-    assert callbacks["ModelCheckpoint"]["monitor"] == "val/mAP" and callbacks["ModelCheckpoint"]["save_last"]
-    assert {"LearningRateMonitor", "RichProgressBar", "ValidationImageLogger"} <= set(callbacks)
+    checkpoints = [c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert [(c["filename"], c["monitor"]) for c in checkpoints] == [("best", "val/mAP"), ("last", None)]
+    assert {"LearningRateMonitor", "DetectionProgressBar", "ValidationImageLogger", "Preemption"} <= set(callbacks)
     optim, nms = config["model"]["optim"], config["model"]["eval_nms"]
     assert (optim["optimizer"], optim["lr0"], optim["momentum"], optim["weight_decay"]) == ("sgd", 0.01, 0.937, 5e-4)
     assert (nms["conf_thres"], nms["iou_thres"], nms["multi_label"], nms["max_det"]) == (0.001, 0.7, True, 300)
@@ -66,17 +67,28 @@ def test_cls_width_is_a_model_option():
     assert resolved_config("--config", path, "--model.cls_width", "80")["model"]["cls_width"] == 80
 
 
-def test_config_chain_and_cycles(tmp_path):
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "a.yaml").write_text("x: 1\n")
-    (tmp_path / "b.yaml").write_text("# extends: base/a.yaml\ny: 2\n")
-    (tmp_path / "c.yaml").write_text("# extends: b.yaml\nz: 3\n")
-    assert config_chain(tmp_path / "c.yaml") == [tmp_path / "base/a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"]
-    assert expand_config_args(["fit", f"--config={tmp_path / 'b.yaml'}", "--x", "3"]) == [
-        "fit", "--config", str(tmp_path / "base/a.yaml"), "--config", str(tmp_path / "b.yaml"), "--x", "3"]
-    (tmp_path / "base" / "a.yaml").write_text("# extends: ../c.yaml\n")
-    with pytest.raises(ValueError, match="cycle"):
-        config_chain(tmp_path / "c.yaml")
+def test_short_and_long_config_flags_give_the_same_config(tmp_path):
+    path = str(REPO / "experiments/gelan-t-coco.yaml")
+    long_form = resolved_config("--config", path)
+    assert resolved_config("-c", path) == long_form
+    # The per-model file only overrides its base: callbacks, precision and data paths come from base/coco.yaml.
+    assert long_form["trainer"]["precision"] == "16-mixed" and long_form["trainer"]["callbacks"]
+    assert long_form["data"]["train"] == "data/coco/annotations/instances_train2017.json"
+
+
+def test_print_config_output_reruns_to_the_same_config(tmp_path):
+    printed = resolved_config("--config", str(REPO / "experiments/yolov9-t-coco.yaml"), "--model.optim.lr0", "0.02")
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(yaml.safe_dump(printed))
+    assert resolved_config("--config", str(saved)) == printed
+
+
+def test_optimizer_and_scheduler_flags_are_not_offered(capsys):
+    """The recipe's optimizer (three parameter groups, per-batch warmup) is configured by model.optim."""
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(REPO / "experiments/gelan-t-coco.yaml"), "--optimizer", "torch.optim.Adam",
+              "--print_config"])
+    assert stop.value.code == 2 and "--optimizer" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

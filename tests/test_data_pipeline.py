@@ -175,10 +175,14 @@ def test_datamodule_class_table_ground_truth_and_eval_loaders(tmp_path):
     assert dm.num_classes == 6 and dm.class_names[0] == "c0" and dm.category_ids == [1, 2, 3, 4, 5, 6]
     gt = dm.ground_truth("val")
     assert sorted(gt.getImgIds()) == [1, 2, 3, 4] and len(gt.getAnnIds()) == 8
-    dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
+    with pytest.raises(DataError, match="none is configured: pass data.test"):
+        dm.setup("test")  # no silent fallback to the val split
+    dm.setup("predict")  # predict does fall back to val, and says so
+    batch = next(iter(dm.predict_dataloader()))
     assert batch["images"].shape == (4, 3, 64, 64) and set(batch["pipelines"]) == {"eval"}
-    assert next(iter(dm.predict_dataloader()))["image_ids"].tolist() == batch["image_ids"].tolist()
+    with_test = datamodule(tmp_path, test=str(tmp_path / "ann.json"), test_images=str(tmp_path / "images"))
+    with_test.setup("test")
+    assert next(iter(with_test.test_dataloader()))["image_ids"].tolist() == batch["image_ids"].tolist()
 
 
 

@@ -65,7 +65,7 @@ class SnapshotWeights(pl.Callback):
 
 def test_nonfinite_loss_skips_step_then_stops(tmp_path):
     pl.seed_everything(0)
-    task = make_task(optim={"auto_accumulate": False}, max_nonfinite_steps=3)
+    task = make_task(optim={"auto_accumulate": False}, guard={"max_nonfinite_steps": 3})
     criterion = task.criterion
     calls = {"n": 0}
 
@@ -85,7 +85,7 @@ def test_nonfinite_loss_skips_step_then_stops(tmp_path):
     for parameter in task.parameters():
         assert torch.isfinite(parameter).all()
 
-    task = make_task(optim={"auto_accumulate": False}, max_nonfinite_steps=3)
+    task = make_task(optim={"auto_accumulate": False}, guard={"max_nonfinite_steps": 3})
     task.criterion = lambda b, t: (sum(level.sum() for level in b[-1]) * float("inf"), torch.zeros(3))
     trainer = make_trainer(tmp_path, max_steps=10, limit_val_batches=0, enable_checkpointing=False)
     with pytest.raises(FloatingPointError):

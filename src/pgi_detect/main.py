@@ -1,23 +1,35 @@
 """The single command-line entry point: `pgi-detect fit|validate|test|predict|check-data|export|detect`.
 
 fit/validate/test/predict are a LightningCLI over `DetectionTask` + `DetectionDataModule` driven by the YAML files
-in experiments/; check-data and export are plain argparse tools living in their own modules.
+in experiments/ (a per-model file composes with its base through jsonargparse's own `config:` key); check-data,
+export and detect are plain argparse tools living in their own modules.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-# build_cli always passes the (expanded) command line explicitly; Lightning's hint about it does not apply.
+from pgi_detect.data import DetectionDataModule
+from pgi_detect.training import DetectionTask
+from pgi_detect.training.checkpoints import (
+    ARCHITECTURE_KEYS,
+    changed_values,
+    checkpoint_hyperparameters,
+    newest_last_checkpoint,
+)
+
+# build_cli always passes the command line explicitly; Lightning's hint about it does not apply.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run")
 
 EXTRA_COMMANDS = {
@@ -25,17 +37,88 @@ EXTRA_COMMANDS = {
     "export": ("pgi_detect.inference.export", "export_main", "export a checkpoint to ONNX"),
     "detect": ("pgi_detect.inference.cli", "detect_main", "run a checkpoint on images, folders or videos"),
 }
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class LoggedConfigCallback(SaveConfigCallback):
+    """Writes the run's `config.yaml` (Lightning's behaviour) and hands the full resolved config (model, data with
+    its augmentation, trainer) to every logger, so a wandb run records everything that made it."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False, format="json")
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": json.loads(config)})
 
 
 class DetectionCLI(LightningCLI):
-    """LightningCLI with the dataset-derived model arguments linked and run-relative checkpoint folders."""
+    """LightningCLI with the dataset-derived model arguments linked, checkpoint hyperparameters under the user's
+    options, run-relative checkpoint folders, and named runs."""
 
-    def add_arguments_to_parser(self, parser: Any) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The class list is only known once the datamodule has read its annotations.
         for name in ("num_classes", "class_names", "category_ids"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         # The recipe's nominal-batch rules need the per-device batch size.
         parser.link_arguments("data.batch_size", "model.batch_size")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then, when `ckpt_path` names a checkpoint, parse again with its saved model hyperparameters placed
+        before the user's configs and options: defaults < checkpoint < config files < command line. Lightning's own
+        rule (checkpoint over everything) silently ignored options such as `--model.predict_nms.conf_thres`."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is None or not isinstance(args, (list, tuple)):
+            return
+        ckpt_path = self._checkpoint_file(self.config[subcommand])
+        saved = checkpoint_hyperparameters(ckpt_path) if ckpt_path else None
+        if not saved:
+            return
+        given = self.config[subcommand]["model"].clone()
+        at = list(args).index(subcommand) + 1
+        super().parse_arguments(parser, [*args[:at], "--model", json.dumps(saved), *args[at:]])
+        final = self.config[subcommand]["model"]
+        self._check_architecture(ckpt_path, saved, given, subcommand)
+        changes = changed_values(saved, final.as_dict())
+        if changes:
+            rank_zero_info(f"{subcommand}: options that differ from {ckpt_path}'s hyperparameters (yours are used): "
+                           + ", ".join(f"model.{key} {old!r} -> {new!r}" for key, old, new in changes))
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaced by `parse_arguments` (LightningCLI would re-apply the checkpoint over the command line)."""
+
+    def _checkpoint_file(self, config: Any) -> Path | None:
+        """The checkpoint file `ckpt_path` names: a path, or "last" (the newest last*.ckpt in the run's checkpoint
+        folder, as Lightning resolves it when resuming)."""
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            return newest_last_checkpoint(Path(config["trainer"].get("default_root_dir") or "."))
+        return Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+
+    def _check_architecture(self, ckpt_path: Path, saved: dict, given: Any, subcommand: str) -> None:
+        """A config that asks for another architecture than the checkpoint holds is an error, not a late
+        state-dict mismatch."""
+        defaults = self._parser(subcommand).get_defaults()["model"]
+        for key in ARCHITECTURE_KEYS:
+            asked, held = given.get(key), saved.get(key)
+            if key in saved and asked != defaults.get(key) and asked != held:
+                raise SystemExit(f"pgi-detect {subcommand}: {ckpt_path} holds model.{key}={held!r}, but the "
+                                 f"config/command line asks for {asked!r}; use the checkpoint's architecture")
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self._get(self.config, "trainer")
+        if trainer.get("sync_batchnorm") and not _uses_cuda(trainer.get("accelerator")):
+            trainer["sync_batchnorm"] = False
+            rank_zero_info("SyncBatchNorm needs CUDA: running DDP with per-process BatchNorm on this accelerator")
+        if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            # `--trainer.enable_progress_bar false` switches the configured bar off instead of failing on it.
+            trainer["callbacks"] = [c for c in trainer["callbacks"]
+                                    if not str(c.get("class_path", "")).endswith("ProgressBar")]
+        name = Path(trainer.get("default_root_dir") or ".").resolve().name
+        logger = trainer.get("logger")
+        for spec in logger if isinstance(logger, list) else [logger]:
+            init_args = spec.get("init_args") if hasattr(spec, "get") else None
+            if init_args is not None and "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
+                init_args["name"] = name  # a logger switched on the command line names the run after the experiment
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -49,48 +132,10 @@ class DetectionCLI(LightningCLI):
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
 
 
-EXTENDS = re.compile(r"^#\s*extends:\s*(\S+)\s*$")
-
-
-def config_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
-    """`path` preceded by the files it extends, base first.
-
-    A config names its base with a comment line `# extends: base/coco.yaml` (relative to the file). The CLI then
-    loads `--config base --config file`, so the file only overrides what differs. (jsonargparse's own nested
-    `config:` key would reset every group the child touches, hence this tiny directive.)
-    """
-    path = Path(path)
-    if path.resolve() in _seen:
-        raise ValueError(f"config include cycle: {' -> '.join(map(str, _seen + (path,)))}")
-    chain: list[Path] = []
-    for line in path.read_text().splitlines():
-        match = EXTENDS.match(line)
-        if match:
-            chain += config_chain(path.parent / match.group(1), _seen + (path.resolve(),))
-    return chain + [path]
-
-
-def expand_config_args(args: Sequence[str]) -> list[str]:
-    """Replace each `--config FILE` (or `--config=FILE`) by the `--config` chain of the files it extends."""
-    expanded: list[str] = []
-    index = 0
-    while index < len(args):
-        word = args[index]
-        value = None
-        if word == "--config" and index + 1 < len(args):
-            value, index = args[index + 1], index + 2
-        elif word.startswith("--config="):
-            value, index = word.split("=", 1)[1], index + 1
-        else:
-            expanded.append(word)
-            index += 1
-            continue
-        if Path(value).is_file():
-            for item in config_chain(value):
-                expanded += ["--config", str(item)]
-        else:
-            expanded += ["--config", value]
-    return expanded
+def _uses_cuda(accelerator: Any) -> bool:
+    if accelerator in (None, "auto"):
+        return torch.cuda.is_available()
+    return str(accelerator) in ("cuda", "gpu")
 
 
 def _load_command(module_name: str, function_name: str) -> Callable[[Sequence[str]], Any]:
@@ -106,18 +151,18 @@ def _load_command(module_name: str, function_name: str) -> Callable[[Sequence[st
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> DetectionCLI:
     """Create the LightningCLI (also used by tests with run=False to parse and instantiate a config)."""
-    # Imported here: Lightning costs ~2 s to import, which check-data, export and detect do not pay.
-    from pgi_detect.data import DetectionDataModule
-    from pgi_detect.training import DetectionTask
-
-    if args is None:  # read the command line ourselves so that `# extends:` chains are expanded
+    if args is None:
         args = sys.argv[1:]
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config.yaml
     return DetectionCLI(
         DetectionTask,
         DetectionDataModule,
-        args=expand_config_args(args),
+        args=list(args),
         run=run,
-        save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
+        save_config_callback=LoggedConfigCallback,
+        # The recipe's optimizer has three parameter groups and a per-batch warmup: `--optimizer` /
+        # `--lr_scheduler` could not keep them, so they are not offered (model.optim configures the optimizer).
+        auto_configure_optimizers=False,
         **kwargs,
     )
 
@@ -125,6 +170,10 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, **kwargs: Any
 def run(argv: Sequence[str] | None = None) -> Any:
     """Run one command; returns the LightningCLI (fit/validate/test/predict) or the tool's exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
+    # Modules named in a config's class_path (a user's own backbone file) are found from the working directory, as
+    # with `python -m` and other CLIs.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if words and words[0] in EXTRA_COMMANDS:
         module_name, function_name, _ = EXTRA_COMMANDS[words[0]]
         return _load_command(module_name, function_name)(words[1:])

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pgi_detect.data import Batch
-from pgi_detect.training import DetectionTask, OptimizerSettings
+from pgi_detect.training import DetectionTask, GuardSettings, OptimizerSettings
 
 COLORS = [(230, 40, 40), (40, 230, 40), (40, 40, 230)]
 CATEGORY_IDS = [10, 20, 30]  # dataset ids differ from the contiguous indices on purpose
@@ -101,11 +101,12 @@ class SquaresDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
 
 
-def make_task(optim: dict | None = None, **overrides) -> DetectionTask:
-    """gelan-t for the squares data with a short warmup; `optim` overrides `OptimizerSettings` fields."""
+def make_task(optim: dict | None = None, guard: dict | None = None, **overrides) -> DetectionTask:
+    """gelan-t for the squares data with a short warmup; `optim` / `guard` override `OptimizerSettings` /
+    `GuardSettings` fields."""
     settings = OptimizerSettings(**{"warmup_epochs": 1.0, "min_warmup_iters": 2, **(optim or {})})
     kwargs = dict(model="gelan-t", num_classes=3, class_names=SquaresDataModule.class_names,
-                  category_ids=CATEGORY_IDS, optim=settings)
+                  category_ids=CATEGORY_IDS, optim=settings, guard=GuardSettings(**(guard or {})))
     kwargs.update(overrides)
     return DetectionTask(**kwargs)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -167,11 +168,16 @@ class DetectionDataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "test" and self.paths["test"][0] is None:
+            raise DataError("`test` evaluates the test split, and none is configured: pass data.test (and "
+                            "data.test_images), or run `validate` to evaluate the val split")
         if stage in (None, "fit"):
             self.dataset("train")
         if stage in (None, "fit", "validate") and self.paths["val"][0] is not None:
             self.dataset("val")
         if stage in ("test", "predict"):
+            if self._eval_split("test") != "test":
+                rank_zero_info(f"predict: no data.test configured; predicting the val split ({self.paths['val'][0]})")
             self.dataset(self._eval_split("test"))
 
     def set_mosaic(self, enabled: bool) -> None:

@@ -1,8 +1,12 @@
 """Lightning glue: the DetectionTask module, the recipe's optimisation and its callbacks."""
 from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
 from pgi_detect.training.contracts import DetectionDataSource
+from pgi_detect.training.preemption import Preemption
+from pgi_detect.training.progress import DetectionProgressBar
 from pgi_detect.training.lightning_module import DetectionTask
 from pgi_detect.training.optim import (
+    DivergenceGuard,
+    GuardSettings,
     NonFiniteLossGuard,
     OptimizerSettings,
     RecipeSchedule,
@@ -17,10 +21,14 @@ from pgi_detect.training.optim import (
 __all__ = [
     "CloseMosaic",
     "DetectionDataSource",
+    "DetectionProgressBar",
     "DetectionTask",
+    "DivergenceGuard",
+    "GuardSettings",
     "ModelEMA",
     "NonFiniteLossGuard",
     "OptimizerSettings",
+    "Preemption",
     "PredictionWriter",
     "RecipeSchedule",
     "ValidationImageLogger",

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
@@ -31,7 +32,13 @@ from pgi_detect.models import (
 )
 from pgi_detect.training.contracts import DetectionDataSource, EvalStage
 from pgi_detect.training.derived import DerivedModels
-from pgi_detect.training.optim import NonFiniteLossGuard, OptimizerSettings, RecipeSchedule
+from pgi_detect.training.optim import (
+    DivergenceGuard,
+    GuardSettings,
+    NonFiniteLossGuard,
+    OptimizerSettings,
+    RecipeSchedule,
+)
 
 # Logged metric name -> key of evaluate_detections().
 EVAL_METRICS = {
@@ -67,7 +74,7 @@ class DetectionTask(pl.LightningModule):
             count (reported); `partial_weights` loads only what fits and reports the rest.
         batch_size: images per device and step; linked from the datamodule (the recipe's nominal-batch rules).
         optim: the recipe's optimizer, schedule, accumulation and clipping (`OptimizerSettings`).
-        max_nonfinite_steps: a NaN/inf loss skips its step; this many in a row stops training.
+        guard: when to stop a broken run: non-finite losses, a loss far above its running median (`GuardSettings`).
         eval_nms: NMS for COCO evaluation (recipe: conf 0.001, IoU 0.7, multi-label, 300 boxes).
         predict_nms: NMS for `predict` (detect.py: conf 0.25, IoU 0.45, single label, 300 boxes).
         fuse_for_eval: evaluate the stripped + fused model (identical maths, faster) instead of the raw one.
@@ -91,7 +98,7 @@ class DetectionTask(pl.LightningModule):
         partial_weights: bool = False,
         batch_size: int | None = None,
         optim: OptimizerSettings = OptimizerSettings(),
-        max_nonfinite_steps: int = 10,
+        guard: GuardSettings = GuardSettings(),
         eval_nms: NMSSettings = NMS_EVAL,
         predict_nms: NMSSettings = NMS_DETECT,
         fuse_for_eval: bool = True,
@@ -108,6 +115,7 @@ class DetectionTask(pl.LightningModule):
         self.optim = as_settings(optim, OptimizerSettings)
         self.eval_nms = as_settings(eval_nms, NMSSettings)
         self.predict_nms = as_settings(predict_nms, NMSSettings)
+        self.guard = as_settings(guard, GuardSettings)
         # Under the LightningCLI the hyperparameters hold the backbone as {class_path, init_args} (portable); from
         # Python they hold the module itself.
         self.spec = DetectorSpec(model, num_classes, cls_width, self.hparams.get("backbone"), neck)
@@ -118,7 +126,9 @@ class DetectionTask(pl.LightningModule):
             rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights, partial=partial_weights)}")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.detector.to(memory_format=self.memory_format)
-        self.nonfinite_guard = NonFiniteLossGuard(max_nonfinite_steps)
+        self.nonfinite_guard = NonFiniteLossGuard(self.guard.max_nonfinite_steps)
+        self.divergence_guard = DivergenceGuard(self.guard.divergence_factor, self.guard.divergence_patience,
+                                                self.guard.divergence_window)
         self.schedule: RecipeSchedule | None = None
         self.metric = CocoDetectionMetric(eval_backend)
         self.last_eval: dict[str, Any] = {}
@@ -233,6 +243,7 @@ class DetectionTask(pl.LightningModule):
             rank_zero_warn(f"non-finite loss at step {self.global_step} (batch {batch_idx}); step skipped")
             self.log("train/nonfinite_skipped", float(self.nonfinite_guard.total_skipped), on_step=True)
             return None
+        self._check_divergence(float(items.sum()))
         batch_size = batch["images"].shape[0]
         box, cls, dfl = items.float()
         self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
@@ -243,10 +254,30 @@ class DetectionTask(pl.LightningModule):
                       on_epoch=False, batch_size=batch_size)
         return loss * self.backward_scale()
 
+    def _check_divergence(self, loss: float) -> None:
+        """Warn about a loss far above its running median; every rank stops together once it stays there."""
+        try:
+            warning = self.divergence_guard.check(loss, self.global_step)
+            failure = None
+        except FloatingPointError as error:
+            warning, failure = None, error
+        stop = failure is not None
+        if self.trainer.world_size > 1:
+            stop = bool(self.trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop:
+            raise failure or FloatingPointError(f"training diverged on another rank at step {self.global_step}")
+        if warning:
+            rank_zero_warn(warning)
+
     # ------------------------------------------------------------------ evaluation
 
     def _start_eval(self) -> None:
         # Runs after the EMA callback has swapped its weights in (callback hooks run before module hooks).
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # Without SyncBatchNorm each rank's BN statistics differ; evaluate rank 0's (what its checkpoint holds)
+            # on every rank, so the gathered score is the checkpoint's score.
+            for buffer in self.detector.buffers():
+                dist.broadcast(buffer.data, src=0)
         self.derived.eval_model = self.inference_model() if self.hparams.fuse_for_eval else self.detector
 
     def _detections(self, batch: Batch, nms: NMSSettings) -> list[Tensor]:
@@ -308,6 +339,20 @@ class DetectionTask(pl.LightningModule):
              "detections": Detections.from_rows(r, tuple(shape.tolist()), self.class_names)}
             for image_id, path, r, shape in zip(batch["image_ids"], batch["paths"], rows, batch["orig_shapes"])
         ]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of another architecture or class count is an error naming both, not a key mismatch."""
+        record = checkpoint.get(CHECKPOINT_RECORD)
+        if record is None:
+            return
+        saved = DetectorSpec.from_dict(record["spec"])
+        if (saved.model, saved.num_classes, saved.cls_width) != (self.spec.model, self.spec.num_classes,
+                                                                  self.spec.cls_width):
+            raise ValueError(
+                f"the checkpoint holds {saved.model} with {saved.num_classes} classes (cls_width {saved.cls_width}), "
+                f"but this run builds {self.spec.model} with {self.spec.num_classes} classes (cls_width "
+                f"{self.spec.cls_width}); the data's class list or the model options differ from the checkpoint's"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint records the detector spec and class table, so loaders need nothing else."""

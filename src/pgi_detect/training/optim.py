@@ -4,7 +4,9 @@ by a per-epoch linear or cosine decay, and the guard that skips steps with a non
 """
 from __future__ import annotations
 
+import collections
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Literal
 
@@ -199,6 +201,56 @@ class OptimizerSettings:
             warmup_iters=warmup_iterations(self.warmup_epochs, batches_per_epoch, self.min_warmup_iters),
             warmup_bias_lr=self.warmup_bias_lr, warmup_momentum=self.warmup_momentum,
         )
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """When a run is broken rather than unlucky (`--model.guard.<field>`).
+
+    max_nonfinite_steps: a NaN/inf loss skips its step; this many in a row stop training.
+    divergence_factor: a loss above this multiple of the running median of recent losses counts as diverging
+        (a warning); 0 disables the check.
+    divergence_patience: this many diverging steps in a row stop training.
+    divergence_window: how many recent losses the running median covers; the check starts once it is full.
+    """
+
+    max_nonfinite_steps: int = 10
+    divergence_factor: float = 10.0
+    divergence_patience: int = 50
+    divergence_window: int = 100
+
+
+class DivergenceGuard:
+    """Flags losses far above their running median, and stops a run whose loss stays there.
+
+    Gradient clipping keeps an exploding run finite (its loss can grow to 1e18 with weights near 1e22), so the
+    non-finite guard never fires; a loss many times its recent median, for many steps in a row, is the symptom.
+    """
+
+    def __init__(self, factor: float = 10.0, patience: int = 50, window: int = 100) -> None:
+        self.factor, self.patience = float(factor), int(patience)
+        self.recent: collections.deque[float] = collections.deque(maxlen=max(int(window), 1))
+        self.consecutive = 0
+
+    def check(self, loss: float, step: int) -> str | None:
+        """A warning for a diverging loss (None when it is not); raises once `patience` steps in a row diverged."""
+        if self.factor <= 0 or not math.isfinite(loss):
+            return None
+        median = statistics.median(self.recent) if len(self.recent) == self.recent.maxlen else None
+        if median is None or loss <= self.factor * median:
+            self.consecutive = 0
+            self.recent.append(loss)
+            return None
+        self.consecutive += 1  # diverging losses stay out of the median, so it keeps describing the healthy run
+        message = (f"training loss {loss:.4g} at step {step} is {loss / median:.3g}x the median {median:.4g} of the "
+                   f"last {len(self.recent)} steps")
+        if self.patience > 0 and self.consecutive >= self.patience:
+            raise FloatingPointError(
+                f"{message}, for {self.consecutive} steps in a row: training diverged, stopping. Likely causes: a "
+                "learning rate too high for this batch size (model.optim.lr0, warmup), bad labels (run `pgi-detect "
+                "check-data`), or float16 overflow (try --trainer.precision bf16-mixed)"
+            )
+        return message
 
 
 class NonFiniteLossGuard:

@@ -1,0 +1,44 @@
+"""Where a run's checkpoints live and what the CLI reads from them before building anything."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_DIR = "checkpoints"  # under trainer.default_root_dir, unless a ModelCheckpoint names its own dirpath
+# DetectionTask arguments that define the architecture: a checkpoint's values cannot be changed by a config.
+ARCHITECTURE_KEYS = ("model", "backbone", "neck", "cls_width")
+# DetectionTask arguments the CLI links from the datamodule; never taken from a checkpoint's hyperparameters.
+LINKED_KEYS = ("num_classes", "class_names", "category_ids", "batch_size")
+
+
+def newest_last_checkpoint(default_root_dir: Path) -> Path | None:
+    """The newest `last*.ckpt` of a run (what `--ckpt_path last` resumes from), or None."""
+    folder = Path(default_root_dir) / CHECKPOINT_DIR
+    candidates = [p for p in folder.glob("last*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
+    """The DetectionTask hyperparameters a checkpoint was trained with, as the CLI can parse them (without the
+    values the CLI links from the datamodule and without Lightning's private keys)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved = dict(payload.get("hyper_parameters") or {})
+    return {k: v for k, v in saved.items() if not k.startswith("_") and k not in LINKED_KEYS}
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs of a nested mapping."""
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value and "class_path" not in value:
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def changed_values(saved: Mapping[str, Any], final: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint value, value used) for every saved hyperparameter the run uses with another value."""
+    used = dict(flatten(final))
+    return [(key, old, used[key]) for key, old in flatten(saved) if key in used and used[key] != old]
