@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from pgi_detect.data import DetectionDataModule
 from pgi_detect.training import DetectionTask
+from pgi_detect.training.preemption import Preempted
 from pgi_detect.training.checkpoints import (
     ARCHITECTURE_KEYS,
     changed_values,
@@ -184,8 +185,13 @@ def run(argv: Sequence[str] | None = None) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (`pgi-detect`): an exit status, 0 on success."""
-    result = run(argv)
+    """Console entry point (`pgi-detect`): an exit status, 0 on success (a preempted run that saved its state and
+    was requeued is a success too)."""
+    try:
+        result = run(argv)
+    except Preempted as stop:
+        print(f"pgi-detect: {stop}", flush=True)
+        return 0
     return result if isinstance(result, int) else 0
 
 

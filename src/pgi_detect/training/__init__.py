@@ -1,7 +1,7 @@
 """Lightning glue: the DetectionTask module, the recipe's optimisation and its callbacks."""
 from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
 from pgi_detect.training.contracts import DetectionDataSource
-from pgi_detect.training.preemption import Preemption
+from pgi_detect.training.preemption import Preempted, Preemption
 from pgi_detect.training.progress import DetectionProgressBar
 from pgi_detect.training.lightning_module import DetectionTask
 from pgi_detect.training.optim import (
@@ -28,6 +28,7 @@ __all__ = [
     "ModelEMA",
     "NonFiniteLossGuard",
     "OptimizerSettings",
+    "Preempted",
     "Preemption",
     "PredictionWriter",
     "RecipeSchedule",

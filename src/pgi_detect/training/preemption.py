@@ -14,9 +14,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from pgi_detect.training.checkpoints import CHECKPOINT_DIR
 
 
+class Preempted(Exception):
+    """Raised on every rank once the preemption checkpoint is written: it ends `Trainer.fit` at once (stopping through
+    `trainer.should_stop` would first run a validation and save again, past the saved position). `pgi-detect` exits
+    with status 0 on it."""
+
+
 class Preemption(Callback):
     """On `signal_name` (SIGUSR1: what `#SBATCH --signal=USR1@90` sends before the time limit or a preemption),
-    write `last.ckpt` at the next optimizer-step boundary, requeue the SLURM job (`scontrol requeue`), and stop.
+    write `last.ckpt` at the next optimizer-step boundary, requeue the SLURM job (`scontrol requeue`), and stop
+    (`Preempted`).
 
     The checkpoint holds the loop position, the data order and the samples already trained on, so the requeued job
     (`--ckpt_path last`) continues with the same batch an uninterrupted run would have seen. The signal handler only
@@ -54,12 +61,13 @@ class Preemption(Callback):
             return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        rank_zero_info(f"Preemption: {self.signum.name} received; saved {path} at epoch {trainer.current_epoch}, "
-                       f"batch {batch_idx + 1}, step {trainer.global_step}; stopping")
+        message = (f"Preemption: {self.signum.name} received; saved {path} at epoch {trainer.current_epoch}, batch "
+                   f"{batch_idx + 1}, step {trainer.global_step}; stopping")
+        rank_zero_info(message)
         if self.requeue and trainer.is_global_zero and os.environ.get("SLURM_JOB_ID"):
             requeue_slurm_job()
         self.requested = False
-        trainer.should_stop = True
+        raise Preempted(message)
 
 
 def _at_optimizer_step(trainer: pl.Trainer, batch_idx: int) -> bool:
