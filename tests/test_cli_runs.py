@@ -127,3 +127,24 @@ def test_progress_lines_without_a_terminal(trained):
     for word in ("step ", "batch 2/2", "loss ", "box ", "lr ", "img/s", "epoch ETA"):
         assert word in training[-1], training[-1]
     assert any(line.startswith("val after epoch 1 (step ") and "mAP " in line for line in lines), output[-3000:]
+
+
+def test_loggers_receive_the_full_config(trained):
+    """The logger gets everything that made the run (model, data with its augmentation, trainer), not only the
+    model's hyperparameters."""
+    import yaml
+
+    run_dir, _ = trained
+    (hparams,) = run_dir.rglob("hparams.yaml")
+    config = yaml.safe_load(hparams.read_text())["config"]
+    assert config["data"]["augmentation"]["mosaic"] == 0.5 and config["data"]["img_size"] == 64
+    assert config["trainer"]["max_epochs"] == 2 and config["model"]["optim"]["optimizer"] == "adamw"
+
+
+def test_a_logger_switched_on_the_command_line_keeps_a_sensible_run_name(data, tmp_path):
+    wandb = build_cli([*cli_args(data, tmp_path), "--trainer.logger=lightning.pytorch.loggers.WandbLogger"],
+                      run=False)
+    assert wandb.config["trainer"]["logger"]["init_args"]["name"] == "demo-synthetic"
+    unnamed = build_cli([*cli_args(data, tmp_path / "my-run"), "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+                         "--trainer.logger.init_args.name=null"], run=False)
+    assert unnamed.config["trainer"]["logger"]["init_args"]["name"] == "my-run"  # the run folder's name
