@@ -142,3 +142,5 @@ def test_run_onnx_takes_numpy_arrays_and_returns_them(yolov9_t: nn.Module, raw_d
     assert np.array_equal(from_numpy, run_onnx(raw_dynamic_onnx, images).numpy())
     as_float64 = run_onnx(raw_dynamic_onnx, images.numpy().astype(np.float64))
     assert np.allclose(as_float64, from_numpy, atol=1e-6)
+    with pytest.raises(ValueError, match="float images in \\[0, 1\\], got uint8"):
+        run_onnx(raw_dynamic_onnx, (images.numpy() * 255).astype(np.uint8))

@@ -234,6 +234,9 @@ def run_onnx(path: str | Path, images: Tensor | np.ndarray) -> Tensor | np.ndarr
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     as_numpy = isinstance(images, np.ndarray)
+    floating = np.issubdtype(images.dtype, np.floating) if as_numpy else images.is_floating_point()
+    if not floating:
+        raise ValueError(f"run_onnx takes float images in [0, 1], got {images.dtype} (divide uint8 images by 255)")
     array = images.astype(np.float32, copy=False) if as_numpy else images.detach().cpu().float().numpy()
     (output,) = session.run(None, {"images": np.ascontiguousarray(array)})
     return output if as_numpy else torch.from_numpy(output)

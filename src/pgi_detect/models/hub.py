@@ -166,7 +166,8 @@ def _download_or_explain(name: str, official: Path, progress: bool | None) -> No
     try:
         download(url, official, progress=progress, sha256=PRETRAINED[name].sha256)
     except WeightsDownloadError as error:
-        raise WeightsDownloadError(f"{error}\n{_manual_steps(name, url, official)}") from None
+        raise WeightsDownloadError(f"could not download {name!r}: {error}\n{_manual_steps(name, url, official)}") \
+            from None
 
 
 def _manual_steps(name: str, url: str, official: Path) -> str:
