@@ -89,6 +89,16 @@ def test_a_broken_transfer_is_resumed_with_a_range_request(server, release_files
     assert official_cache_path(NAME).read_bytes() == data
 
 
+def test_resuming_works_through_a_redirect(server, release_files):
+    data, source = release_files["gelan-t"]
+    server.redirects[f"{NAME}.pt"] = "storage/asset-123"
+    server.files["storage/asset-123"] = data
+    server.cut_after["storage/asset-123"] = 50_000
+    assert_same_weights(read_weights(NAME).detector, source)
+    assert server.requests_for(NAME) == [None, "bytes=50000-"]
+    assert [r for p, r in server.requests if p == "storage/asset-123"] == [None, "bytes=50000-"]  # Range kept
+
+
 def test_a_partial_file_of_an_earlier_run_is_resumed(server, release_files):
     data, source = release_files["gelan-t"]
     server.files[f"{NAME}.pt"] = data

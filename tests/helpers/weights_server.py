@@ -18,6 +18,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.lstrip("/")
         requested = self.headers.get("Range")
         owner.requests.append((path, requested))
+        if path in owner.redirects:  # as GitHub sends release assets to its storage host
+            self.send_response(302)
+            self.send_header("Location", f"/{owner.redirects[path]}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = owner.files.get(path)
         if data is None:
             self.send_error(404, "no such asset")
@@ -53,11 +59,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class WeightsServer:
-    """`files` maps a path (e.g. "gelan-s.pt") to its bytes; `cut_after[path] = n` makes the next response for it
-    stop after n body bytes; `requests` lists (path, Range header) in arrival order."""
+    """`files` maps a path (e.g. "gelan-s.pt") to its bytes; `redirects[path] = other` answers 302 to /other;
+    `cut_after[path] = n` makes the next response for it stop after n body bytes; `requests` lists (path, Range
+    header) in arrival order."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.cut_after: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
