@@ -110,6 +110,18 @@ def test_a_partial_file_of_an_earlier_run_is_resumed(server, release_files):
     assert not partial.exists()
 
 
+def test_a_server_that_ignores_range_gets_the_file_written_anew(server, release_files):
+    data, source = release_files["gelan-t"]
+    server.files[f"{NAME}.pt"] = data
+    server.ignore_range = True
+    partial = official_cache_path(NAME).with_name(f"{NAME}.pt.partial")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"stale bytes of another file")
+    assert_same_weights(read_weights(NAME).detector, source)
+    assert server.requests_for(NAME) == [f"bytes={len(b'stale bytes of another file')}-"]
+    assert official_cache_path(NAME).read_bytes() == data
+
+
 def test_a_transfer_that_keeps_breaking_fails_and_keeps_its_part_for_later(server, release_files):
     data, source = release_files["gelan-t"]
     server.files[f"{NAME}.pt"] = data

@@ -2,6 +2,9 @@
 with another class count logs the one-line class-branch report, and `--model.freeze` keeps the named layers fixed."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,10 +51,35 @@ def demo_args(data: Path, root: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_fit_from_a_pretrained_name_with_frozen_backbone(synthetic_data, tmp_path, pretrained, caplog):
-    cli = run(["fit", *demo_args(synthetic_data, tmp_path, f"--model.weights={NAME}", "--model.freeze=backbone",
-                                 "--trainer.max_steps=2", "--trainer.check_val_every_n_epoch=100")])
-    log = caplog.text
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextmanager
+def task_log() -> Iterator[Lines]:
+    """What DetectionTask reports through rank_zero_info. Lightning stops its logger from propagating when the root
+    logger had no handler at import, so caplog cannot be relied on: listen on the emitting logger itself."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_fit_from_a_pretrained_name_with_frozen_backbone(synthetic_data, tmp_path, pretrained):
+    with task_log() as handler:
+        cli = run(["fit", *demo_args(synthetic_data, tmp_path, f"--model.weights={NAME}", "--model.freeze=backbone",
+                                     "--trainer.max_steps=2", "--trainer.check_val_every_n_epoch=100")])
+    log = "\n".join(handler.lines)
     reports = [line for line in log.splitlines() if "class branch re-initialised" in line]
     assert len(reports) == 1, log
     assert f"from {NAME} (" in reports[0] and "class branch re-initialised for 3 classes" in reports[0]
