@@ -35,7 +35,8 @@ def official_like_module(state: dict[str, torch.Tensor], names: Sequence[str] | 
     return root
 
 
-def write_official_checkpoint(path: Path, official: dict[str, torch.Tensor], names: Sequence[str] | None = None) -> Path:
+def write_official_checkpoint(path: Path, official: dict[str, torch.Tensor],
+                              names: Sequence[str] | None = None) -> Path:
     """An official-style .pt: pickled model objects in half precision plus training metadata."""
     module = official_like_module(official, names).half()
     torch.save({"epoch": -1, "model": module, "ema": None, "opt": {"imgsz": 640}}, path)

@@ -144,8 +144,8 @@ def tensor_to_arrays(images: Tensor) -> list[np.ndarray]:
     """(3, H, W) or (B, 3, H, W) RGB tensors -> (H, W, 3) arrays for the letterbox: uint8 as is, floating point
     tensors (which must lie in [0, 1]) as float32 in [0, 255], so no precision is lost to rounding."""
     if images.ndim not in (3, 4) or images.shape[-3] != 3:
-        raise ValueError(f"image tensors must be RGB (3, H, W) or (B, 3, H, W), got shape {tuple(images.shape)}"
-                         + ("; permute (H, W, 3) images with .permute(2, 0, 1)" if images.ndim and images.shape[-1] == 3 else ""))
+        hint = "; permute (H, W, 3) images with .permute(2, 0, 1)" if images.ndim and images.shape[-1] == 3 else ""
+        raise ValueError(f"image tensors must be RGB (3, H, W) or (B, 3, H, W), got shape {tuple(images.shape)}{hint}")
     batch = images.detach().cpu()
     batch = batch[None] if batch.ndim == 3 else batch
     if batch.dtype == torch.uint8:
