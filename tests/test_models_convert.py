@@ -197,6 +197,17 @@ def test_cli_strips_a_pickled_yolov9_checkpoint(tmp_path):
             assert torch.equal(ours, theirs)
 
 
+def test_cli_reads_the_architecture_and_class_names_from_the_file(tmp_path):
+    torch.manual_seed(0)
+    weights, output = tmp_path / "downloaded.pt", tmp_path / "gelan.pt"
+    write_official_checkpoint(weights, to_official_state_dict(build_model("yolov9-t", num_classes=2)), ["cat", "dog"])
+    assert run_cli("--weights", str(weights), "--strip", "--output", str(output)) == 0
+    saved = torch.load(output, weights_only=True)
+    assert (saved["spec"]["model"], saved["source_name"], saved["class_names"]) == ("gelan-t", "yolov9-t", ["cat", "dog"])
+    assert run_cli("--weights", str(weights), "--num-classes", "3", "--output", str(output)) == 0
+    assert torch.load(output, weights_only=True)["class_names"] is None  # 2 names no longer describe 3 classes
+
+
 def test_cli_reports_a_wrong_architecture(tmp_path, capsys):
     weights = tmp_path / "gelan-t.pt"
     torch.save(to_official_state_dict(build_model("gelan-t", num_classes=2)), weights)
