@@ -62,17 +62,20 @@ class Lines(logging.Handler):
 
 @contextmanager
 def task_log() -> Iterator[Lines]:
-    """What DetectionTask reports through rank_zero_info. Lightning stops its logger from propagating when the root
-    logger had no handler at import, so caplog cannot be relied on: listen on the emitting logger itself."""
+    """What DetectionTask reports through rank_zero_info, heard on the emitting logger itself: Lightning stops its
+    logger from propagating when the root logger had no handler at import (so caplog may miss it), and import-linter's
+    CLI, run in-process by test_layering.py, disables every existing logger through logging.config.dictConfig."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    handler, level = Lines(), logger.level
+    handler, level, disabled = Lines(), logger.level, logger.disabled
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.disabled = False
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.disabled = disabled
 
 
 def test_fit_from_a_pretrained_name_with_frozen_backbone(synthetic_data, tmp_path, pretrained):
