@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Convert official YOLOv9 / GELAN weights into a file pgi_detect loads (`pgi_detect.models.load_detector`).
 
-    python scripts/convert_official.py --weights yolov9-c.pt --model yolov9-c --strip --output gelan-c.pt
+    python scripts/convert_official.py --weights yolov9-c.pt --strip --output gelan-c.pt
 
-The official file is read with a restricted unpickler (no official code needed or imported).
+The official file is read with a restricted unpickler (no official code needed or imported). Which zoo model it holds
+is read from its tensors; `--model` insists on one (an error lists what does not fit).
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import sys
 from collections.abc import Sequence
 
 from pgi_detect.models import count_parameters, list_models
-from pgi_detect.models import WeightsError, convert_official, read_official_checkpoint, save_detector
+from pgi_detect.models import WeightsError, convert_official, identify_zoo_model, save_detector
+from pgi_detect.models.official import read_official_file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="official .pt (pickled model) or a state-dict file")
-    parser.add_argument("--model", required=True, choices=list_models(), help="architecture of the weights")
+    parser.add_argument("--model", choices=list_models(),
+                        help="architecture of the weights (default: recognised from the weights)")
     parser.add_argument("--strip", action="store_true", help="drop the PGI auxiliary branch (yolov9-x -> gelan-x)")
     parser.add_argument(
         "--num-classes",
@@ -34,14 +37,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        official = read_official_checkpoint(args.weights)
+        official = read_official_file(args.weights)
+        model = args.model or identify_zoo_model(official.state, source=args.weights).model
         detector = convert_official(
-            official, args.model, num_classes=args.num_classes, strip=args.strip, source=args.weights
+            official.state, model, num_classes=args.num_classes, strip=args.strip, source=args.weights
         )
     except (WeightsError, FileNotFoundError) as error:
         print(error, file=sys.stderr)
         return 1
-    save_detector(detector, args.output)
+    names = official.class_names  # kept when they still describe the output classes
+    save_detector(detector, args.output, class_names=names if names and len(names) == detector.num_classes else None)
     print(
         f"wrote {args.output}: {detector.name} (from {detector.source_name}), nc={detector.num_classes}, "
         f"{count_parameters(detector):,} params"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -108,3 +109,38 @@ def test_cli_export_static_batch(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "max abs difference" in capsys.readouterr().out
     dims = onnx.load(str(output)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 3, 64, 96]
+    anchors = 64 * 96 // 64 + 64 * 96 // 256 + 64 * 96 // 1024
+    assert output_dims(output) == [2, 4 + 2, anchors]
+
+
+def output_dims(path: Path) -> list[int | str]:
+    """The declared output shape, as onnxruntime reports it (a name for a symbolic dimension)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_outputs()[0].shape
+
+
+@pytest.mark.parametrize(("dynamic_shape", "nms"), [(False, False), (True, False), (False, True)])
+def test_output_declares_its_fixed_dimensions(yolov9_t: nn.Module, tmp_path: Path, dynamic_shape: bool,
+                                              nms: bool) -> None:
+    path = export_onnx(yolov9_t, tmp_path / "model.onnx", (64, 96), dynamic_shape=dynamic_shape, nms=nms, conf=0.01)
+    declared = output_dims(path)
+    if nms:
+        assert declared[1] == 7 and isinstance(declared[0], str)
+        return
+    assert declared[1] == 4 + 3 and isinstance(declared[0], str)  # batch stays dynamic
+    assert isinstance(declared[2], str) if dynamic_shape else declared[2] == 64 * 96 * (1 / 64 + 1 / 256 + 1 / 1024)
+    output = run_onnx(path, torch.rand(2, 3, 64, 96))  # what the graph computes agrees with what it declares
+    assert output.shape[1:] == (7, 126) and all(d == a for d, a in zip(declared[1:], output.shape[1:])
+                                                 if isinstance(d, int))
+
+
+def test_run_onnx_takes_numpy_arrays_and_returns_them(yolov9_t: nn.Module, raw_dynamic_onnx: Path) -> None:
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    from_numpy = run_onnx(raw_dynamic_onnx, images.numpy())
+    assert isinstance(from_numpy, np.ndarray) and from_numpy.dtype == np.float32
+    assert np.array_equal(from_numpy, run_onnx(raw_dynamic_onnx, images).numpy())
+    as_float64 = run_onnx(raw_dynamic_onnx, images.numpy().astype(np.float64))
+    assert np.allclose(as_float64, from_numpy, atol=1e-6)
+    with pytest.raises(ValueError, match="float images in \\[0, 1\\], got uint8"):
+        run_onnx(raw_dynamic_onnx, (images.numpy() * 255).astype(np.uint8))

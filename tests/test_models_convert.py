@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
+from helpers.official import write_official_checkpoint
 from pgi_detect.models import build_model, load_detector
 from pgi_detect.models import WeightsError
 from pgi_detect.models.official import (
@@ -138,33 +138,6 @@ def test_restricted_unpickler_turns_unknown_classes_into_inert_stubs(tmp_path):
     assert torch.equal(loaded["plain"], torch.ones(2))
 
 
-class OfficialNode(nn.Module):
-    """Stands in for the official model classes: an nn.Module tree with the official key layout."""
-
-
-def official_like_module(state: dict[str, torch.Tensor]) -> nn.Module:
-    root = OfficialNode()
-    for key, tensor in state.items():
-        *path, leaf = key.split(".")
-        node = root
-        for part in path:
-            if part not in node._modules:
-                node.add_module(part, OfficialNode())
-            node = node._modules[part]
-        if leaf.startswith(("running_", "num_batches")):
-            node.register_buffer(leaf, tensor.clone())
-        else:
-            frozen = "dfl" in key  # the official DFL bins are a requires_grad=False parameter
-            node.register_parameter(leaf, nn.Parameter(tensor.clone(), requires_grad=not frozen))
-    root.register_buffer("scratch", torch.zeros(3), persistent=False)
-    return root
-
-
-def write_official_checkpoint(path: Path, official: dict[str, torch.Tensor]) -> None:
-    """An official-style .pt: pickled model objects in half precision plus training metadata."""
-    torch.save({"epoch": -1, "model": official_like_module(official).half(), "ema": None, "opt": {"imgsz": 640}}, path)
-
-
 def test_pickled_official_model_is_read_without_its_classes(tmp_path):
     torch.manual_seed(0)
     source = build_model("yolov9-t", num_classes=4)
@@ -222,6 +195,17 @@ def test_cli_strips_a_pickled_yolov9_checkpoint(tmp_path):
         expected = source(images)[-1]
         for ours, theirs in zip(model(images)[-1], expected):
             assert torch.equal(ours, theirs)
+
+
+def test_cli_reads_the_architecture_and_class_names_from_the_file(tmp_path):
+    torch.manual_seed(0)
+    weights, output = tmp_path / "downloaded.pt", tmp_path / "gelan.pt"
+    write_official_checkpoint(weights, to_official_state_dict(build_model("yolov9-t", num_classes=2)), ["cat", "dog"])
+    assert run_cli("--weights", str(weights), "--strip", "--output", str(output)) == 0
+    saved = torch.load(output, weights_only=True)
+    assert (saved["spec"]["model"], saved["source_name"], saved["class_names"]) == ("gelan-t", "yolov9-t", ["cat", "dog"])
+    assert run_cli("--weights", str(weights), "--num-classes", "3", "--output", str(output)) == 0
+    assert torch.load(output, weights_only=True)["class_names"] is None  # 2 names no longer describe 3 classes
 
 
 def test_cli_reports_a_wrong_architecture(tmp_path, capsys):

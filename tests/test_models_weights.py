@@ -107,6 +107,18 @@ def test_read_weights_rebuilds_from_the_record_and_from_detector_files(tmp_path)
     save_detector(source, tmp_path / "file.pt", class_names=["ball", "cup"], category_ids=[3, 7])
     loaded = read_weights(tmp_path / "file.pt")
     assert (loaded.kind, loaded.class_names, loaded.category_ids) == ("detector file", ["ball", "cup"], [3, 7])
-    torch.save(to_official_state_dict(source), tmp_path / "official.pt")
-    with pytest.raises(WeightsError, match="convert_official.py"):
-        read_weights(tmp_path / "official.pt")
+    torch.save(to_official_state_dict(source), tmp_path / "official.pt")  # the model is told by the weights
+    loaded = read_weights(tmp_path / "official.pt")
+    assert (loaded.kind, loaded.spec.model, loaded.spec.num_classes) == ("official", "yolov9-t", 2)
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.detector.state_dict().items())
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "plain.pt")
+    assert read_weights(tmp_path / "plain.pt").kind == "state dict"
+    (tmp_path / "text.pt").write_text("not weights")
+    with pytest.raises(WeightsError, match=r"text\.pt: not a readable weights file"):
+        read_weights(tmp_path / "text.pt")
+
+
+def test_error_for_another_model_says_which_model_the_file_holds(tmp_path):
+    torch.save(to_official_state_dict(perturbed("gelan-s", 80)), tmp_path / "official.pt")
+    with pytest.raises(WeightsError, match="the file holds gelan-s weights \\(80 classes\\)"):
+        load_weights_into(build_model("gelan-t", num_classes=80), tmp_path / "official.pt")

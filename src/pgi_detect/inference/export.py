@@ -3,7 +3,8 @@
 Two output forms:
 
 * raw (default): `predictions` (B, 4 + nc, N), xywh in input pixels + class probabilities, exactly
-  `Detector.predict_raw`; NMS is left to the runtime (NMS-free graph, any backend runs it).
+  `Detector.predict_raw`; NMS is left to the runtime (NMS-free graph, any backend runs it). The channel dimension
+  4 + nc is always fixed in the graph, N too unless the image size is dynamic.
 * `nms=True`: `detections` (K, 7) rows `[batch_index, x1, y1, x2, y2, score, class]` in input pixels, grouped by
   image and sorted by score, at most `max_det` per image; NMS is the standard ONNX `NonMaxSuppression` operator.
 
@@ -16,16 +17,18 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, nms
 
 from pgi_detect.geometry import NMS_DETECT
-from pgi_detect.models import build_model, inference_copy, read_weights
+from pgi_detect.models import WeightsError, build_model, inference_copy, read_weights
 
 DEFAULT_OPSET = 17
 
@@ -161,12 +164,15 @@ def export_onnx(
             input_names=["images"], output_names=[output_name], do_constant_folding=True,
             dynamic_axes=_dynamic_axes(output_name, nms, dynamic_batch, dynamic_shape),
         )
-    _write_metadata(path, {
+    num_classes = getattr(model, "num_classes", None)
+    strides = tuple(getattr(model, "strides", (8, 16, 32)))
+    _finish_graph(path, _static_output_shape(nms, num_classes, batch_size, (height, width), strides, dynamic_batch,
+                                             dynamic_shape), {
         "format": "nms" if nms else "raw",
         "output": "(K, 7) [batch, x1, y1, x2, y2, score, class]" if nms else "(B, 4+nc, N) [cx, cy, w, h, scores...]",
         "stride": str(stride),
         "img_size": json.dumps([height, width]),
-        "num_classes": str(getattr(model, "num_classes", "")),
+        "num_classes": "" if num_classes is None else str(num_classes),
         "names": json.dumps(list(class_names) if class_names is not None else None),
     })
     return path
@@ -190,26 +196,50 @@ def _dynamic_axes(output_name: str, nms: bool, dynamic_batch: bool, dynamic_shap
     return {name: dims for name, dims in axes.items() if dims}
 
 
-def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+def _static_output_shape(nms: bool, num_classes: int | None, batch_size: int, image_shape: tuple[int, int],
+                         strides: Sequence[int], dynamic_batch: bool, dynamic_shape: bool) -> list[int | None]:
+    """The output dimensions known at export time (None: symbolic). The tracer leaves even fixed ones symbolic."""
+    if nms:
+        return [None, 7]
+    height, width = image_shape
+    anchors = sum((height // s) * (width // s) for s in strides)
+    return [None if dynamic_batch else batch_size, None if num_classes is None else 4 + int(num_classes),
+            None if dynamic_shape else anchors]
+
+
+def _finish_graph(path: Path, output_shape: Sequence[int | None], metadata: dict[str, str]) -> None:
+    """Write the fixed output dimensions into the graph's declared output type (the traced graph computes them from
+    runtime shapes, so ONNX shape inference cannot), and the metadata."""
     import onnx  # the optional `export` extra; imported only when exporting
 
     model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, output_shape):
+        if size is not None:
+            dim.Clear()
+            dim.dim_value = size
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
 
 
-def run_onnx(path: str | Path, images: Tensor) -> Tensor:
-    """Run an exported model with onnxruntime (CPU) on float images (B, 3, H, W); returns its single output."""
+def run_onnx(path: str | Path, images: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """Run an exported model with onnxruntime (CPU) on float images (B, 3, H, W) in [0, 1]; returns its single output,
+    as a numpy array for numpy input and as a tensor for tensor input."""
     import onnxruntime  # the optional `export` extra; imported only when running an export
 
     options = onnxruntime.SessionOptions()
     # No busy-waiting between runs: spinning ORT threads would starve PyTorch's threads in the same process.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {"images": images.detach().cpu().float().numpy()})
-    return torch.from_numpy(output)
+    as_numpy = isinstance(images, np.ndarray)
+    floating = np.issubdtype(images.dtype, np.floating) if as_numpy else images.is_floating_point()
+    if not floating:
+        raise ValueError(f"run_onnx takes float images in [0, 1], got {images.dtype} (divide uint8 images by 255)")
+    array = images.astype(np.float32, copy=False) if as_numpy else images.detach().cpu().float().numpy()
+    (output,) = session.run(None, {"images": np.ascontiguousarray(array)})
+    return output if as_numpy else torch.from_numpy(output)
 
 
 def verify_onnx(path: str | Path, detector: nn.Module, images: Tensor, prepare: bool = True) -> float:
@@ -226,7 +256,8 @@ def verify_onnx(path: str | Path, detector: nn.Module, images: Tensor, prepare: 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgi-detect export", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="DetectionTask .ckpt or a converted official checkpoint")
+    source.add_argument("--checkpoint", help="DetectionTask .ckpt, a detector file, an official .pt, or a pretrained "
+                        "name (gelan-c, yolov9-c, yolov9-c-converted, ...)")
     source.add_argument("--model", help="zoo name: export an untrained model (for deployment tests)")
     parser.add_argument("--num-classes", type=int, default=80, help="with --model")
     parser.add_argument("--output", help="target .onnx (default: next to the checkpoint, or <model>.onnx)")
@@ -249,7 +280,11 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     (the console script passes it to sys.exit)."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     if args.checkpoint:
-        loaded = read_weights(args.checkpoint)
+        try:
+            loaded = read_weights(args.checkpoint)
+        except (WeightsError, FileNotFoundError) as error:
+            print(f"pgi-detect export: {error}", file=sys.stderr)
+            return 1
         detector, names = loaded.detector, loaded.class_names
         output = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
     else:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.inputs import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
-from pgi_detect.models import inference_copy, read_weights
+from pgi_detect.models import PRETRAINED, WeightsError, inference_copy, read_weights
 
 
 class Predictor:
@@ -67,16 +67,26 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
-        """Load a `DetectionTask` Lightning checkpoint (EMA weights, class names from its hyperparameters) or a
-        converted official checkpoint; keyword arguments go to the constructor (conf, iou, img_size, ...)."""
+        """Load a `DetectionTask` Lightning checkpoint (EMA weights, class names from its record), a detector file, an
+        official YOLOv9 / GELAN `.pt` (its model read from the weights) or a pretrained name (`from_pretrained`);
+        keyword arguments go to the constructor (conf, iou, img_size, ...)."""
         loaded = read_weights(path)
         kwargs.setdefault("class_names", loaded.class_names)
         return cls(loaded.detector, device=device, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, name: str, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
+        """A Predictor on official pretrained weights by name (gelan-c, yolov9-c, yolov9-c-converted, ...;
+        `pgi_detect.models.list_pretrained()`), downloaded once into the cache (`pgi_detect.models.hub`)."""
+        if name not in PRETRAINED:
+            raise WeightsError(f"{name!r} is not a pretrained name; available: {', '.join(PRETRAINED)}")
+        return cls.from_checkpoint(name, device=device, **kwargs)
+
     # ------------------------------------------------------------------ pipeline stages
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[Letterbox]]:
-        """Letterbox RGB uint8 arrays to (img_size, img_size) and stack them as a float batch in [0, 1]."""
+        """Letterbox RGB arrays (uint8, or float32 in [0, 255]) to (img_size, img_size) and stack them as a float
+        batch in [0, 1]."""
         tensors, letterboxes = [], []
         for image in images:
             letterbox = Letterbox.fit(image.shape[:2], (self.img_size, self.img_size))
@@ -97,7 +107,7 @@ class Predictor:
         return [Detections.from_rows(r, lb.source_shape, self.class_names) for r, lb in zip(rows, letterboxes)]
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections for RGB uint8 arrays, `batch_size` images per forward pass."""
+        """Detections for RGB arrays (uint8, or float32 in [0, 255]), `batch_size` images per forward pass."""
         results: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -107,9 +117,15 @@ class Predictor:
 
     # ------------------------------------------------------------------ public entry points
 
-    def __call__(self, images: Source) -> Detections | list[Detections]:
-        """One image (path, RGB array or PIL image) -> `Detections`; a list, folder or video -> a list of
-        `Detections` in source order (one per image / frame)."""
+    def __call__(self, images: Source | Tensor) -> Detections | list[Detections]:
+        """One image (path, RGB array, PIL image or (3, H, W) tensor) -> `Detections`; a list, folder, video or a
+        (B, 3, H, W) tensor -> a list of `Detections` in source order (one per image / frame).
+
+        Tensors are RGB, uint8 in [0, 255] or floating point in [0, 1] (torchvision's convention; other float ranges
+        are an error), on any device; they are letterboxed like arrays, on the CPU."""
+        if isinstance(images, Tensor):
+            results = self.predict_arrays(tensor_to_arrays(images))
+            return results[0] if images.ndim == 3 else results
         if isinstance(images, (np.ndarray, Image.Image)):
             return self.predict_arrays([to_rgb_array(images)])[0]
         if isinstance(images, (str, Path)) and is_image_file(Path(images)) and Path(images).is_file():
@@ -122,3 +138,25 @@ class Predictor:
         for frames in batched(iter_frames(source), self.batch_size):
             for frame, detections in zip(frames, self.predict_arrays([f.image for f in frames])):
                 yield frame, detections
+
+
+def tensor_to_arrays(images: Tensor) -> list[np.ndarray]:
+    """(3, H, W) or (B, 3, H, W) RGB tensors -> (H, W, 3) arrays for the letterbox: uint8 as is, floating point
+    tensors (which must lie in [0, 1]) as float32 in [0, 255], so no precision is lost to rounding."""
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        hint = "; permute (H, W, 3) images with .permute(2, 0, 1)" if images.ndim and images.shape[-1] == 3 else ""
+        raise ValueError(f"image tensors must be RGB (3, H, W) or (B, 3, H, W), got shape {tuple(images.shape)}{hint}")
+    batch = images.detach().cpu()
+    batch = batch[None] if batch.ndim == 3 else batch
+    if batch.dtype == torch.uint8:
+        arrays = batch.permute(0, 2, 3, 1).numpy()
+    elif batch.is_floating_point():
+        batch = batch.float()
+        low, high = (float(batch.min()), float(batch.max())) if batch.numel() else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"floating-point image tensors must lie in [0, 1] (got {low:g} to {high:g}); divide by "
+                             "255, or pass uint8")
+        arrays = (batch * 255.0).permute(0, 2, 3, 1).numpy()
+    else:
+        raise ValueError(f"image tensors must be uint8 or floating point, got {batch.dtype}")
+    return [np.ascontiguousarray(array) for array in arrays]

@@ -16,6 +16,7 @@ import pickle
 import re
 import types
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -266,16 +267,58 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, Tensor]:
     raise WeightsError(f"{source}: found no model weights (got {type(obj).__name__})")
 
 
-def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """Float32 state dict (official key names) from an official .pt file or a plain state-dict file.
+@dataclass
+class OfficialWeights:
+    """What an official `.pt` (or a plain state-dict file) holds: float32 weights under the file's own key names
+    (a DDP `module.` prefix removed) and the class names pickled with the model, when there are any."""
 
-    This is the one place a DataParallel / DDP `module.` key prefix is removed."""
+    state: dict[str, Tensor]
+    class_names: list[str] | None
+
+
+def official_class_names(obj) -> list[str] | None:
+    """The `names` the official training stores on its model object (`{index: name}` or a list), if any."""
+    candidates = [obj.get(key) for key in ("ema", "model")] if isinstance(obj, Mapping) else [obj]
+    for candidate in candidates:
+        names = getattr(candidate, "names", None) if isinstance(candidate, (PickleStub, nn.Module)) else None
+        if isinstance(names, Mapping):
+            return [str(names[k]) for k in sorted(names)]
+        if isinstance(names, (list, tuple)):
+            return [str(name) for name in names]
+    return None
+
+
+def official_weights(obj, source: str = "checkpoint") -> OfficialWeights:
+    """`OfficialWeights` from an already loaded official file or state-dict file (see `extract_state_dict`). This is
+    the one place a DataParallel / DDP `module.` key prefix is removed."""
+    state = extract_state_dict(obj, source=source)
+    state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return OfficialWeights(state, official_class_names(obj))
+
+
+def load_untrusted(path: str | Path):
+    """A weights file that may come from anywhere: `torch.load(weights_only=True)`, or, for pickled objects, the
+    restricted unpickler (classes become inert stubs). Unreadable files raise `WeightsError` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # pickled model objects (official files): read below without importing their classes
+    except Exception as error:  # torch reports corrupt files with several error types
+        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from error
+    try:
+        return restricted_torch_load(path)
+    except Exception as error:
+        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: {error})") from error
+
+
+def read_official_file(path: str | Path) -> OfficialWeights:
+    """Weights and class names of an official .pt file or a plain state-dict file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        obj = restricted_torch_load(path)
-    state = extract_state_dict(obj, source=str(path))
-    return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return official_weights(load_untrusted(path), source=str(path))
+
+
+def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Float32 state dict (official key names) from an official .pt file or a plain state-dict file."""
+    return read_official_file(path).state

@@ -4,10 +4,13 @@ Kinds, each with one home:
 * training checkpoints (Lightning `.ckpt` of `DetectionTask`): a record under `CHECKPOINT_RECORD` (written by the task
   through `checkpoint_record`) gives the spec, class table and state-dict prefix; read here;
 * our detector files (`detector_file.py`, written by `save_detector` / scripts/convert_official.py);
-* official YOLOv9 files and plain state dicts (`official.py`: restricted unpickling, key translation).
+* official YOLOv9 files and plain state dicts (`official.py`: restricted unpickling, key translation; `identify.py`
+  tells which zoo model they are from their tensors).
 
-`read_weights` rebuilds a detector from a file alone (inference, export); `load_weights_into` initialises an already
-built detector from any kind (fine-tuning), strictly unless partial loading is asked for.
+Wherever a file is accepted, so is a pretrained name (`hub.py`: gelan-c, yolov9-c, yolov9-c-converted, ...), which
+stands for its converted file in the cache. `read_weights` rebuilds a detector from a file alone (inference, export);
+`load_weights_into` initialises an already built detector from any kind (fine-tuning), strictly unless partial
+loading is asked for. Files are never unpickled with code execution unless they are our training checkpoints.
 """
 from __future__ import annotations
 
@@ -23,8 +26,16 @@ from torch import Tensor
 from pgi_detect.models.detector import Detector
 from pgi_detect.models.detector_file import detector_from_file, file_spec, is_detector_file
 from pgi_detect.models.errors import WeightsError, format_keys
-from pgi_detect.models.official import CLASS_BRANCH_KEYS, official_key_map, read_official_checkpoint
-from pgi_detect.models.spec import DetectorSpec, build_detector
+from pgi_detect.models.hub import resolve_weights
+from pgi_detect.models.identify import identify_zoo_model
+from pgi_detect.models.official import (
+    CLASS_BRANCH_KEYS,
+    load_official_state_dict,
+    load_untrusted,
+    official_key_map,
+    official_weights,
+)
+from pgi_detect.models.spec import DetectorSpec, build_detector, build_model, spec_of
 
 CHECKPOINT_RECORD = "pgi_detect"
 
@@ -48,13 +59,14 @@ class LoadedDetector:
     class_names: list[str] | None
     category_ids: list[int] | None
     spec: DetectorSpec
-    kind: str  # "checkpoint" or "detector file"
+    kind: str  # "checkpoint", "detector file", "official" or "state dict"
 
 
 def read_weights(path: str | Path) -> LoadedDetector:
-    """Rebuild the detector stored in a training checkpoint or a detector file."""
-    path = Path(path)
-    payload = _load_trusted(path)
+    """Rebuild the detector stored in a training checkpoint, a detector file, an official file or a zoo model's
+    state dict (the zoo model read from its tensors), or named by a pretrained name."""
+    path = resolve_weights(path)
+    payload = _read_payload(path)
     record = _checkpoint_record(payload)
     if record is not None:
         spec = DetectorSpec.from_dict(record["spec"])
@@ -65,19 +77,19 @@ def read_weights(path: str | Path) -> LoadedDetector:
         detector = detector_from_file(payload, source=str(path))
         return LoadedDetector(detector, _optional_list(payload.get("class_names")),
                               _optional_list(payload.get("category_ids")), file_spec(payload), "detector file")
-    raise WeightsError(
-        f"{path}: not a pgi_detect checkpoint or detector file (official YOLOv9 weights must be converted first: "
-        f"python scripts/convert_official.py --weights {path} --model <name> --output converted.pt)"
-    )
+    return _rebuild_zoo_model(payload, path)
 
 
 def load_weights_into(detector: Detector, path: str | Path, partial: bool = False) -> str:
-    """Copy the weights of any supported file into `detector` (in place) and return a one-line report.
+    """Copy the weights of any supported file (or pretrained name) into `detector` (in place) and return a one-line
+    report.
 
     Every tensor must fit, except the class branch, which is re-initialised when its shape differs (another class
     count or class width: fine-tuning). Anything else missing, unexpected or mis-shaped raises `WeightsError` naming
     the keys, unless `partial` is set: then whatever fits is loaded and the rest is reported."""
-    path = Path(path)
+    named = str(path)
+    path = resolve_weights(path)
+    source = str(path) if named == str(path) else f"{named} ({path})"
     state = _state_in_our_keys(detector, path)
     own = detector.state_dict()
     missing = [k for k in own if k not in state]
@@ -93,14 +105,14 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
     if mismatched:
         problems += format_keys("shape mismatches (file vs model)", mismatched)
     if problems and not partial:
-        raise WeightsError(f"{path}: weights do not fit model {detector.name!r} (nc={detector.num_classes}); load "
+        raise WeightsError(f"{source}: weights do not fit model {detector.name!r} (nc={detector.num_classes}); load "
                            f"with partial=True (DetectionTask: partial_weights) to take only what fits:{problems}"
                            f"{_hint(detector, state)}")
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     with torch.no_grad():
         for key, tensor in fitting.items():
             own[key].copy_(tensor.to(own[key].dtype))
-    report = f"loaded {len(fitting)}/{len(own)} tensors from {path}"
+    report = f"loaded {len(fitting)}/{len(own)} tensors from {source}"
     if reinit:
         report += f"; class branch re-initialised for {detector.num_classes} classes ({len(reinit)} tensors)"
     if problems:
@@ -111,11 +123,16 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
 # ---------------------------------------------------------------------------------------------------------- internals
 
 
-def _load_trusted(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    # Training checkpoints may pickle a custom backbone module, so they are not loadable with weights_only=True.
-    return torch.load(path, map_location="cpu", weights_only=False)
+def _read_payload(path: Path) -> Any:
+    """The loaded file. Only our training checkpoints may need full unpickling (a custom backbone module given from
+    Python is pickled whole); anything else is read with `weights_only=True` or the restricted unpickler."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickled objects, or not a weights file at all: load_untrusted tells which
+        payload = load_untrusted(path)
+    if _checkpoint_record(payload) is not None:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return payload
 
 
 def _checkpoint_record(payload: Any) -> dict[str, Any] | None:
@@ -139,33 +156,50 @@ def _prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def _state_in_our_keys(detector: Detector, path: Path) -> dict[str, Tensor]:
-    """The file's detector weights, keyed like `detector.state_dict()` (official keys translated)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-    except Exception:  # pickled official models: read below with the restricted unpickler
-        payload = None
-    if payload is not None:
-        record = _checkpoint_record(payload)
-        if record is not None:
-            return _prefixed(payload["state_dict"], record["state_prefix"])
-        if is_detector_file(payload):
-            return dict(payload["state_dict"])
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    state = read_official_checkpoint(path)
+    """The file's detector weights, keyed like `detector.state_dict()` (official keys translated). Read without
+    unpickling any code: only tensors are needed."""
+    payload = load_untrusted(path)
+    record = _checkpoint_record(payload)
+    if record is not None:
+        return _prefixed(payload["state_dict"], record["state_prefix"])
+    if is_detector_file(payload):
+        return dict(payload["state_dict"])
+    state = official_weights(payload, source=str(path)).state
     if any(k.startswith("model.") for k in state):
         ours_by_official = {theirs: ours for ours, theirs in official_key_map(detector).items()}
         return {ours_by_official.get(k, k): v for k, v in state.items()}
     return _prefixed(state, "detector.") if any(k.startswith("detector.") for k in state) else state
 
 
+def _rebuild_zoo_model(payload: Any, path: Path) -> LoadedDetector:
+    """An official file or a plain state dict: which zoo model it is comes from its tensors alone."""
+    weights = official_weights(payload, source=str(path))
+    state = weights.state
+    if any(k.startswith("detector.") for k in state):
+        state = _prefixed(state, "detector.")
+    match = identify_zoo_model(state, source=str(path))
+    detector = build_model(match.model, match.num_classes)
+    if match.official_keys:
+        load_official_state_dict(detector, state, source=str(path))
+    else:
+        detector.load_state_dict(state, strict=True)
+    return LoadedDetector(detector, weights.class_names, None, spec_of(detector),
+                          "official" if match.official_keys else "state dict")
+
+
 def _hint(detector: Detector, state: Mapping[str, Tensor]) -> str:
+    try:
+        match = identify_zoo_model(state)
+        held = f"\n  the file holds {match.model} weights ({match.num_classes} classes)"
+    except WeightsError:
+        held = ""
     dual_file = any(".main." in k or ".aux." in k for k in state)
     if detector.num_branches == 1 and dual_file:
-        return "\n  hint: these are yolov9 (dual) weights; train the yolov9 model or strip the file first"
+        return held + "\n  hint: these are yolov9 (dual) weights; train the yolov9 model, strip the file first, or " \
+            "start from the yolov9-x-converted name"
     if detector.num_branches == 2 and not dual_file:
-        return "\n  hint: these are single-branch (gelan) weights; use the matching gelan model"
-    return ""
+        return held + "\n  hint: these are single-branch (gelan) weights; use the matching gelan model"
+    return held
 
 
 def _optional_list(value: Any) -> list | None:

@@ -28,6 +28,7 @@ from pgi_detect.models import (
     DetectorSpec,
     build_detector,
     checkpoint_record,
+    freeze_layers,
     load_weights_into,
 )
 from pgi_detect.training.contracts import DetectionDataSource, EvalStage
@@ -70,8 +71,11 @@ class DetectionTask(pl.LightningModule):
         cls_width: optional width of the detect heads' class branches (None: the official formula; 80 on gelan-t /
             yolov9-t gives the official README's 2.0M params / 7.7 GFLOPs inference model, docs/models.md).
         weights: a file to initialise the detector from (training checkpoint, detector file, official weights or a
-            state dict). Every tensor must fit except the class branch, which is re-initialised for another class
-            count (reported); `partial_weights` loads only what fits and reports the rest.
+            state dict), or a pretrained name (gelan-c, yolov9-c, yolov9-c-converted, ...: downloaded once and
+            cached, `pgi_detect.models.hub`). Every tensor must fit except the class branch, which is re-initialised
+            for another class count (reported); `partial_weights` loads only what fits and reports the rest.
+        freeze: layers to keep fixed while fine-tuning (official `--freeze`): N freezes the first N rows of the layer
+            table, a list the rows it names, "backbone" the rows ahead of the neck (`pgi_detect.models.freeze`).
         batch_size: images per device and step; linked from the datamodule (the recipe's nominal-batch rules).
         optim: the recipe's optimizer, schedule, accumulation and clipping (`OptimizerSettings`).
         guard: when to stop a broken run: non-finite losses, a loss far above its running median (`GuardSettings`).
@@ -96,6 +100,7 @@ class DetectionTask(pl.LightningModule):
         category_ids: list[int] | None = None,
         weights: str | None = None,
         partial_weights: bool = False,
+        freeze: int | str | list[int | str] | None = None,
         batch_size: int | None = None,
         optim: OptimizerSettings = OptimizerSettings(),
         guard: GuardSettings = GuardSettings(),
@@ -124,6 +129,8 @@ class DetectionTask(pl.LightningModule):
                                        reg_max=self.detector.reg_max)
         if weights:
             rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights, partial=partial_weights)}")
+        if freeze is not None:
+            rank_zero_info(f"DetectionTask: {freeze_layers(self.detector, freeze)}")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.detector.to(memory_format=self.memory_format)
         self.nonfinite_guard = NonFiniteLossGuard(self.guard.max_nonfinite_steps)
