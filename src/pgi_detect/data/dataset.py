@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
 from pgi_detect.geometry import Letterbox
@@ -22,13 +22,16 @@ from pgi_detect.data import augment as aug
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.images import decode_annotated_image, resize_long_side
 from pgi_detect.data.problems import DataError, check_policy
-from pgi_detect.data.records import DetectionSource, ImageRecord, box_polygon, clip_boxes_to_image
+from pgi_detect.data.records import DetectionSource, ImageRecord, RecordTable, box_polygon, clip_boxes_to_image
 
 logger = logging.getLogger("pgi_detect.data")
 
 # Final validity rule, every pipeline: boxes are clipped to the output image and dropped when their width or height
 # is below this many pixels (zero-area after clipping). Training boxes have already passed box_candidates (> 2 px).
 MIN_OUTPUT_BOX_SIZE = 1e-3
+# Slots of the shared skip counter: the main process uses slot 0, DataLoader worker w slot 1 + w (mod the size), so
+# each slot has one writer and no lock is needed.
+SKIP_COUNTER_SLOTS = 257
 
 
 class DetectionDataset(Dataset):
@@ -40,12 +43,14 @@ class DetectionDataset(Dataset):
     (training, mosaic off) or 'eval'.
     """
 
-    def __init__(self, source: DetectionSource | list[ImageRecord], img_size: int = 640, train: bool = False,
-                 augmentation: AugmentationConfig | dict | None = None, cache_images: bool = False,
-                 on_bad_sample: str = "error", seed: int = 0) -> None:
-        self.records = list(source.records if isinstance(source, DetectionSource) else source)
-        if not self.records:
+    def __init__(self, source: DetectionSource | RecordTable | list[ImageRecord], img_size: int = 640,
+                 train: bool = False, augmentation: AugmentationConfig | dict | None = None,
+                 cache_images: bool = False, on_bad_sample: str = "error", seed: int = 0) -> None:
+        self.records = RecordTable.coerce(source.records if isinstance(source, DetectionSource) else source)
+        if not len(self.records):
             raise DataError("dataset has no usable images")
+        if img_size < 32:
+            raise ValueError(f"img_size must be at least 32, got {img_size}")
         self.img_size = int(img_size)
         self.train = train
         self.config = AugmentationConfig.from_any(augmentation) if train else AugmentationConfig.disabled()
@@ -54,11 +59,12 @@ class DetectionDataset(Dataset):
         self.pixel_augmenter = aug.PixelAugmenter(self.config) if train else None
         self.rect_shapes: dict[int, tuple[int, int]] | None = None
         self._mosaic_flag = torch.ones(1, dtype=torch.uint8).share_memory_()
+        self._skipped = torch.zeros(SKIP_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
         self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
         self._bad: set[int] = set()
         # Polygons are only used by training mosaics (copy-paste, segment-aware warping); records loaded with
         # segments=False, or without polygon labels, keep the box-only pipeline.
-        self.use_segments = train and any(r.segment_points is not None for r in self.records)
+        self.use_segments = train and self.records.any_segments
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
 
@@ -74,6 +80,16 @@ class DetectionDataset(Dataset):
     @property
     def mosaic_enabled(self) -> bool:
         return bool(self._mosaic_flag[0])
+
+    @property
+    def skipped_samples(self) -> int:
+        """Bad images skipped so far (replaced by another image, as a sample or a mosaic tile), summed over this
+        process and its DataLoader workers (shared memory, like the mosaic flag)."""
+        return int(self._skipped.sum())
+
+    def _count_skip(self) -> None:
+        worker = get_worker_info()
+        self._skipped[0 if worker is None else 1 + worker.id % (SKIP_COUNTER_SLOTS - 1)] += 1
 
     def sample_rng(self, epoch: int, index: int) -> np.random.Generator:
         """The augmentation randomness of one sample: a function of (seed, epoch, index) only, so a sample is the
@@ -131,6 +147,7 @@ class DetectionDataset(Dataset):
                     return self._sample(index)
                 except DataError as exc:
                     self._handle_bad(index, exc)
+            self._count_skip()
             index = (index + 1) % len(self)
         raise DataError("every image of the dataset failed to load")
 
@@ -239,6 +256,7 @@ class DetectionDataset(Dataset):
                     if required:
                         raise
                     self._handle_bad(index, exc)
+            self._count_skip()
             index = int(self.rng.integers(len(self)))
         raise DataError("every image of the dataset failed to load")
 
