@@ -129,9 +129,16 @@ def parse_coco(data: Any, annotation_file: Path) -> CocoIndex:
     categories = _require_list(data, "categories", annotation_file)
     category_ids, class_names = parse_categories(categories, annotation_file)
     image_ids, names, widths, heights = parse_images(images, annotation_file)
+    rows = {image_id: row for row, image_id in enumerate(image_ids)}
+    classes = {c: i for i, c in enumerate(category_ids)}
     problems: list[list] = []  # [file, message, kind, severity, image row or -1]
-    objects = collect_objects(annotations, {image_id: row for row, image_id in enumerate(image_ids)},
-                              {c: i for i, c in enumerate(category_ids)}, names, str(annotation_file), problems)
+    # First pass trusts that coordinates are finite numbers (checked after, in numpy); if some are not, the
+    # second pass checks every value and reports (or replaces) the offending annotations.
+    objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=False)
+    if not objects.finalize():
+        problems.clear()
+        objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=True)
+        objects.finalize()
     encoded = [name.encode("utf-8") for name in names]
     arrays = {
         "names": np.frombuffer(b"".join(encoded), np.uint8).copy(),
@@ -202,14 +209,30 @@ class ObjectLists:
     bad_rows: set[int] = field(default_factory=set)
     crowd: int = 0
     num_images: int = 0
+    box_array: np.ndarray | None = None  # (n, 4) float64 [x, y, w, h], set by finalize
+    point_array: np.ndarray | None = None  # (P, 2) float32, set by finalize
+
+    def finalize(self) -> bool:
+        """Convert the coordinate lists to arrays; False when some value is not a finite number."""
+        try:
+            boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
+            points = np.asarray(self.points, np.float32).reshape(-1, 2)
+        except (TypeError, ValueError):
+            return False
+        if not (np.isfinite(boxes).all() and np.isfinite(points).all()):
+            return False
+        self.box_array, self.point_array = boxes, points
+        self.boxes, self.points = [], []  # the arrays hold them now
+        return True
 
     def pack(self, widths: np.ndarray, heights: np.ndarray, problems: list[list]) -> dict[str, np.ndarray]:
         """Group by image (file order kept within an image), drop the objects of unusable images, clip boxes and
         polygons to their image (repairs reported), and return the RecordTable's per-object arrays."""
+        assert self.box_array is not None, "finalize() first"
         rows = np.asarray(self.rows, np.int64)
         usable = np.ones(self.num_images, bool)
         usable[list(self.bad_rows)] = False
-        boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
+        boxes = self.box_array
         raw = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1).astype(np.float32)
         keep = usable[rows]
         order = np.flatnonzero(keep)[np.argsort(rows[keep], kind="stable")]
@@ -237,7 +260,8 @@ class ObjectLists:
     def _pack_points(self, order: np.ndarray, valid: np.ndarray, limits: np.ndarray):
         counts = np.asarray(self.point_counts, np.int64)
         starts = offsets_of(counts)[:-1]
-        points = np.asarray(self.points, np.float32).reshape(-1, 2)
+        points = self.point_array
+        assert points is not None, "finalize() first"
         counts, starts = counts[order][valid], starts[order][valid]
         picked = np.repeat(starts - offsets_of(counts)[:-1], counts) + np.arange(int(counts.sum()))
         points = points[picked].clip(0, np.repeat(limits[valid], counts, axis=0))
@@ -246,10 +270,12 @@ class ObjectLists:
 
 
 def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_category: dict[int, int],
-                    names: list[str], where: str, problems: list[list]) -> ObjectLists:
+                    names: list[str], where: str, problems: list[list], strict: bool = True) -> ObjectLists:
     """Go once over the annotations. Crowd annotations are counted and skipped (evaluation ignores them); an
     annotation that is not an object or names an unknown image is reported and dropped; one with an unknown category
-    or an invalid bbox (not 4 finite numbers, negative width or height) makes its image unusable."""
+    or an invalid bbox (not 4 finite numbers, negative width or height) makes its image unusable.
+
+    strict=False does not check that each coordinate is a finite number (ObjectLists.finalize does, at once)."""
     found = ObjectLists(num_images=len(names))
     for position, ann in enumerate(annotations):
         if type(ann) is not dict:
@@ -271,8 +297,8 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
         problem = None
         if index is None:
             problem = (f"annotation {ann.get('id', '?')} has unknown category id {category!r}", "unknown_category")
-        elif (type(bbox) is not list or len(bbox) != 4 or not all(type(v) in _NUMBER and math.isfinite(v)
-                                                                    for v in bbox)):
+        elif type(bbox) is not list or len(bbox) != 4 or (strict and not all(type(v) in _NUMBER and math.isfinite(v)
+                                                                             for v in bbox)):
             problem = (f"annotation {ann.get('id', '?')} has an invalid bbox {bbox!r:.80}", "invalid_box")
         elif bbox[2] < 0 or bbox[3] < 0:
             problem = (f"annotation {ann.get('id', '?')} has a bbox {bbox!r} with negative width or height",
@@ -284,7 +310,14 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
         found.rows.append(row)
         found.classes.append(index)
         found.boxes.extend(bbox)
-        add_polygon(found, ann.get("segmentation"), bbox)
+        segmentation = ann.get("segmentation")
+        if (not strict and type(segmentation) is list and len(segmentation) == 1 and type(segmentation[0]) is list
+                and len(segmentation[0]) >= 6 and not len(segmentation[0]) % 2):
+            found.points.extend(segmentation[0])  # one polygon: the common case, values checked by finalize()
+            found.point_counts.append(len(segmentation[0]) >> 1)
+            found.has_polygon.append(True)
+        else:
+            add_polygon(found, segmentation, bbox)
     return found
 
 

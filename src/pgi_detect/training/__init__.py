@@ -1,6 +1,7 @@
 """Lightning glue: the DetectionTask module, the recipe's optimisation and its callbacks."""
 from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
 from pgi_detect.training.contracts import DetectionDataSource
+from pgi_detect.training.data_monitor import DataMonitor
 from pgi_detect.training.lightning_module import DetectionTask
 from pgi_detect.training.optim import (
     NonFiniteLossGuard,
@@ -16,6 +17,7 @@ from pgi_detect.training.optim import (
 
 __all__ = [
     "CloseMosaic",
+    "DataMonitor",
     "DetectionDataSource",
     "DetectionTask",
     "ModelEMA",
