@@ -8,7 +8,7 @@ DataLoader can decode them. Then, each in a fresh process (peak RSS is per proce
 * cold `load_source` (no index cache: parse + index + write the cache);
 * warm `load_source` (the index read back from the cache);
 * 4 DataLoader workers drawing `--samples` training samples (mosaic recipe): each worker's private memory
-  (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) after its first batch and at the end.
+  (Private_Dirty of /proc/PID/smaps_rollup, see private_mb) after its first batch and at the end.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python scripts/bench_coco_index.py --root /tmp/coco-index-bench
     ... --scale 0.05          # a 5 % file for a quick run
@@ -97,12 +97,14 @@ def peak_rss_mb() -> float:
 
 
 def private_mb(pid: int) -> float:
-    """Private (unshared) resident memory of a process: what it does not share with its parent."""
+    """Memory a process owns alone: its written private pages (Private_Dirty: heap, and pages copied on write from
+    the parent). Private_Clean is left out: it counts pages of a memory-mapped file (the index cache) that only this
+    process has touched so far, which stay in the page cache shared with every process mapping the file."""
     fields = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value = line.split(":", 1)
         fields[name] = int(value.split()[0])
-    return (fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / 1024
+    return fields.get("Private_Dirty", 0) / 1024
 
 
 def child_json(path: str) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pgi_detect.data.problems import DataError
 
@@ -83,6 +83,8 @@ def _decode_with_pillow(data: bytes, path: Path) -> np.ndarray:
             return pil_to_rgb8(image)
     except ImageDecodeError:
         raise
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise ImageDecodeError(f"{path}: not an image (unrecognised file content, starting {data[:8]!r})") from None
     except Exception as exc:  # Pillow raises many exception types for bad files
         raise ImageDecodeError(f"{path}: corrupt or unsupported image ({type(exc).__name__}: {exc})") from None
 
@@ -116,6 +118,8 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
             orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: image file not found") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: cannot read image header (not an image: unrecognised file content)") from None
     except Exception as exc:
         raise ImageDecodeError(f"{path}: cannot read image header ({type(exc).__name__}: {exc})") from None
     if orientation in _TRANSPOSING_ORIENTATIONS:
