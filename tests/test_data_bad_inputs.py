@@ -102,9 +102,9 @@ def test_text_file_named_jpg_is_named_without_internal_reprs(tmp_path, capsys):
     (tmp_path / "images" / "1.png").write_text("this is not an image\n")
     with pytest.raises(DataError) as error:
         decode_image(tmp_path / "images" / "1.png")
-    assert "1.png: not an image (unrecognised file content" in str(error.value)
+    assert "1.png: corrupt or not an image (unrecognised content" in str(error.value)
     code, out = check(path, capsys, "--images", str(tmp_path / "images"))
-    assert code == 1 and "1.png: not an image" in out and "BytesIO" not in out and "0x" not in out
+    assert code == 1 and "1.png: corrupt or not an image" in out and "BytesIO" not in out and "0x" not in out
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -140,7 +141,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """`key` is an index, or `(epoch, index)` as `EpochSampler` yields them (the epoch seeds the augmentation)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        self.rng = self.sample_rng(int(epoch), int(index))
+        if self.train:  # evaluation samples draw nothing
+            self.rng = self.sample_rng(int(epoch), int(index))
         for _ in range(len(self)):
             if index not in self._bad:
                 try:
@@ -181,7 +183,7 @@ class DetectionDataset(Dataset):
         boxes, keep, _ = clip_boxes_to_image(boxes.reshape(-1, 4), image.shape[1], image.shape[0],
                                              min_size=MIN_OUTPUT_BOX_SIZE)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": torch.from_numpy(channels_first(image)),
             "boxes": boxes[keep].astype(np.float32),
             "classes": np.asarray(classes)[keep].astype(np.int64),
             "image_id": int(record.image_id),
@@ -270,3 +272,11 @@ class DetectionDataset(Dataset):
         if self.rng.random() < config.fliplr:
             image, boxes = aug.flip_left_right(image, boxes)
         return image, boxes
+
+
+def channels_first(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> contiguous (3, H, W) uint8: OpenCV's channel split (several times faster than numpy's strided
+    transpose copy) for contiguous images, numpy's copy for views (flipped images)."""
+    if image.flags.c_contiguous and image.ndim == 3 and image.shape[2] == 3:
+        return np.stack(cv2.split(image))
+    return np.ascontiguousarray(image.transpose(2, 0, 1))

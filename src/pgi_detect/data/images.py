@@ -84,7 +84,7 @@ def _decode_with_pillow(data: bytes, path: Path) -> np.ndarray:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
-        raise ImageDecodeError(f"{path}: not an image (unrecognised file content, starting {data[:8]!r})") from None
+        raise ImageDecodeError(f"{path}: corrupt or not an image (unrecognised content, starting {data[:8]!r})") from None
     except Exception as exc:  # Pillow raises many exception types for bad files
         raise ImageDecodeError(f"{path}: corrupt or unsupported image ({type(exc).__name__}: {exc})") from None
 
