@@ -44,7 +44,8 @@ HYP_KEYS = ("mosaic", "mixup", "copy_paste", "degrees", "translate", "scale", "s
 
 # stage -> functions whose inclusive (cumulative) time it is: (file name ending, function name); '~' = builtin
 STAGES = {
-    "decode": {"ours": [("images.py", "decode_image")], "official": [("~", "imread")]},
+    # the official utils/general.py replaces cv2.imread by its own imread (np.fromfile + cv2.imdecode)
+    "decode": {"ours": [("images.py", "decode_image")], "official": [("general.py", "imread")]},
     "resize": {"ours": [("~", "resize")], "official": [("~", "resize")]},
     "mosaic (tiles on canvas)": {"ours": [("augment.py", "mosaic4"), ("augment.py", "mosaic4_segments")],
                                  "official": []},  # derived below
@@ -57,6 +58,7 @@ STAGES = {
     "HSV": {"ours": [("augment.py", "augment_hsv")], "official": [("augmentations.py", "augment_hsv")]},
     "flip": {"ours": [("augment.py", "flip_left_right"), ("augment.py", "flip_up_down")],
              "official": [("_twodim_base_impl.py", "fliplr"), ("_twodim_base_impl.py", "flipud")]},
+    "HWC -> CHW copy": {"ours": [("dataset.py", "channels_first")], "official": [("~", "ascontiguousarray")]},
     "collate": {"ours": [("collate.py", "collate_detections")], "official": [("dataloaders.py", "collate_fn")]},
 }
 
@@ -114,7 +116,7 @@ def stage_times(stats: pstats.Stats, side: str, samples: int) -> dict[str, float
             builtin = filename == "~"
             if function == name and (file == "~" and builtin or not builtin and filename.endswith(file)):
                 total += cum
-            elif file == "~" and builtin and function.endswith(f".{name}>"):  # '<built-in method cv2.resize>'
+            elif file == "~" and builtin and function.endswith((f".{name}>", f" {name}>")):  # '<built-in ...>'
                 total += cum
         return total
 
