@@ -80,7 +80,7 @@ class DetectionDataset(Dataset):
 
     @property
     def mosaic_enabled(self) -> bool:
-        return bool(self._mosaic_flag[0])
+        return bool(self._mosaic_flag.item())
 
     @property
     def skipped_samples(self) -> int:
