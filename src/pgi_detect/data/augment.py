@@ -200,9 +200,7 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, out_size: tuple[int, 
     """Warp the 4 corners of each box, take their min/max and clip to the output (width, height)."""
     if not len(boxes):
         return boxes.reshape(0, 4)
-    x1, y1, x2, y2 = boxes.T
-    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
-                        np.stack([x1, y2], 1)], 1).reshape(-1, 2)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)  # (x1, y1), (x2, y1), (x2, y2), (x1, y2) per box
     homogeneous = np.concatenate([corners, np.ones((len(corners), 1))], 1) @ matrix.T
     xy = homogeneous[:, :2] / homogeneous[:, 2:3] if matrix[2, 0] or matrix[2, 1] else homogeneous[:, :2]
     xy = xy.reshape(-1, 4, 2)

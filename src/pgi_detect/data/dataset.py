@@ -160,7 +160,6 @@ class DetectionDataset(Dataset):
         logger.warning("%s (skipped; %d bad image(s) so far in this process)", exc, len(self._bad))
 
     def _sample(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
         if not self.train:
             image, boxes, classes, orig, gain, pad = self._letterboxed(index, self._eval_shape(index), scaleup=False)
             pipeline = "eval"
@@ -186,11 +185,11 @@ class DetectionDataset(Dataset):
             "image": torch.from_numpy(channels_first(image)),
             "boxes": boxes[keep].astype(np.float32),
             "classes": np.asarray(classes)[keep].astype(np.int64),
-            "image_id": int(record.image_id),
+            "image_id": self.records.image_id(index),
             "orig_shape": (int(orig[0]), int(orig[1])),
             "scale": (float(gain[0]), float(gain[1])),
             "pad": (float(pad[0]), float(pad[1])),
-            "path": str(record.path),
+            "path": str(self.records.path(index)),
             "pipeline": pipeline,
         }
 

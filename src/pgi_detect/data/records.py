@@ -163,6 +163,9 @@ class RecordTable(Sequence[ImageRecord]):
         i = self.row(position)
         return Path(self.prefix + self.names[self.name_offsets[i]:self.name_offsets[i + 1]].tobytes().decode("utf-8"))
 
+    def image_id(self, position: int) -> int:
+        return int(self.image_ids[self.row(position)])
+
     def object_slice(self, position: int) -> slice:
         i = self.row(position)
         return slice(int(self.object_offsets[i]), int(self.object_offsets[i + 1]))
