@@ -126,4 +126,4 @@ def test_skipped_training_samples_are_totalled_over_workers_per_epoch(tmp_path, 
     assert per_epoch == [1.0, 1.0]  # the broken image is met once per epoch, in one of the two workers
     assert cli.datamodule.skipped_samples == 2  # the running total over the run
     assert int(cli.datamodule.dataset("train")._skipped[0]) == 0  # counted by the workers, not the main process
-    assert caplog.text.count("1 bad training sample(s) skipped") == 2 and "5.png" in caplog.text
+    assert caplog.text.count("1 bad training sample(s) skipped") == 2  # one line per epoch
