@@ -89,11 +89,17 @@ def official_datasets(root: Path, workdir: Path, img_size: int) -> dict[str, obj
     }
 
 
-def our_datasets(workdir: Path, img_size: int) -> dict[str, DetectionDataset]:
+# The albumentations transforms of the recipe; the official code builds them with keyword arguments that
+# albumentations 2 rejects, catches the error and runs without them.
+ALBUMENTATIONS = ("blur", "median_blur", "to_gray", "clahe", "brightness_contrast", "gamma", "jpeg")
+
+
+def our_datasets(workdir: Path, img_size: int, like_official: bool = False) -> dict[str, DetectionDataset]:
     source = load_source(workdir, on_bad_sample="skip")
-    off = DetectionDataset(source, img_size, train=True)
+    config = AugmentationConfig(**{name: 0.0 for name in ALBUMENTATIONS}) if like_official else AugmentationConfig()
+    off = DetectionDataset(source, img_size, train=True, augmentation=config)
     off.set_mosaic(False)
-    return {"mosaic on": DetectionDataset(source, img_size, train=True), "mosaic off": off,
+    return {"mosaic on": DetectionDataset(source, img_size, train=True, augmentation=config), "mosaic off": off,
             "eval letterbox": DetectionDataset(source, img_size, train=False)}
 
 
@@ -142,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--profile", action="store_true", help="also print the per-stage table")
+    parser.add_argument("--like-official", action="store_true",
+                        help="turn off our albumentations transforms, as the official code runs under albumentations 2 "
+                             "(a same-work comparison; not the recipe)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(0)
     workdir = mirror(args.data, args.workdir)
     sides = {"official": official_datasets(args.official_root.resolve(), workdir, args.img_size),
-             "ours": our_datasets(workdir, args.img_size)}
+             "ours": our_datasets(workdir, args.img_size, args.like_official)}
     collate = {"official": sides["official"]["mosaic on"].collate_fn, "ours": collate_detections}  # type: ignore
     n = len(sides["ours"]["mosaic on"])
     print(f"{n} images from {args.data}, {args.img_size}, {args.samples} samples x {args.rounds} rounds per row, "
