@@ -95,7 +95,7 @@ def test_coco_records_use_xywh_and_category_ids() -> None:
     detections = Detections.from_rows(torch.tensor([[10.0, 20.0, 40.0, 60.0, 0.87654321, 2.0]]), (100, 100), NAMES)
     (record,) = detections.to_coco(image_id=7, category_ids=[1, 5, 9], file_name="x.jpg")
     assert record == {
-        "image_id": 7, "category_id": 9, "category_name": "dog", "bbox": [10.0, 20.0, 30.0, 40.0],
+        "image_id": 7, "category_id": 9, "class_index": 2, "category_name": "dog", "bbox": [10.0, 20.0, 30.0, 40.0],
         "score": 0.87654, "file_name": "x.jpg",
     }
 

@@ -86,8 +86,8 @@ def test_write_task_predictions_matches_predict_step_format(tmp_path: Path) -> N
     item = {"image_id": 9, "path": str(tmp_path / "000000000009.jpg"), "detections": detections}
     run = write_task_predictions([item], tmp_path / "out", category_ids=[3, 7])
     (record,) = json.loads(run.json_path.read_text())
-    assert record == {"image_id": 9, "category_id": 7, "category_name": "cup", "bbox": [1.0, 2.0, 10.0, 20.0],
-                      "score": 0.5, "file_name": "000000000009.jpg"}
+    assert record == {"image_id": 9, "category_id": 7, "class_index": 1, "category_name": "cup",
+                      "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.5, "file_name": "000000000009.jpg"}
     assert run.images[0].is_file()
 
 

@@ -40,3 +40,35 @@ def datamodule(root, **kwargs):
                 val_images=str(root / "images"), img_size=64, batch_size=4, num_workers=0, seed=3)
     args.update(kwargs)
     return DetectionDataModule(**args)
+
+
+def ultralytics_layout(root, splits=(("train", 6), ("val", 3)), names=("red", "green", "blue"), polygons=False):
+    """A dataset in the ultralytics layout: images/<split>/*.jpg, labels/<split>/*.txt and data.yaml (`path`,
+    `train`, `val`, `names` as a dict). Each image has one or two saturated rectangles (class = colour); with
+    `polygons` the label rows are 4-corner polygons instead of `cx cy w h`. Returns the YAML path."""
+    rng = np.random.default_rng(1)
+    for split, count in splits:
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(count):
+            h, w = 48, 64
+            image = np.full((h, w, 3), 114, np.uint8)
+            lines = []
+            for _ in range(1 + i % 2):
+                bw, bh = int(rng.integers(10, 24)), int(rng.integers(10, 20))
+                x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+                cls = int(rng.integers(len(names)))
+                image[y:y + bh, x:x + bw] = COLOURS[cls]
+                if polygons:
+                    corners = [x, y, x + bw, y, x + bw, y + bh, x, y + bh]
+                    lines.append(f"{cls} " + " ".join(f"{v / (w if k % 2 == 0 else h):.6f}"
+                                                      for k, v in enumerate(corners)))
+                else:
+                    lines.append(f"{cls} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+            Image.fromarray(image).save(root / "images" / split / f"{split}_{i}.jpg", quality=95)
+            (root / "labels" / split / f"{split}_{i}.txt").write_text("\n".join(lines) + "\n")
+    yaml_lines = [f"path: {root.name}"] + [f"{split}: images/{split}" for split, _ in splits]
+    yaml_lines += ["names:"] + [f"  {i}: {name}" for i, name in enumerate(names)]
+    path = root.parent / f"{root.name}.yaml"
+    path.write_text("\n".join(yaml_lines) + "\n")
+    return path

@@ -200,9 +200,7 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, out_size: tuple[int, 
     """Warp the 4 corners of each box, take their min/max and clip to the output (width, height)."""
     if not len(boxes):
         return boxes.reshape(0, 4)
-    x1, y1, x2, y2 = boxes.T
-    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
-                        np.stack([x1, y2], 1)], 1).reshape(-1, 2)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)  # (x1, y1), (x2, y1), (x2, y2), (x1, y2) per box
     homogeneous = np.concatenate([corners, np.ones((len(corners), 1))], 1) @ matrix.T
     xy = homogeneous[:, :2] / homogeneous[:, 2:3] if matrix[2, 0] or matrix[2, 1] else homogeneous[:, :2]
     xy = xy.reshape(-1, 4, 2)
@@ -335,31 +333,34 @@ def mixup(image: np.ndarray, other: np.ndarray, rng: np.random.Generator, beta: 
 
 
 def augment_hsv(image: np.ndarray, rng: np.random.Generator, gains: tuple[float, float, float]) -> np.ndarray:
-    """Random hue/saturation/value gains applied through lookup tables on OpenCV HSV (H mod 180)."""
+    """Random hue/saturation/value gains applied through lookup tables on OpenCV HSV (H mod 180); one 3-channel
+    cv2.LUT call (a table per channel), the same pixels as splitting the channels and merging them back."""
     if not any(gains):
         return image
     r = rng.uniform(-1, 1, 3) * np.asarray(gains) + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
     x = np.arange(0, 256, dtype=np.float64)
     lut_hue = ((x * r[0]) % 180).astype(np.uint8)
     lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
     lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    table = np.stack([lut_hue, lut_sat, lut_val], 1).reshape(256, 1, 3)
+    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(image, cv2.COLOR_RGB2HSV), table), cv2.COLOR_HSV2RGB)
 
 
 def flip_left_right(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror horizontally. The image comes back as a view (no copy: the flips are the pipeline's last pixel step and
+    the dataset's final HWC -> CHW copy takes care of the strides)."""
     width = image.shape[1]
     flipped = boxes.copy()
     flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
-    return np.ascontiguousarray(image[:, ::-1]), flipped
+    return image[:, ::-1], flipped
 
 
 def flip_up_down(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror vertically (the image as a view, like flip_left_right)."""
     height = image.shape[0]
     flipped = boxes.copy()
     flipped[:, 1], flipped[:, 3] = height - boxes[:, 3], height - boxes[:, 1]
-    return np.ascontiguousarray(image[::-1]), flipped
+    return image[::-1], flipped
 
 
 class PixelAugmenter:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pgi_detect.data.dataset_yaml import SPLITS, is_dataset_yaml, load_yaml_split, read_dataset_yaml
 from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image
+from pgi_detect.data.loading import no_objects_problem, read_source
 from pgi_detect.data.problems import DataError, DataProblem
-from pgi_detect.data.loading import read_source
+from pgi_detect.data.records import DetectionSource
 
 
 @dataclass
@@ -61,52 +63,87 @@ class DataReport:
 
 
 def check_dataset(path: str | Path, images: str | Path | None = None, format: str = "auto",
-                  class_names: list[str] | None = None, decode: bool = True, progress: bool = True) -> DataReport:
-    """Parse and (with decode=True) decode every image; never raises for bad data, everything goes in the report."""
-    report = DataReport(location=str(path))
+                  class_names: list[str] | None = None, decode: bool = True, progress: bool = True,
+                  split: str | None = None) -> DataReport:
+    """Parse and (with decode=True) decode every image; never raises for bad data, everything goes in the report.
+
+    `path` may be a dataset YAML, whose `split` (default: its first) is checked; see check_dataset_splits."""
+    location = f"{path} [{split}]" if split else str(path)
+    report = DataReport(location=location)
     try:
-        source = read_source(path, images, format, class_names, segments=False)
+        if is_dataset_yaml(path):
+            spec = read_dataset_yaml(path)
+            source = load_yaml_split(spec, split or next(iter(spec.splits)), class_names, segments=False)
+            report.location = source.location
+        else:
+            source = read_source(path, images, format, class_names, segments=False)
     except DataError as exc:
         report.problems.append(DataProblem(str(path), str(exc).removeprefix(f"{path}: "), "unreadable_dataset"))
         return report
+    fill_report(report, source, decode, progress)
+    return report
+
+
+def check_dataset_splits(path: str | Path, splits: list[str] | None = None, **kwargs) -> list[DataReport]:
+    """One report per split of a dataset YAML (default: every split it has); one report for any other path."""
+    if not is_dataset_yaml(path):
+        return [check_dataset(path, **kwargs)]
+    try:
+        spec = read_dataset_yaml(path)
+    except DataError as exc:
+        return [DataReport(location=str(path), problems=[DataProblem(str(path), str(exc).removeprefix(f"{path}: "),
+                                                                     "unreadable_dataset")])]
+    wanted = splits or [s for s in SPLITS if s in spec.splits]
+    kwargs.pop("images", None)
+    return [check_dataset(path, split=split, **kwargs) for split in wanted]
+
+
+def fill_report(report: DataReport, source: DetectionSource, decode: bool, progress: bool) -> None:
     report.format, report.class_names = source.format, list(source.class_names)
     report.problems = list(source.problems)
     report.unlabeled_images = list(source.unlabeled_images)
     report.orphan_label_files = list(source.orphan_label_files)
-    if source.coco_dict is not None:
-        report.num_crowd = sum(1 for a in source.coco_dict["annotations"] if a.get("iscrowd", 0))
+    report.num_crowd = source.num_crowd
+    table = source.table
     if decode:
         usable = []
-        for record in tqdm(source.records, desc="decoding images", unit="img", disable=not progress):
+        for position, record in enumerate(tqdm(table, total=len(table), desc="decoding images", unit="img",
+                                               disable=not progress)):
             try:
                 decode_annotated_image(record.path, record.height, record.width)
             except DataError as exc:
                 kind = "size_mismatch" if isinstance(exc, ImageSizeMismatchError) else "corrupt_image"
                 report.problems.append(DataProblem(str(record.path), str(exc).split(": ", 1)[-1], kind))
                 continue
-            usable.append(record)
-        source.records = usable
-    counts = Counter(int(c) for r in source.records for c in r.classes)
-    report.num_images = len(source.records)
+            usable.append(position)
+        table = source.records = table.select(usable)
+    counts = Counter(table.used_classes().tolist())
+    report.num_images = len(table)
     report.num_annotations = sum(counts.values())
     report.per_class = {name: counts.get(i, 0) for i, name in enumerate(source.class_names)}
-    report.negatives = [str(r.path) for r in source.records if r.num_objects == 0]
-    return report
+    empty = table.object_counts() == 0
+    report.negatives = [str(table.path(i)) for i in map(int, empty.nonzero()[0])]
+    missing_objects = no_objects_problem(source)
+    if missing_objects is not None:
+        report.problems.append(missing_objects)
 
 
 def check_data_main(argv: list[str] | None = None) -> int:
     """`pgi-detect check-data`: print the report; exit code 1 when problems were found, 0 otherwise."""
     parser = argparse.ArgumentParser(prog="pgi-detect check-data",
-                                     description="Validate a COCO JSON or YOLO txt detection dataset.")
-    parser.add_argument("--path", required=True, help="COCO annotation .json or YOLO dataset folder")
+                                     description="Validate a COCO JSON, YOLO txt or dataset-YAML detection dataset.")
+    parser.add_argument("--path", required=True,
+                        help="COCO annotation .json, YOLO dataset folder, or dataset YAML (path/train/val/names)")
     parser.add_argument("--images", default=None, help="image folder (COCO; guessed when omitted)")
+    parser.add_argument("--split", choices=SPLITS, nargs="+", default=None,
+                        help="dataset YAML: the splits to check (default: every split it has)")
     parser.add_argument("--format", choices=("auto", "coco", "yolo"), default="auto")
     parser.add_argument("--class-names", nargs="+", default=None, help="class names (YOLO without classes.yaml)")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding images (only headers/annotations)")
     parser.add_argument("--max-problems", type=int, default=50, help="problems listed individually")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    report = check_dataset(args.path, args.images, args.format, args.class_names, decode=not args.no_decode,
-                           progress=not args.quiet)
-    print(report.summary(args.max_problems))
-    return 0 if report.ok else 1
+    reports = check_dataset_splits(args.path, args.split, images=args.images, format=args.format,
+                                   class_names=args.class_names, decode=not args.no_decode, progress=not args.quiet)
+    print("\n\n".join(report.summary(args.max_problems) for report in reports))
+    return 0 if all(report.ok for report in reports) else 1

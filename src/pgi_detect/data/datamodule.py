@@ -15,21 +15,25 @@ from torch.utils.data import DataLoader
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.collate import collate_detections, seed_worker
 from pgi_detect.data.dataset import DetectionDataset
+from pgi_detect.data.dataset_yaml import DatasetYaml, load_yaml_split, read_dataset_yaml
+from pgi_detect.data.ground_truth import ground_truth_coco
+from pgi_detect.data.loading import apply_policy, load_source, require_objects
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.data.resumable import EpochSampler, ResumableLoader
 from pgi_detect.data.samplers import RectShardSampler, rect_batches
-from pgi_detect.data.ground_truth import ground_truth_coco
-from pgi_detect.data.loading import load_source
 
 
 Split = Literal["train", "val", "test"]
 
 
 class DetectionDataModule(pl.LightningDataModule):
-    """COCO JSON or YOLO txt detection data with the official YOLOv9 training augmentation.
+    """COCO JSON, YOLO txt or dataset-YAML detection data with the official YOLOv9 training augmentation.
 
     Args:
+        dataset: an ultralytics / official dataset YAML (`path`, `train`, `val`, `test`, `names`; see
+            data/dataset_yaml.py). It gives every split and the class names; train/val/test and their *_images
+            must then be left unset (an error names the ones that are set).
         train, val, test: COCO annotation .json file or YOLO dataset folder (images/ + labels/).
         train_images, val_images, test_images: image folder (COCO: guessed from the json path when omitted).
         format: 'auto' (json file → coco, folder → yolo), 'coco' or 'yolo'.
@@ -44,11 +48,14 @@ class DetectionDataModule(pl.LightningDataModule):
         segments: keep polygon labels of the train split (COCO `segmentation`, YOLO polygon lines) for copy-paste
             and segment-aware warping. False (or augmentation mosaic 0) does not load them: less memory, box-only
             augmentation. Val/test splits never load them.
+        allow_empty_labels: accept a training set without any object (intentional background-only data);
+            otherwise it is an error that says where labels were expected.
         seed: seeds shuffling and augmentation; identical seeds give identical batches.
     """
 
     def __init__(
         self,
+        dataset: str | None = None,
         train: str | None = None,
         train_images: str | None = None,
         val: str | None = None,
@@ -69,13 +76,25 @@ class DetectionDataModule(pl.LightningDataModule):
         rect_pad: float = 0.5,
         on_bad_sample: Literal["error", "skip"] = "error",
         segments: bool = True,
+        allow_empty_labels: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if img_size % 32:
-            raise ValueError(f"img_size must be a multiple of 32 (the largest stride), got {img_size}")
+        check_settings(img_size, batch_size, val_batch_size, num_workers)
+        explicit = {"train": train, "train_images": train_images, "val": val, "val_images": val_images,
+                    "test": test, "test_images": test_images}
+        self.dataset_yaml: DatasetYaml | None = None
+        if dataset is not None:
+            given = [f"data.{key}" for key, value in explicit.items() if value is not None]
+            if given:
+                raise ValueError(f"data.dataset ({dataset}) gives every split; {', '.join(given)} cannot be set "
+                                 f"with it (set {' and '.join(given)} to null, e.g. --{given[0]} null, or drop "
+                                 "data.dataset)")
+            self.dataset_yaml = read_dataset_yaml(dataset)
+            splits = self.dataset_yaml.splits
+            train, val, test = (str(dataset) if s in splits else None for s in ("train", "val", "test"))
         if not (train or val or test):
-            raise ValueError("give at least one of train, val, test")
+            raise ValueError("give data.dataset or at least one of data.train, data.val, data.test")
         self.paths = {"train": (train, train_images), "val": (val, val_images), "test": (test, test_images)}
         self.format = format
         self.img_size = img_size
@@ -90,6 +109,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.rect_pad = rect_pad
         self.on_bad_sample = on_bad_sample
         self.segments = segments
+        self.allow_empty_labels = allow_empty_labels
         self.seed = seed
         self._class_names_arg = list(class_names) if class_names is not None else None
         self._sources: dict[str, DetectionSource] = {}
@@ -107,8 +127,15 @@ class DetectionDataModule(pl.LightningDataModule):
             if path is None:
                 raise ValueError(f"no {split} dataset configured")
             segments = split == "train" and self.segments and self.augmentation.mosaic > 0
-            self._sources[split] = load_source(path, images, self.format, self._class_names_arg,
-                                               self.on_bad_sample, segments=segments)
+            if self.dataset_yaml is not None:
+                source = apply_policy(load_yaml_split(self.dataset_yaml, split, self._class_names_arg, segments),
+                                      self.on_bad_sample)
+            else:
+                source = load_source(path, images, self.format, self._class_names_arg, self.on_bad_sample,
+                                     segments=segments)
+            if split == "train":
+                require_objects(source, self.allow_empty_labels)
+            self._sources[split] = source
             self._check_same_classes(split)
         return self._sources[split]
 
@@ -124,6 +151,8 @@ class DetectionDataModule(pl.LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
+        if self.dataset_yaml is not None:  # known without reading any split
+            return list(self._class_names_arg or self.dataset_yaml.class_names)
         return list(self.source(self._first_split()).class_names)
 
     @property
@@ -134,6 +163,8 @@ class DetectionDataModule(pl.LightningDataModule):
     def category_ids(self) -> list[int]:
         """Contiguous class index → dataset category id (for COCO JSON results); taken from the val set when there
         is one, so it matches ground_truth("val")."""
+        if self.dataset_yaml is not None:
+            return list(range(len(self.dataset_yaml.class_names)))
         split = "val" if self.paths["val"][0] is not None else self._first_split()
         return list(self.source(split).category_ids)
 
@@ -159,7 +190,7 @@ class DetectionDataModule(pl.LightningDataModule):
             if train:
                 dataset.set_mosaic(self._mosaic)
             elif self.rect_val:
-                sizes = [(r.height, r.width) for r in dataset.records]
+                sizes = dataset.records.sizes_hw()
                 batches, shapes = rect_batches(sizes, self.val_batch_size, self.img_size, pad=self.rect_pad)
                 dataset.set_rect_shapes(shapes)
                 self._rect[split] = batches
@@ -179,6 +210,12 @@ class DetectionDataModule(pl.LightningDataModule):
             if self._eval_split("test") != "test":
                 rank_zero_info(f"predict: no data.test configured; predicting the val split ({self.paths['val'][0]})")
             self.dataset(self._eval_split("test"))
+
+    @property
+    def skipped_samples(self) -> int:
+        """Bad training images skipped so far by this process and its DataLoader workers (0 before the training
+        set is built); the training DataMonitor callback logs the increase per epoch."""
+        return self._datasets["train"].skipped_samples if "train" in self._datasets else 0
 
     def set_mosaic(self, enabled: bool) -> None:
         """close-mosaic switch; reaches running persistent workers."""
@@ -233,3 +270,15 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self._eval_split("test"))
+
+
+def check_settings(img_size: int, batch_size: int, val_batch_size: int | None, num_workers: int) -> None:
+    """Reject settings that would fail later with an obscure error (OpenCV, torch)."""
+    if img_size < 32 or img_size % 32:
+        raise ValueError(f"data.img_size must be a positive multiple of 32 (the largest stride), got {img_size}")
+    if batch_size < 1:
+        raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+    if val_batch_size is not None and val_batch_size < 1:
+        raise ValueError(f"data.val_batch_size must be at least 1 (or null: 2 x batch_size), got {val_batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"data.num_workers must be 0 or more, got {num_workers}")

@@ -1,35 +1,38 @@
 """COCO-format ground truth of a parsed dataset, for evaluation."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pgi_detect.data.coco_json import read_json
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.evaluation import index_coco
 
 
 def ground_truth_dict(source: DetectionSource) -> dict[str, Any]:
-    """COCO-format ground truth. COCO JSON: the original file (crowd annotations included, evaluation ignores them),
-    restricted to the usable images. YOLO txt: built from the records, boxes in original pixels, category id = class
-    index, image id = dataset image id."""
-    image_ids = {r.image_id for r in source.records}
-    if source.coco_dict is not None:
-        data = source.coco_dict
+    """COCO-format ground truth. COCO JSON: the original file (crowd annotations included, evaluation ignores them;
+    read again here, since loading keeps only the index), restricted to the usable images. YOLO txt: built from the
+    records, boxes in original pixels, category id = class index, image id = dataset image id, `area` = the polygon's
+    area for polygon labels and the box area for box labels (COCO's size buckets use `area`)."""
+    table = source.table
+    image_ids = set(table.image_ids[table.rows].tolist() if table.rows is not None else table.image_ids.tolist())
+    if source.format == "coco":
+        data = source.coco_dict if source.coco_dict is not None else read_json(Path(source.location))
         return {
             "info": data.get("info", {}), "licenses": data.get("licenses", []),
             "images": [im for im in data["images"] if im["id"] in image_ids],
-            "annotations": [a for a in data["annotations"] if a.get("image_id") in image_ids],
+            "annotations": [a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in image_ids],
             "categories": data["categories"],
         }
     images, annotations = [], []
-    for record in source.records:
-        if record.normalized or record.width is None:
-            raise ValueError("YOLO records need their image sizes; load them with load_yolo_txt / read_source")
+    for position, record in enumerate(table):
         images.append({"id": record.image_id, "file_name": record.path.name, "width": record.width,
                        "height": record.height})
-        for box, cls in zip(record.boxes.tolist(), record.classes.tolist()):
+        areas = table.object_areas(position).tolist()
+        for box, cls, area in zip(record.boxes.tolist(), record.classes.tolist(), areas):
             w, h = box[2] - box[0], box[3] - box[1]
             annotations.append({"id": len(annotations) + 1, "image_id": record.image_id, "category_id": int(cls),
-                                "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
+                                "bbox": [box[0], box[1], w, h], "area": area, "iscrowd": 0})
     categories = [{"id": cid, "name": name} for cid, name in zip(source.category_ids, source.class_names)]
     return {"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.runner import PredictionRun, run_prediction
-from pgi_detect.geometry import NMS_DETECT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-images", action="store_true", help="do not write annotated images")
     parser.add_argument("--no-videos", action="store_true", help="do not write annotated videos")
     parser.add_argument("--no-json", action="store_true", help="do not write predictions.json")
+    parser.add_argument("--progress-every", type=int, default=100, metavar="N",
+                        help="without a terminal: a progress line every N images (default 100)")
     return parser
 
 
@@ -44,9 +46,10 @@ def detect(argv: Sequence[str] | None = None) -> PredictionRun:
     )
     run = run_prediction(
         predictor, args.source, args.output, save_json=not args.no_json, save_images=not args.no_images,
-        save_videos=not args.no_videos,
+        save_videos=not args.no_videos, progress=True, progress_every=args.progress_every,
     )
-    print(f"{run.frames} images/frames, {run.detections} detections -> {run.output_dir}")
+    skipped = f", {len(run.skipped)} unreadable input(s) skipped" if run.skipped else ""
+    print(f"{run.frames} images/frames, {run.detections} detections{skipped} -> {run.output_dir}")
     return run
 
 

@@ -3,7 +3,7 @@ stream of RGB frames with stable names and image ids, so the predictor and the w
 came from."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pgi_detect.data.images import IMAGE_SUFFIXES, decode_image, pil_to_rgb8
+from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, pil_to_rgb8
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -110,7 +110,7 @@ def iter_video(path: Path, first_id: int = 0) -> Iterator[Frame]:
     """Decode a video with OpenCV, one RGB Frame per video frame."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise ValueError(f"{path}: OpenCV cannot open this video")
+        raise UnreadableInput(f"{path}: OpenCV cannot open this video")
     fps = float(capture.get(cv2.CAP_PROP_FPS)) or 25.0
     try:
         index = 0
@@ -127,9 +127,37 @@ def iter_video(path: Path, first_id: int = 0) -> Iterator[Frame]:
         capture.release()
 
 
-def iter_frames(source: Source) -> Iterator[Frame]:
+# What `on_error` receives: the unreadable file and why.
+ErrorHandler = Callable[[Path, Exception], None]
+
+
+class UnreadableInput(ValueError):
+    """An image or video that cannot be decoded; the message names the file."""
+
+
+def count_frames(source: Source) -> int | None:
+    """How many frames `iter_frames(source)` yields when every input is readable (images + the frame counts video
+    containers declare); None when a video does not declare one."""
+    total = 0
+    for item in _expand(source):
+        if isinstance(item, Path) and is_video_file(item):
+            capture = cv2.VideoCapture(str(item))
+            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+            capture.release()
+            if frames <= 0:
+                return None
+            total += frames
+        else:
+            total += 1
+    return total
+
+
+def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterator[Frame]:
     """Frames of a source in order: still images get `int(stem)` ids when all stems are distinct numbers (COCO),
-    otherwise running ids; video frames and in-memory images always take running ids after them."""
+    otherwise running ids; video frames and in-memory images always take running ids after them.
+
+    An unreadable image or video raises `UnreadableInput`, or, with `on_error`, is passed to it and skipped (its
+    image id stays unused, so the other ids do not depend on which files were readable)."""
     items = _expand(source)
     stills = [item for item in items if isinstance(item, Path) and is_image_file(item)]
     stem_ids = _stem_ids(stills)
@@ -137,15 +165,27 @@ def iter_frames(source: Source) -> Iterator[Frame]:
     for position, item in enumerate(items):
         if isinstance(item, Path) and is_video_file(item):
             count = 0
-            for frame in iter_video(item, first_id=next_id):
-                count += 1
-                yield frame
+            try:
+                for frame in iter_video(item, first_id=next_id):
+                    count += 1
+                    yield frame
+            except UnreadableInput as exc:
+                if on_error is None:
+                    raise
+                on_error(item, exc)
             next_id += count
         elif isinstance(item, Path):
             image_id = stem_ids[item] if stem_ids else next_id
             if not stem_ids:
                 next_id += 1
-            yield Frame(image=decode_image(item), name=item.stem, image_id=image_id, path=item)
+            try:
+                image = decode_image(item)
+            except ImageDecodeError as exc:
+                if on_error is None:
+                    raise
+                on_error(item, exc)
+                continue
+            yield Frame(image=image, name=item.stem, image_id=image_id, path=item)
         else:
             yield Frame(image=to_rgb_array(item), name=f"image_{position:06d}", image_id=next_id)
             next_id += 1

@@ -24,6 +24,8 @@ class Predictor:
         detector: a `pgi_detect` Detector (any branch count). With `prepare=True` (default) a stripped, fused,
             eval-mode copy is made, so the caller's (training) model is untouched.
         class_names: names indexed by class id (optional).
+        category_ids: class index -> dataset category id (checkpoints carry it); the `Detections` carry it, so
+            their COCO records hold dataset category ids.
         img_size: square network input side; rounded up to a multiple of the largest stride (32).
         conf, iou, max_det, multi_label, classes: NMS settings; the defaults are detect.py's (0.25 / 0.45 /
             single label), with at most 300 boxes per image.
@@ -39,6 +41,7 @@ class Predictor:
         detector: nn.Module,
         class_names: Sequence[str] | None = None,
         *,
+        category_ids: Sequence[int] | None = None,
         img_size: int = 640,
         conf: float = NMS_DETECT.conf_thres,
         iou: float = NMS_DETECT.iou_thres,
@@ -61,6 +64,7 @@ class Predictor:
         self.stride = int(max(getattr(detector, "strides", (32,))))
         self.img_size = math.ceil(img_size / self.stride) * self.stride
         self.class_names = list(class_names) if class_names is not None else None
+        self.category_ids = [int(c) for c in category_ids] if category_ids is not None else None
         self.nms = NMSSettings(float(conf), float(iou), bool(multi_label), int(max_det))
         self.classes = list(classes) if classes is not None else None
         self.batch_size = int(batch_size)
@@ -72,6 +76,7 @@ class Predictor:
         keyword arguments go to the constructor (conf, iou, img_size, ...)."""
         loaded = read_weights(path)
         kwargs.setdefault("class_names", loaded.class_names)
+        kwargs.setdefault("category_ids", loaded.category_ids)
         return cls(loaded.detector, device=device, **kwargs)
 
     @classmethod
@@ -104,7 +109,8 @@ class Predictor:
     def postprocess(self, pred: Tensor, letterboxes: Sequence[Letterbox]) -> list[Detections]:
         """NMS and the letterbox undone: `Detections` in original pixels."""
         rows = postprocess(pred, self.nms, *stack_letterboxes(letterboxes, pred.device), classes=self.classes)
-        return [Detections.from_rows(r, lb.source_shape, self.class_names) for r, lb in zip(rows, letterboxes)]
+        return [Detections.from_rows(r, lb.source_shape, self.class_names, self.category_ids)
+                for r, lb in zip(rows, letterboxes)]
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for RGB arrays (uint8, or float32 in [0, 255]), `batch_size` images per forward pass."""
@@ -137,6 +143,7 @@ class Predictor:
         long videos and large folders never sit in memory."""
         for frames in batched(iter_frames(source), self.batch_size):
             for frame, detections in zip(frames, self.predict_arrays([f.image for f in frames])):
+                detections.image_id = frame.image_id
                 yield frame, detections
 
 

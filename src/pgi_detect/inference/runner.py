@@ -1,16 +1,28 @@
-"""`run_prediction`: predict a whole source and write every output (JSON, annotated images, annotated videos).
-The CLI's `predict` and scripts call this; the Python API user can call it too."""
+"""`run_prediction`: predict a whole source and write every output (JSON, annotated images, annotated videos) as it
+goes. `detect` calls this; the Python API user can call it too. `write_task_predictions` writes `predict` results.
+
+Outputs are written frame by frame (predictions.json stays a valid JSON list throughout), so a run that stops
+early keeps everything done so far; unreadable inputs are skipped with one line each.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-from pgi_detect.data.images import decode_image
+from tqdm import tqdm
+
+from pgi_detect.data.images import ImageDecodeError, decode_image
 from pgi_detect.inference.detections import Detections
-from pgi_detect.inference.inputs import Frame, Source
+from pgi_detect.inference.inputs import Frame, Source, batched, count_frames, iter_frames
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter, save_annotated_image
+
+logger = logging.getLogger("pgi_detect.inference")
 
 
 @dataclass
@@ -23,6 +35,7 @@ class PredictionRun:
     videos: list[Path] = field(default_factory=list)
     frames: int = 0
     detections: int = 0
+    skipped: list[str] = field(default_factory=list)  # one "<file>: <reason>" per unreadable input
 
 
 class PredictionOutputs:
@@ -68,6 +81,42 @@ class PredictionOutputs:
         return self.run
 
 
+class Progress:
+    """Progress of a prediction run: a tqdm bar when `stream` is a terminal, otherwise a line every `every` images
+    (done/total when the total is known, images/s), so batch-job logs show it too. `note` prints a line without
+    breaking the bar."""
+
+    def __init__(self, total: int | None, enabled: bool = True, every: int = 100, stream: TextIO | None = None,
+                 label: str = "detect") -> None:
+        self.total, self.every, self.label, self.done = total, max(1, int(every)), label, 0
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.bar = (tqdm(total=total, unit="img", desc=label, dynamic_ncols=True)
+                    if enabled and self.stream.isatty() else None)
+        self.start = time.perf_counter()
+
+    def update(self, count: int) -> None:
+        if not self.enabled:
+            return
+        before, self.done = self.done, self.done + count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.done // self.every > before // self.every:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            of_total = f"/{self.total}" if self.total is not None else ""
+            print(f"{self.label}: {self.done}{of_total} images ({rate:.1f} images/s)", file=self.stream, flush=True)
+
+    def note(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_prediction(
     predictor: Predictor,
     source: Source,
@@ -79,19 +128,39 @@ def run_prediction(
     category_ids: Sequence[int] | None = None,
     json_name: str = "predictions.json",
     image_suffix: str = ".jpg",
+    progress: bool = False,
+    progress_every: int = 100,
+    on_skip: Callable[[str], None] | None = None,
 ) -> PredictionRun:
-    """Predict every image / video frame of `source` and write to `output_dir`:
+    """Predict every image / video frame of `source` and write to `output_dir` as it goes:
 
-    * `predictions.json`: COCO results (image_id, file_name, category_id, category_name, bbox xywh, score);
+    * `predictions.json`: COCO results (image_id, file_name, category_id = dataset category id where the
+      checkpoint knows it, class_index, category_name, bbox xywh, score);
     * `images/<name>.jpg`: still images with boxes and labels drawn;
     * `videos/<video stem>.mp4`: each input video re-encoded with boxes drawn, at its own frame rate.
+
+    Unreadable images / videos are skipped: each is listed in `PredictionRun.skipped` and reported by `on_skip`
+    (default: a logged warning). `progress` shows a bar on a terminal, else a line every `progress_every` images.
+    `category_ids` overrides the predictor's class index -> category id table.
     """
     outputs = PredictionOutputs(output_dir, save_json=save_json, save_images=save_images, save_videos=save_videos,
                                 category_ids=category_ids, json_name=json_name, image_suffix=image_suffix)
+    report = Progress(count_frames(source) if progress else None, enabled=progress, every=progress_every)
+    tell = on_skip or (report.note if progress else logger.warning)
+
+    def skip(path: Path, error: Exception) -> None:
+        reason = str(error).removeprefix(f"{path}: ")
+        outputs.run.skipped.append(f"{path}: {reason}")
+        tell(f"skipped {path}: {reason}")
+
     try:
-        for frame, detections in predictor.stream(source):
-            outputs.add(frame, detections)
+        for frames in batched(iter_frames(source, on_error=skip), predictor.batch_size):
+            for frame, detections in zip(frames, predictor.predict_arrays([f.image for f in frames])):
+                detections.image_id = frame.image_id
+                outputs.add(frame, detections)
+            report.update(len(frames))
     finally:
+        report.close()
         run = outputs.close()
     return run
 
@@ -106,18 +175,26 @@ def write_task_predictions(
     json_name: str = "predictions.json",
 ) -> PredictionRun:
     """Write `DetectionTask.predict_step` results (dicts with image_id, path and `Detections`) in the same formats
-    as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files."""
+    as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files. `category_ids` maps
+    class indices to the dataset's category ids (the task's table)."""
     output_dir = Path(output_dir)
     run = PredictionRun(output_dir=output_dir)
     json_writer = CocoJsonWriter(output_dir / json_name, category_ids)
-    for index, item in enumerate(predictions):
-        path = Path(item["path"])
-        detections = item["detections"]
-        json_writer.records.extend(detections.to_coco(int(item["image_id"]), category_ids, file_name=path.name))
-        run.frames += 1
-        run.detections += len(detections)
-        if save_images and (max_images is None or index < max_images):
-            drawn = detections.draw(decode_image(path))
-            run.images.append(save_annotated_image(drawn, output_dir / "images", path.stem))
-    run.json_path = json_writer.write()
+    try:
+        for index, item in enumerate(predictions):
+            path = Path(item["path"])
+            detections = item["detections"]
+            json_writer.add_records(detections.to_coco(int(item["image_id"]), category_ids, file_name=path.name))
+            run.frames += 1
+            run.detections += len(detections)
+            if save_images and (max_images is None or index < max_images):
+                try:
+                    image = decode_image(path)
+                except ImageDecodeError as exc:  # predicted from this file a moment ago; report, keep going
+                    run.skipped.append(str(exc))
+                    logger.warning("not drawing %s", exc)
+                    continue
+                run.images.append(save_annotated_image(detections.draw(image), output_dir / "images", path.stem))
+    finally:
+        run.json_path = json_writer.write()
     return run

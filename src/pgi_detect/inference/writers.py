@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -14,29 +16,50 @@ from pgi_detect.inference.inputs import Frame
 
 
 class CocoJsonWriter:
-    """Collect detections and write one COCO results file: a list of
-    `{image_id, file_name, category_id, category_name, bbox: [x, y, w, h], score}` (plus `frame` for video frames).
+    """Write one COCO results file as detections come: a list of `{image_id, file_name, category_id, class_index,
+    category_name, bbox: [x, y, w, h], score}` (plus `frame` for video frames).
 
+    The file is a valid JSON list from the moment the writer is created: each `add` writes its records before the
+    closing bracket and flushes, so a run that stops (an exception, Ctrl-C) leaves every result so far readable.
     The list is what pycocotools' `loadRes` and the COCO server accept (extra keys are ignored); `category_ids`
-    maps contiguous class indices to dataset category ids (identity when None).
+    maps class indices to dataset category ids (default: the table the `Detections` carry, else the class index).
     """
 
     def __init__(self, path: str | Path, category_ids: Sequence[int] | None = None) -> None:
         self.path = Path(path)
         self.category_ids = list(category_ids) if category_ids is not None else None
-        self.records: list[dict] = []
+        self.count = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = open(self.path, "wb")
+        self._file.write(b"[\n]\n")
+        self._file.flush()
 
     def add(self, frame: Frame, detections: Detections) -> None:
         records = detections.to_coco(frame.image_id, self.category_ids, file_name=frame.file_name)
         if frame.frame_index is not None:
             for record in records:
                 record["frame"] = frame.frame_index
-        self.records.extend(records)
+        self.add_records(records)
+
+    def add_records(self, records: Sequence[dict]) -> None:
+        if not records:
+            return
+        if self._file is None:
+            raise ValueError(f"{self.path}: the writer is closed")
+        self._file.seek(-3, os.SEEK_END)  # over the closing "\n]\n"
+        text = ",\n".join(json.dumps(record) for record in records)
+        self._file.write((("\n" if self.count == 0 else ",\n") + text + "\n]\n").encode())
+        self._file.flush()
+        self.count += len(records)
 
     def write(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.records))
+        """Close the file (it is complete already) and return its path."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         return self.path
+
+    close = write
 
 
 class AnnotatedVideoWriter:

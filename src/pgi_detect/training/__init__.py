@@ -1,8 +1,7 @@
 """Lightning glue: the DetectionTask module, the recipe's optimisation and its callbacks."""
 from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
 from pgi_detect.training.contracts import DetectionDataSource
-from pgi_detect.training.preemption import Preempted, Preemption
-from pgi_detect.training.progress import DetectionProgressBar
+from pgi_detect.training.data_monitor import DataMonitor
 from pgi_detect.training.lightning_module import DetectionTask
 from pgi_detect.training.optim import (
     DivergenceGuard,
@@ -17,9 +16,12 @@ from pgi_detect.training.optim import (
     scaled_weight_decay,
     warmup_iterations,
 )
+from pgi_detect.training.preemption import Preempted, Preemption
+from pgi_detect.training.progress import DetectionProgressBar
 
 __all__ = [
     "CloseMosaic",
+    "DataMonitor",
     "DetectionDataSource",
     "DetectionProgressBar",
     "DetectionTask",

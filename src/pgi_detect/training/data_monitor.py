@@ -1,0 +1,42 @@
+"""DataMonitor: reports what the data pipeline did behind the model's back, once per training epoch.
+
+With `data.on_bad_sample: skip` a bad image met while training is replaced by another one in whichever DataLoader
+worker meets it; the datamodule totals those skips over its worker processes (shared memory), and this callback logs
+the epoch's total, summed over DDP ranks, as the metric `train/skipped_samples` plus one warning line when nonzero.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+logger = logging.getLogger("pgi_detect.training")
+
+
+class DataMonitor(pl.Callback):
+    """Log `train/skipped_samples` (bad training images skipped this epoch, all workers and ranks) every epoch."""
+
+    def __init__(self) -> None:
+        self._seen = 0  # this process's running total at the end of the previous epoch
+
+    @staticmethod
+    def _running_total(trainer: pl.Trainer) -> int:
+        datamodule: Any = getattr(trainer, "datamodule", None)
+        return int(getattr(datamodule, "skipped_samples", 0) or 0)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0 or self._seen > self._running_total(trainer):  # fresh (or restarted) loaders
+            self._seen = self._running_total(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = self._running_total(trainer)
+        skipped = torch.tensor(float(total - self._seen), device=pl_module.device)
+        self._seen = total
+        skipped = trainer.strategy.reduce(skipped, reduce_op="sum")  # every rank's workers
+        pl_module.log("train/skipped_samples", float(skipped), on_step=False, on_epoch=True, sync_dist=False,
+                      rank_zero_only=True)
+        if trainer.is_global_zero and skipped > 0:
+            logger.warning("epoch %d: %d bad training sample(s) skipped (replaced by other images); the files are "
+                           "named in the warnings above", trainer.current_epoch, int(skipped))

@@ -1,0 +1,129 @@
+"""Inputs that used to crash or pass silently: each gives a clear message naming the file (check-data reports it and
+never raises), or a counted skip."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pgi_detect.data import DataError, DetectionDataModule, check_data_main, decode_image, load_source
+from pgi_detect.main import build_cli
+from conftest import REPO_ROOT
+from helpers.datasets import rectangles_coco
+
+
+def write_coco(tmp_path, mutate):
+    path = rectangles_coco(tmp_path, 3)
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def check(path, capsys, *extra):
+    code = check_data_main(["--path", str(path), "--quiet", *extra])
+    return code, capsys.readouterr().out
+
+
+def test_annotation_that_is_a_list(tmp_path, capsys):
+    path = write_coco(tmp_path, lambda d: d["annotations"].insert(1, [10, 10, 5, 5]))
+    code, out = check(path, capsys, "--images", str(tmp_path / "images"))
+    assert code == 1 and "ann.json: annotations[1] is not an object: [10, 10, 5, 5]" in out
+    with pytest.raises(DataError, match=r"ann\.json: annotations\[1\] is not an object"):
+        DetectionDataModule(train=str(path), train_images=str(tmp_path / "images"), img_size=64).source("train")
+    dm = DetectionDataModule(train=str(path), train_images=str(tmp_path / "images"), img_size=64,
+                             on_bad_sample="skip")
+    assert dm.source("train").num_objects == 6  # the malformed entry is dropped, nothing else
+
+
+def test_coco_format_pointed_at_a_folder(tmp_path, capsys):
+    rectangles_coco(tmp_path, 2)
+    code, out = check(tmp_path, capsys, "--format", "coco")
+    assert code == 1 and "is a folder; format coco expects the annotation .json file" in out
+    with pytest.raises(DataError, match="is a folder"):
+        load_source(tmp_path, format="coco")
+
+
+def test_yolo_format_pointed_at_a_json_file(tmp_path, capsys):
+    path = rectangles_coco(tmp_path, 2)
+    code, out = check(path, capsys, "--format", "yolo")
+    assert code == 1 and "is a file; format yolo expects a dataset folder" in out and "use format coco" in out
+    assert "classes.yaml" not in out
+
+
+def test_string_image_id_is_named_instead_of_breaking_evaluation(tmp_path, capsys):
+    def stringify(data):
+        data["images"][1]["id"] = "2"
+
+    path = write_coco(tmp_path, stringify)
+    with pytest.raises(DataError, match=r"ann\.json: images\[1\] \(1\.png\): image id '2' is a str; COCO image ids "
+                                        "must be integers"):
+        DetectionDataModule(val=str(path), val_images=str(tmp_path / "images"), img_size=64).ground_truth("val")
+    code, out = check(path, capsys, "--images", str(tmp_path / "images"))
+    assert code == 1 and "image id '2' is a str" in out
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--data.img_size=0", "data.img_size must be a positive multiple of 32"),
+    ("--data.batch_size=0", "data.batch_size must be at least 1"),
+])
+def test_impossible_sizes_are_rejected_by_the_cli(tmp_path, setting, message):
+    path = rectangles_coco(tmp_path, 2)
+    args = ["--config", str(REPO_ROOT / "experiments" / "demo-synthetic.yaml"), f"--data.train={path}",
+            f"--data.train_images={tmp_path / 'images'}", f"--data.val={path}",
+            f"--data.val_images={tmp_path / 'images'}", setting, "--trainer.logger=false"]
+    with pytest.raises(ValueError, match=message):
+        build_cli(args, run=False)
+
+
+def test_negative_box_sizes_are_invalid_not_zero_area(tmp_path, capsys):
+    def negative(data):
+        data["annotations"][0]["bbox"] = [30, 20, -10, 5]
+
+    path = write_coco(tmp_path, negative)
+    code, out = check(path, capsys, "--images", str(tmp_path / "images"))
+    assert code == 1 and "has a bbox [30, 20, -10, 5] with negative width or height" in out
+    assert "zero area" not in out
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "images" / "a.png")
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 -0.1 0.2\n")
+    with pytest.raises(DataError, match=r"a\.txt:2: box .* has a negative width or height"):
+        load_source(root, class_names=["x"])
+
+
+def test_text_file_named_jpg_is_named_without_internal_reprs(tmp_path, capsys):
+    path = rectangles_coco(tmp_path, 2)
+    (tmp_path / "images" / "1.png").write_text("this is not an image\n")
+    with pytest.raises(DataError) as error:
+        decode_image(tmp_path / "images" / "1.png")
+    assert "1.png: corrupt or not an image (unrecognised content" in str(error.value)
+    code, out = check(path, capsys, "--images", str(tmp_path / "images"))
+    assert code == 1 and "1.png: corrupt or not an image" in out and "BytesIO" not in out and "0x" not in out
+
+
+@pytest.mark.slow
+def test_skipped_training_samples_are_totalled_over_workers_per_epoch(tmp_path, caplog):
+    path = rectangles_coco(tmp_path, 8)
+    (tmp_path / "images" / "5.png").write_bytes(b"\x89PNG broken")
+    args = ["--config", str(REPO_ROOT / "experiments" / "demo-synthetic.yaml"),
+            f"--data.train={path}", f"--data.train_images={tmp_path / 'images'}", "--data.val=null",
+            "--data.val_images=null", "--data.img_size=64", "--data.batch_size=4", "--data.num_workers=2",
+            "--data.on_bad_sample=skip", "--data.augmentation.mosaic=0", "--trainer.max_epochs=2",
+            "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
+            "--trainer.callbacks+=pgi_detect.training.DataMonitor", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=" + json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                              "init_args": {"save_dir": str(tmp_path), "name": "logs"}})]
+    with caplog.at_level(logging.WARNING):
+        cli = build_cli(["fit", *args])
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
+    per_epoch = [float(r["train/skipped_samples"]) for r in rows if r.get("train/skipped_samples")]
+    assert per_epoch == [1.0, 1.0]  # the broken image is met once per epoch, in one of the two workers
+    assert cli.datamodule.skipped_samples == 2  # the running total over the run
+    assert int(cli.datamodule.dataset("train")._skipped[0]) == 0  # counted by the workers, not the main process
+    assert caplog.text.count("1 bad training sample(s) skipped") == 2  # one line per epoch

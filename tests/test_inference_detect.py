@@ -1,0 +1,100 @@
+"""`detect` as a user runs it: unreadable inputs skipped with one line each, outputs written as they go (a crash
+keeps a valid predictions.json), dataset category ids from the checkpoint, progress without a terminal."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pgi_detect.inference import Predictor, run_prediction
+from pgi_detect.inference.cli import detect
+from pgi_detect.models import build_model, save_detector
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+CATEGORY_IDS = [3, 7]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gelan-t detector file whose two classes are the dataset's category ids 3 and 7."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "gelan-t.pt"
+    save_detector(build_model("gelan-t", num_classes=2).eval(), path, ["ball", "cup"], CATEGORY_IDS)
+    return path
+
+
+def folder_with_truncated_jpeg(folder: Path, count: int = 5, bad: int = 1) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"im{i}.jpg")
+    data = (folder / f"im{bad}.jpg").read_bytes()
+    (folder / f"im{bad}.jpg").write_bytes(data[: len(data) // 2])  # cut off: no end-of-image marker
+    return folder
+
+
+def detect_args(checkpoint: Path, source: Path, output: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--source", str(source), "--output", str(output), "--img-size", "64",
+            "--conf", "1e-6", "--max-det", "3", *extra]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_truncated_jpeg_is_skipped_with_one_line(checkpoint, tmp_path, capsys, batch_size):
+    source = folder_with_truncated_jpeg(tmp_path / "in")
+    run = detect(detect_args(checkpoint, source, tmp_path / "out", "--batch-size", str(batch_size)))
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if "skipped" in line] == [
+        f"skipped {source / 'im1.jpg'}: truncated JPEG (no end-of-image marker)"]
+    assert run.frames == 4 and run.skipped == [f"{source / 'im1.jpg'}: truncated JPEG (no end-of-image marker)"]
+    records = json.loads(run.json_path.read_text())
+    assert sorted({r["file_name"] for r in records}) == ["im0.jpg", "im2.jpg", "im3.jpg", "im4.jpg"]
+    assert len(records) == 12 and sorted(p.name for p in run.images) == ["im0.jpg", "im2.jpg", "im3.jpg", "im4.jpg"]
+    assert "4 images/frames, 12 detections, 1 unreadable input(s) skipped" in captured.out
+
+
+def test_a_crash_keeps_everything_written_so_far(checkpoint, tmp_path, monkeypatch):
+    source = folder_with_truncated_jpeg(tmp_path / "in", count=6, bad=5)
+    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, conf=1e-6, max_det=3, batch_size=2)
+    real = predictor.predict_arrays
+    calls = []
+
+    def failing_second_batch(images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(images)
+
+    monkeypatch.setattr(predictor, "predict_arrays", failing_second_batch)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_prediction(predictor, source, tmp_path / "out")
+    records = json.loads((tmp_path / "out" / "predictions.json").read_text())  # valid JSON, first batch in it
+    assert sorted({r["file_name"] for r in records}) == ["im0.jpg", "im1.jpg"] and len(records) == 6
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["im0.jpg", "im1.jpg"]
+
+
+def test_dataset_category_ids_everywhere(checkpoint, tmp_path):
+    source = folder_with_truncated_jpeg(tmp_path / "in", count=2, bad=0)
+    (source / "im0.jpg").unlink()
+    run = detect(detect_args(checkpoint, source, tmp_path / "out"))
+    records = json.loads(run.json_path.read_text())
+    assert records and all(r["category_id"] == CATEGORY_IDS[r["class_index"]] for r in records)
+    assert all(r["category_name"] == ["ball", "cup"][r["class_index"]] for r in records)
+    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, conf=1e-6, max_det=3)
+    detections = predictor(source / "im1.jpg")
+    assert detections.category_ids == CATEGORY_IDS and detections.image_id == 0
+    assert detections.to_coco() == [{k: v for k, v in r.items() if k != "file_name"} for r in records]
+
+
+def test_progress_lines_without_a_terminal(checkpoint, tmp_path, capsys):
+    source = folder_with_truncated_jpeg(tmp_path / "in", count=5, bad=4)
+    detect(detect_args(checkpoint, source, tmp_path / "out", "--progress-every", "2", "--batch-size", "1",
+                       "--no-images"))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines[:-1]] == ["detect: 2/5 images", "detect: 4/5 images"]
+    assert all(line.endswith("images/s)") for line in lines[:-1])
+    assert lines[-1].startswith("4 images/frames")
