@@ -15,7 +15,8 @@ from pgi_detect.inference.runner import PredictionRun, run_prediction
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgi-detect detect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="DetectionTask .ckpt or a converted official file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="DetectionTask .ckpt, a detector file, an official .pt, or a pretrained name (gelan-c, ...)")
     parser.add_argument("--source", nargs="+", required=True, help="image files, folders and/or video files")
     parser.add_argument("--output", default="runs/detect", help="folder for predictions.json, images/, videos/")
     parser.add_argument("--img-size", type=int, default=640)
