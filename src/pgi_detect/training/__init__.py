@@ -2,6 +2,7 @@
 from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
 from pgi_detect.training.contracts import DetectionDataSource
 from pgi_detect.training.lightning_module import DetectionTask
+from pgi_detect.training.reports import EvaluationReports, report_dir
 from pgi_detect.training.optim import (
     NonFiniteLossGuard,
     OptimizerSettings,
@@ -18,6 +19,7 @@ __all__ = [
     "CloseMosaic",
     "DetectionDataSource",
     "DetectionTask",
+    "EvaluationReports",
     "ModelEMA",
     "NonFiniteLossGuard",
     "OptimizerSettings",
@@ -29,6 +31,7 @@ __all__ = [
     "ema_decay",
     "lr_factor",
     "parameter_groups",
+    "report_dir",
     "scaled_weight_decay",
     "warmup_iterations",
 ]
