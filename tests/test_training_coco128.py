@@ -1,7 +1,7 @@
 """End to end on real data through the CLI: the gelan-t COCO experiment, shrunk to a few CPU steps on coco128,
 reduces the training loss, logs to (offline) wandb, checkpoints, writes the evaluation reports (files, wandb), and
-`validate` scores the stripped+fused model. (After 12 steps the EMA weights detect nothing yet; tests/test_training_demo.py
-checks `save_json` and `predict` with the evaluation NMS on a trained model.)"""
+`validate` scores the stripped+fused model. (After 12 steps the EMA weights detect nothing yet;
+tests/test_training_demo.py checks `save_json` and `predict` with the evaluation NMS on a trained model.)"""
 from __future__ import annotations
 
 import csv

@@ -152,7 +152,9 @@ def evaluate_detections(
     return score_detections(gt, detections, backend, image_ids).stats
 
 
-def rows_to_coco(per_image: Mapping[int, np.ndarray | torch.Tensor], category_ids: Sequence[int] | None = None) -> list[dict]:
+def rows_to_coco(
+    per_image: Mapping[int, np.ndarray | torch.Tensor], category_ids: Sequence[int] | None = None
+) -> list[dict]:
     """COCO result dicts from per-image `[x1, y1, x2, y2, score, class, ...]` rows in original pixels.
 
     bbox = [x, y, w, h] rounded to 3 decimals and score to 5, like the official val.py; `category_ids` maps the

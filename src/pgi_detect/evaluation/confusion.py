@@ -10,6 +10,7 @@ scoring.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,6 @@ from pgi_detect.evaluation.matching import match_detections
 
 CONF_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.45
-NO_CAP = 1_000_000  # every detection above the threshold takes part
 
 
 @dataclass
@@ -51,7 +51,10 @@ def confusion_matrix(
     """The confusion matrix of COCO result dicts on `image_ids`; `category_ids[i]` is the category of class index i
     (detections and boxes of other categories are left out)."""
     confident = [d for d in detections if float(d["score"]) >= conf]
-    matches = match_detections(gt, confident, image_ids, iou, by_category=False, max_dets=NO_CAP)
+    # every confident detection takes part: the cap is the largest count on one image (COCOeval sizes its arrays by
+    # maxDets, so no "infinite" cap)
+    per_image = max(Counter(int(d["image_id"]) for d in confident).values(), default=1)
+    matches = match_detections(gt, confident, image_ids, iou, by_category=False, max_dets=per_image)
     size = len(category_ids)
     index = {int(c): i for i, c in enumerate(category_ids)}
     det_class = np.array([index.get(int(c), -1) for c in matches.det_category], dtype=np.int64)

@@ -202,6 +202,8 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path) -> Path 
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure = _figure(4.0 * columns, 3.2 * rows)
+    epochs_seen = [record["epoch"] for record in history]
+    span = (min(epochs_seen) - 0.5, max(epochs_seen) + 0.5)  # one epoch axis for every panel
     for place, (title, metrics) in enumerate(panels):
         axes = figure.add_subplot(rows, columns, place + 1)
         for line, metric in enumerate(metrics):
@@ -212,7 +214,10 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path) -> Path 
                       label=metric)
         axes.set_title(title, fontsize=10)
         axes.set_xlabel("epoch")
+        axes.set_xlim(*span)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if title.startswith("val/"):
+            axes.set_ylim(bottom=0.0)  # mAP read against zero
         axes.grid(True, alpha=0.3)
         if len(metrics) > 1:
             axes.legend(fontsize=7, frameon=False)

@@ -51,7 +51,7 @@ class EvaluationReports(Callback):
         self.confusion_iou = confusion_iou
         self.history: list[dict[str, float]] = []  # one record per fit epoch; kept in checkpoints
         self.last_rows: list[ClassResult] | None = None
-        self._reported: CocoEvaluation | None = None
+        self._unreported: CocoEvaluation | None = None  # fit's latest validation until it is reported
 
     # ------------------------------------------------------------------ hooks
 
@@ -61,10 +61,12 @@ class EvaluationReports(Callback):
         fitting = trainer.state.fn.value == "fit"
         if fitting:
             self._remember(trainer, "val/")
+            self._unreported = _kept_evaluation(pl_module)
             due = self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
             if not due:
                 return
         self._report(trainer, pl_module, "val", show=not fitting)
+        self._unreported = None
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report(trainer, pl_module, "test", show=True)
@@ -76,9 +78,9 @@ class EvaluationReports(Callback):
             self._write_history(trainer, log=False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        evaluation = _kept_evaluation(pl_module)
-        if evaluation is not None and evaluation is not self._reported:
-            self._report(trainer, pl_module, "val", show=False)
+        if self._unreported is not None:  # the last validation of the fit (never the sanity check's)
+            self._report(trainer, pl_module, "val", show=False, evaluation=self._unreported)
+            self._unreported = None
         if self.print_table and self.last_rows is not None and trainer.is_global_zero:
             rank_zero_info(format_table(self.last_rows, "last validation of the fit, per class (COCO AP; P and R "
                                                         "at IoU 0.50 and the max-mean-F1 confidence):"))
@@ -122,8 +124,9 @@ class EvaluationReports(Callback):
 
     # ------------------------------------------------------------------ per-class reports
 
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: EvalStage, show: bool) -> None:
-        evaluation = _kept_evaluation(pl_module)
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: EvalStage, show: bool,
+                evaluation: CocoEvaluation | None = None) -> None:
+        evaluation = evaluation if evaluation is not None else _kept_evaluation(pl_module)
         if not trainer.is_global_zero or evaluation is None:
             return
         source = trainer.datamodule
@@ -138,7 +141,7 @@ class EvaluationReports(Callback):
                                                                 folder / "confusion_matrix.csv")}
         plots = save_report_plots(report, folder)
         self._log_to_wandb(trainer, report, plots)
-        self._reported, self.last_rows = evaluation, report.rows
+        self.last_rows = report.rows
         if show and self.print_table:
             rank_zero_info(format_table(report.rows, f"{stage}: per class (COCO AP; P and R at IoU 0.50 and the "
                                                      f"max-mean-F1 confidence {report.confidence.best_confidence:.3f})"
