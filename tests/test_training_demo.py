@@ -8,6 +8,7 @@ training, EMA, the stripped/fused evaluation model or the box mapping back to or
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 
@@ -65,3 +66,10 @@ def test_demo_learns_well_above_chance(tmp_path):
     assert coco_records(predicted) == coco_records(scored)
     assert pycocotools_stats(data / "annotations" / "instances_val.json", predicted, image_ids)[0] == pytest.approx(
         logged["val/mAP"], abs=1e-6)
+
+    # `test` (no test split configured: the val split) prints and writes the same table under reports/test
+    tested = run(["test", *cli_args])
+    with (runs / "reports" / "test" / "per_class.csv").open() as handle:
+        overall = next(csv.DictReader(handle))
+    assert float(overall["AP50-95"]) == pytest.approx(float(tested.trainer.callback_metrics["test/mAP"]), abs=1e-6)
+    assert float(overall["AP50-95"]) == pytest.approx(logged["val/mAP"], abs=1e-6)
