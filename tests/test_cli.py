@@ -118,6 +118,27 @@ def test_demo_config_instantiates_with_linked_classes(synthetic_data, tmp_path):
     assert cli.model.detector.num_classes == 3
 
 
+def test_model_summary_counts_flops_at_the_data_image_size(synthetic_data, tmp_path):
+    """`data.img_size` is linked to `model.img_size`, whose example input gives Lightning's summary the FLOPs of
+    one image at the training size (torch's counter: convolutions, no BN, so ~2 % under our GFLOPs)."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from pgi_detect.models import count_gflops
+
+    cli = build_cli([
+        "--config", str(REPO / "experiments/demo-synthetic.yaml"),
+        f"--data.train={synthetic_data / 'annotations/instances_train.json'}",
+        f"--data.train_images={synthetic_data / 'images/train'}",
+        f"--data.val={synthetic_data / 'annotations/instances_val.json'}",
+        f"--data.val_images={synthetic_data / 'images/val'}",
+        f"--trainer.default_root_dir={tmp_path}", "--data.img_size=192",
+    ], run=False)
+    assert cli.model.hparams.img_size == cli.datamodule.img_size == 192
+    summary = ModelSummary(cli.model, max_depth=1)
+    assert summary.total_flops / 1e9 == pytest.approx(count_gflops(cli.model.detector, 192), rel=0.03)
+    assert "Total Flops" in str(summary) and summary.total_flops > 0
+
+
 def test_coco128_config_instantiates_80_classes(coco128_dir, tmp_path):
     annotations = coco128_dir / "annotations" / "instances_train2017.json"
     images = coco128_dir / "images" / "train2017"

@@ -230,3 +230,32 @@ def test_prediction_writer_uses_the_task_category_ids(tmp_path):
     PredictionWriter(save_images=False).write_on_epoch_end(trainer, module, [[item]], [[0]])
     (record,) = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
     assert (record["image_id"], record["category_id"], record["category_name"]) == (9, 7, "cup")
+
+
+def test_evaluation_reports_history_survives_resume_and_skips_sanity_check(tmp_path):
+    """Metrics over epochs live in the callback's checkpoint state, so a resumed fit continues the curves; the
+    sanity-check validation is never reported as the fit's last one."""
+    import csv
+
+    from helpers.squares import make_task, make_trainer
+    from pgi_detect.training import EvaluationReports
+
+    pl.seed_everything(0)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = make_trainer(tmp_path, [EvaluationReports(every_n_epochs=5), checkpoint], max_epochs=2,
+                         num_sanity_val_steps=1)
+    first.fit(make_task(optim={"auto_accumulate": False}), datamodule=SquaresDataModule(train=4, val=6))
+    reports = tmp_path / "reports" / "fit"
+    with (reports / "per_class.csv").open() as handle:  # written at the end of fit (epoch 2 was not due), from
+        assert next(csv.DictReader(handle))["images"] == "6"  # the 6-image validation, not the 4-image sanity check
+    resumed = EvaluationReports(every_n_epochs=5)
+    second = make_trainer(tmp_path, [resumed, pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")],
+                          max_epochs=3)
+    second.fit(make_task(optim={"auto_accumulate": False}), datamodule=SquaresDataModule(train=4, val=6),
+               ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    with (reports / "results.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert all(r["val/mAP"] != "" and r["train/loss"] != "" for r in history)
+    assert float(history[2]["val/mAP"]) == pytest.approx(float(second.callback_metrics["val/mAP"]))
+    assert (reports / "results.png").exists()

@@ -1,7 +1,10 @@
 """End to end on real data through the CLI: the gelan-t COCO experiment, shrunk to a few CPU steps on coco128,
-reduces the training loss, logs to (offline) wandb, checkpoints, and `validate` scores the stripped+fused model."""
+reduces the training loss, logs to (offline) wandb, checkpoints, writes the evaluation reports (files, wandb), and
+`validate` scores the stripped+fused model. (After 12 steps the EMA weights detect nothing yet;
+tests/test_training_demo.py checks `save_json` and `predict` with the evaluation NMS on a trained model.)"""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -34,6 +37,10 @@ def _overrides(coco128_dir: Path, tmp_path: Path) -> list[str]:
     ]
 
 
+REPORT_FILES = {"per_class.csv", "pr_curve.png", "f1_curve.png", "p_curve.png", "r_curve.png",
+                "confusion_matrix.png", "confusion_matrix.csv"}
+
+
 class EpochLosses(pl.Callback):
     """Training loss and validation mAP of every epoch."""
 
@@ -64,13 +71,29 @@ def test_coco128_fit_reduces_loss_then_validate_cli(coco128_dir, tmp_path):
     assert list(tmp_path.rglob("wandb/offline-run-*")), "offline wandb run not written"
     assert len(losses.maps) == 12
 
+    reports = tmp_path / "reports"
+    assert REPORT_FILES | {"results.png", "results.csv"} <= {p.name for p in (reports / "fit").iterdir()}
+    with (reports / "fit" / "results.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in history] == list(range(12))
+    assert [float(r["val/mAP"]) for r in history] == pytest.approx(losses.maps, abs=1e-6)
+    assert [float(r["train/loss"]) for r in history] == pytest.approx(losses.losses, rel=1e-6)
+    media = {f"{p.parent.name}/{p.name.split('_')[0]}" for p in tmp_path.rglob("wandb/offline-run-*/files/media/*/*/*")}
+    assert {"val/per", "val/pr", "val/confusion", "fit/results"} <= media, media  # wandb table and plots
+
     # best.ckpt holds the EMA weights of the best epoch: validating it reproduces that epoch's mAP.
     validate = run(["validate", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
-                     f"--ckpt_path={checkpoints / 'best.ckpt'}"])
+                    f"--ckpt_path={checkpoints / 'best.ckpt'}"])
     assert validate.model.derived.eval_model.fused and validate.model.derived.eval_model.num_branches == 1
-    assert len(validate.model.last_eval["image_ids"]) == 8  # overfit_batches=1: one batch of 8
-    assert float(validate.trainer.callback_metrics["val/mAP"]) == pytest.approx(max(losses.maps), abs=1e-6)
-    assert "val/mAP50" in validate.trainer.callback_metrics
+    image_ids = validate.model.last_eval["image_ids"]
+    assert len(image_ids) == 8  # overfit_batches=1: one batch of 8
+    logged = validate.trainer.callback_metrics
+    assert float(logged["val/mAP"]) == pytest.approx(max(losses.maps), abs=1e-6)
+    assert REPORT_FILES <= {p.name for p in (reports / "validate").iterdir()}
+    with (reports / "validate" / "per_class.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert table[0]["class"] == "all" and int(table[0]["images"]) == 8
+    assert float(table[0]["AP50-95"]) == pytest.approx(float(logged["val/mAP"]), abs=1e-6)
 
     predict = run(["predict", *_overrides(coco128_dir, tmp_path), "--trainer.logger=false",
                     "--trainer.limit_predict_batches=1", f"--ckpt_path={checkpoints / 'last.ckpt'}"])

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pgi_detect.data import DetectionDataModule
+from pgi_detect.training import EvaluationReports
 from helpers.datasets import rectangles_coco
 from helpers.squares import SquaresDataModule, make_task
 
@@ -35,6 +36,7 @@ class RecordEvaluation(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         payload = {"image_ids": pl_module.last_eval["image_ids"], "metrics": pl_module.last_eval["metrics"],
+                   "kept_evaluation": pl_module.last_eval["evaluation"] is not None,
                    "local_batches": trainer.num_val_batches, "world_size": trainer.world_size,
                    "global_step": trainer.global_step, "batches": self.batches,
                    "detections": self.detections}
@@ -50,9 +52,10 @@ def test_ddp_two_cpu_processes_score_each_image_once(tmp_path):
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[RecordEvaluation(str(tmp_path))],
+        num_sanity_val_steps=0, default_root_dir=tmp_path,
+        callbacks=[RecordEvaluation(str(tmp_path)), EvaluationReports(every_n_epochs=1)],
     )
-    trainer.fit(make_task(optim={"auto_accumulate": False}), datamodule=datamodule)
+    trainer.fit(make_task(optim={"auto_accumulate": False}, save_json=True), datamodule=datamodule)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for record in ranks:
         assert record["world_size"] == 2
@@ -60,6 +63,13 @@ def test_ddp_two_cpu_processes_score_each_image_once(tmp_path):
         assert record["image_ids"] == [1000, 1001, 1002, 1003, 1004]  # each image once, none lost
         assert record["global_step"] == 4  # 8 training images / (1 per rank x 2 ranks)
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # rank 0 computed, broadcast to rank 1
+    # Rank 0 alone keeps the full evaluation and writes the reports and the scored detections from it
+    assert [record["kept_evaluation"] for record in ranks] == [True, False]
+    reports = tmp_path / "reports" / "fit"
+    table = (reports / "per_class.csv").read_text().splitlines()
+    assert table[1].startswith("all,5,")  # 5 images, each once
+    assert sorted({d["image_id"] for d in json.loads((reports / "detections.json").read_text())}) == [
+        1000, 1001, 1002, 1003, 1004]
 
 
 def rect_datamodule(root: Path) -> DetectionDataModule:

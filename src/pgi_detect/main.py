@@ -61,6 +61,8 @@ class DetectionCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         # The recipe's nominal-batch rules need the per-device batch size.
         parser.link_arguments("data.batch_size", "model.batch_size")
+        # The model summary's example input (FLOPs at the training image size).
+        parser.link_arguments("data.img_size", "model.img_size")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then, when `ckpt_path` names a checkpoint, parse again with its saved model hyperparameters placed

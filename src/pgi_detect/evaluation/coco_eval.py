@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,13 +55,50 @@ def index_coco(dataset: dict, coco_cls: type | None = None) -> Any:
     return gt
 
 
-def evaluate_detections(
+@dataclass
+class PrecisionArrays:
+    """COCOeval's accumulated arrays (`eval['precision']`, `['scores']`, `['recall']`) at area "all" and the largest
+    maxDets (100): what per-class AP and the precision-recall curves are read from, so they agree with the logged
+    mAP by construction. T IoU thresholds (0.50:0.95), R recall thresholds (0:1, 101), K categories.
+
+    precision (T, R, K): interpolated precision at each recall threshold, -1 for a category without ground truth;
+    scores (T, R, K): the confidence at which that recall is reached; recall (T, K): the final recall;
+    category_ids (K): the dataset category id of each column.
+    """
+
+    precision: np.ndarray
+    scores: np.ndarray
+    recall: np.ndarray
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    category_ids: list[int]
+
+    def class_ap(self, iou_index: int | None = None) -> np.ndarray:
+        """(K,) AP of each category over all IoU thresholds (or at one), NaN where a category has no ground truth;
+        their mean over categories is COCO's AP (AP50 for `iou_index=0`)."""
+        values = self.precision if iou_index is None else self.precision[iou_index : iou_index + 1]
+        values = values.reshape(-1, values.shape[-1])
+        valid = values > -1
+        counts = valid.sum(axis=0)
+        return np.where(counts > 0, np.where(valid, values, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan)
+
+
+@dataclass
+class CocoScores:
+    """One COCO evaluation: the 12 statistics (`STAT_NAMES`) and the accumulated arrays behind them (None when
+    nothing was scored)."""
+
+    stats: dict[str, float]
+    arrays: PrecisionArrays | None
+
+
+def score_detections(
     gt: Any,
     detections: Sequence[dict],
     backend: Backend = "faster",
     image_ids: Iterable[int] | None = None,
-) -> dict[str, float]:
-    """Score COCO-format box detections against ground truth; returns AP, AP50, AP75, APs, APm, APl (+ AR*).
+) -> CocoScores:
+    """Score COCO-format box detections against ground truth: the 12 COCO statistics and the accumulated arrays.
 
     `gt` is a COCO object of either backend, an annotation dict or a json path. `image_ids` restricts the evaluation
     to the images actually predicted (like val.py does); by default every ground-truth image counts. Detections must
@@ -73,7 +111,7 @@ def evaluate_detections(
     stats = {name: 0.0 for name in STAT_NAMES}
     if not detections or not ids:
         # Nothing predicted: AP is 0 (pycocotools would crash on an empty result list).
-        return stats
+        return CocoScores(stats, None)
     dets = [dict(d) for d in detections]  # loadRes adds keys in place
     with contextlib.redirect_stdout(io.StringIO()):
         dt_api = gt_api.loadRes(dets)
@@ -85,10 +123,38 @@ def evaluate_detections(
         evaluator.summarize()
     values = np.asarray(evaluator.stats, dtype=np.float64)[: len(STAT_NAMES)]
     # COCOeval reports -1 for "no ground truth in this area range"; treat as 0 for logging.
-    return {name: float(max(v, 0.0)) for name, v in zip(STAT_NAMES, values)}
+    stats = {name: float(max(v, 0.0)) for name, v in zip(STAT_NAMES, values)}
+    return CocoScores(stats, _precision_arrays(evaluator))
 
 
-def rows_to_coco(per_image: Mapping[int, np.ndarray | torch.Tensor], category_ids: Sequence[int] | None = None) -> list[dict]:
+def _precision_arrays(evaluator: Any) -> PrecisionArrays:
+    """The area-"all", maxDets-100 slice of an accumulated COCOeval of either backend."""
+    params = evaluator.params
+    area, max_dets = params.areaRngLbl.index("all"), len(params.maxDets) - 1
+    return PrecisionArrays(
+        precision=np.asarray(evaluator.eval["precision"], dtype=np.float64)[:, :, :, area, max_dets],
+        scores=np.asarray(evaluator.eval["scores"], dtype=np.float64)[:, :, :, area, max_dets],
+        recall=np.asarray(evaluator.eval["recall"], dtype=np.float64)[:, :, area, max_dets],
+        iou_thresholds=np.asarray(params.iouThrs, dtype=np.float64),
+        recall_thresholds=np.asarray(params.recThrs, dtype=np.float64),
+        category_ids=[int(c) for c in params.catIds],
+    )
+
+
+def evaluate_detections(
+    gt: Any,
+    detections: Sequence[dict],
+    backend: Backend = "faster",
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, float]:
+    """Score COCO-format box detections against ground truth; returns AP, AP50, AP75, APs, APm, APl (+ AR*).
+    `score_detections` with the statistics only."""
+    return score_detections(gt, detections, backend, image_ids).stats
+
+
+def rows_to_coco(
+    per_image: Mapping[int, np.ndarray | torch.Tensor], category_ids: Sequence[int] | None = None
+) -> list[dict]:
     """COCO result dicts from per-image `[x1, y1, x2, y2, score, class, ...]` rows in original pixels.
 
     bbox = [x, y, w, h] rounded to 3 decimals and score to 5, like the official val.py; `category_ids` maps the

@@ -1,11 +1,15 @@
 """`CocoDetectionMetric`: COCO box mAP as a torchmetrics `Metric`, so that torchmetrics gathers the detections of
 every rank and each image is scored once.
 
-Why not torchmetrics' own `MeanAveragePrecision` (checked, faster-coco-eval backend): it scores whatever each update
-holds, so the images a DistributedSampler repeats to pad the last batches would be scored twice under DDP, and it
-wants the ground truth with every update, while our batches carry letterboxed training targets without the crowd
-regions and segmentation areas that COCO scoring uses. This metric keeps the dataset's own COCO ground truth, drops
-repeated images, and scores with the same function (`evaluate_detections`) that the tests prove equal to pycocotools.
+Why not torchmetrics' own `MeanAveragePrecision` (measured with its faster-coco-eval backend by
+scripts/compare_torchmetrics_map.py, docs/evaluation.md): fed each image's COCO ground truth with its `iscrowd` and
+`area` and the dataset category ids as labels, it equals pycocotools (1.5e-8 on coco128) only once its IoU and recall
+thresholds are passed as COCO's float64 values (its defaults are float32, e.g. 0.6000000238, which moves AP by
+5e-4); but it has no image ids, so the images a DistributedSampler repeats to pad the ranks are scored twice (AP off
+by 1.5e-3 with 5 ranks on coco128), and it wants the ground truth with every update, while our batches carry
+letterboxed training targets without the crowd regions and segmentation areas that COCO scoring uses. This metric
+keeps the dataset's own COCO ground truth, drops repeated images, and scores with `score_detections`, which the
+tests prove equal to pycocotools.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from pgi_detect.evaluation.coco_eval import Backend, evaluate_detections, rows_to_coco
+from pgi_detect.evaluation.coco_eval import Backend, PrecisionArrays, rows_to_coco, score_detections
 
 ROW_WIDTH = 6  # [x1, y1, x2, y2, score, class]
 
@@ -27,11 +31,13 @@ ROW_WIDTH = 6  # [x1, y1, x2, y2, score, class]
 @dataclass
 class CocoEvaluation:
     """What one evaluation scored and found: the 12 COCO statistics (`AP`, `AP50`, ... `ARl`), the COCO result
-    records that were scored (dataset image and category ids), and the image ids."""
+    records that were scored (dataset image and category ids), the image ids, and the evaluator's accumulated
+    precision arrays (per-class AP and PR curves; None when nothing was scored)."""
 
     stats: dict[str, float]
     detections: list[dict]
     image_ids: list[int]
+    arrays: PrecisionArrays | None = None
 
 
 class CocoDetectionMetric(Metric):
@@ -76,8 +82,8 @@ class CocoDetectionMetric(Metric):
             raise RuntimeError("CocoDetectionMetric needs its ground_truth set before compute()")
         per_image = self.per_image_rows()
         detections = rows_to_coco(per_image, self.category_ids)
-        stats = evaluate_detections(self.ground_truth, detections, self.backend, image_ids=per_image.keys())
-        return CocoEvaluation(stats, detections, sorted(per_image))
+        scores = score_detections(self.ground_truth, detections, self.backend, image_ids=per_image.keys())
+        return CocoEvaluation(scores.stats, detections, sorted(per_image), scores.arrays)
 
 
 def _concatenated(state: list[Tensor] | Tensor) -> Tensor:

@@ -3,6 +3,7 @@ from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWrite
 from pgi_detect.training.contracts import DetectionDataSource
 from pgi_detect.training.data_monitor import DataMonitor
 from pgi_detect.training.lightning_module import DetectionTask
+from pgi_detect.training.reports import EvaluationReports, report_dir
 from pgi_detect.training.optim import (
     DivergenceGuard,
     GuardSettings,
@@ -27,6 +28,7 @@ __all__ = [
     "DetectionTask",
     "DivergenceGuard",
     "GuardSettings",
+    "EvaluationReports",
     "ModelEMA",
     "NonFiniteLossGuard",
     "OptimizerSettings",
@@ -40,6 +42,7 @@ __all__ = [
     "ema_decay",
     "lr_factor",
     "parameter_groups",
+    "report_dir",
     "scaled_weight_decay",
     "warmup_iterations",
 ]

@@ -11,7 +11,7 @@ CHECKPOINT_DIR = "checkpoints"  # under trainer.default_root_dir, unless a Model
 # DetectionTask arguments that define the architecture: a checkpoint's values cannot be changed by a config.
 ARCHITECTURE_KEYS = ("model", "backbone", "neck", "cls_width")
 # DetectionTask arguments the CLI links from the datamodule; never taken from a checkpoint's hyperparameters.
-LINKED_KEYS = ("num_classes", "class_names", "category_ids", "batch_size")
+LINKED_KEYS = ("num_classes", "class_names", "category_ids", "batch_size", "img_size")
 
 
 def newest_last_checkpoint(default_root_dir: Path) -> Path | None:

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from pgi_detect.data import Batch
-from pgi_detect.evaluation import CocoDetectionMetric, fitness
+from pgi_detect.evaluation import CocoDetectionMetric, fitness, write_detections_json
 from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, NMSSettings, postprocess
 from pgi_detect.inference import Detections
 from pgi_detect.loss import DetectionLoss
@@ -40,6 +40,7 @@ from pgi_detect.training.optim import (
     OptimizerSettings,
     RecipeSchedule,
 )
+from pgi_detect.training.reports import report_dir
 
 # Logged metric name -> key of evaluate_detections().
 EVAL_METRICS = {
@@ -87,6 +88,10 @@ class DetectionTask(pl.LightningModule):
         compile: `torch.compile` the training forward: True, or a dict of `torch.compile` keyword arguments. The
             first step pays the compilation; checkpoints and state-dict keys are unchanged, and evaluation keeps
             running the eager stripped + fused copy.
+        img_size: the training image size, linked from `data.img_size` by the CLI; gives Lightning's model summary
+            an example input (1, 3, img_size, img_size), so it reports the FLOPs of one image at that size.
+        save_json: validate/test (and fit's validation) write the scored detections, a COCO results file with the
+            dataset's image and category ids, to `<default_root_dir>/reports/<fit|validate|test>/detections.json`.
     """
 
     def __init__(
@@ -110,6 +115,8 @@ class DetectionTask(pl.LightningModule):
         eval_backend: Literal["faster", "pycocotools"] = "faster",
         channels_last: bool = False,
         compile: bool | dict[str, Any] = False,
+        img_size: int | None = None,
+        save_json: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -140,6 +147,8 @@ class DetectionTask(pl.LightningModule):
         self.metric = CocoDetectionMetric(eval_backend)
         self.last_eval: dict[str, Any] = {}
         self.derived = DerivedModels()
+        if img_size:
+            self.example_input_array = torch.zeros(1, 3, img_size, img_size)
 
     # ------------------------------------------------------------------ contracts
 
@@ -329,7 +338,12 @@ class DetectionTask(pl.LightningModule):
         evaluation = self.metric.compute()  # every rank scores the same gathered detections
         self.metric.reset()
         metrics = evaluation.stats
-        self.last_eval = {"stage": stage, "image_ids": evaluation.image_ids, "metrics": metrics}
+        # The whole evaluation (detections, arrays) is kept where reports and files are written: global rank 0.
+        self.last_eval = {"stage": stage, "image_ids": evaluation.image_ids, "metrics": metrics,
+                          "evaluation": evaluation if self.trainer.is_global_zero else None}
+        if self.hparams.save_json and self.trainer.is_global_zero:
+            path = write_detections_json(evaluation.detections, report_dir(self.trainer) / "detections.json")
+            rank_zero_info(f"DetectionTask: {len(evaluation.detections)} scored {stage} detections written to {path}")
         logged = {f"{stage}/{name}": metrics[key] for name, key in EVAL_METRICS.items() if name != "mAP"}
         logged[f"{stage}/fitness"] = fitness(metrics)
         # Identical on every rank, so no further reduction is needed.
