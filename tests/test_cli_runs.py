@@ -135,7 +135,7 @@ def test_loggers_receive_the_full_config(trained):
     import yaml
 
     run_dir, _ = trained
-    (hparams,) = run_dir.rglob("hparams.yaml")
+    (hparams,) = run_dir.rglob("version_0/hparams.yaml")  # the fixture's own fit (a later test resumes it)
     config = yaml.safe_load(hparams.read_text())["config"]
     assert config["data"]["augmentation"]["mosaic"] == 0.5 and config["data"]["img_size"] == 64
     assert config["trainer"]["max_epochs"] == 2 and config["model"]["optim"]["optimizer"] == "adamw"

@@ -42,10 +42,10 @@ def test_demo_learns_well_above_chance(tmp_path):
     drawn = sorted((tmp_path / "runs" / "predictions").glob("*_pred.jpg"))
     assert len(drawn) == 2
 
-    # Through the CLI on the trained weights (--model.weights: command-line model options are not yet honoured next
-    # to --ckpt_path, issue 12): `validate --model.save_json true` writes the detections it scored, which plain
-    # pycocotools re-scores to the logged numbers; `predict` with the evaluation NMS writes the same detections, so
-    # its JSON reproduces validation's mAP.
+    # Through the CLI on the best checkpoint (options given next to --ckpt_path win over its hyperparameters):
+    # `validate --model.save_json true` writes the detections it scored, which plain pycocotools re-scores to the
+    # logged numbers; `predict` with the evaluation NMS writes the same detections, so its JSON reproduces
+    # validation's mAP.
     data, runs = tmp_path / "data", tmp_path / "runs"
     cli_args = ["--config", str(REPO / "experiments" / "demo-synthetic.yaml"),
                 f"--data.train={data / 'annotations' / 'instances_train.json'}",
@@ -53,7 +53,7 @@ def test_demo_learns_well_above_chance(tmp_path):
                 f"--data.val={data / 'annotations' / 'instances_val.json'}",
                 f"--data.val_images={data / 'images' / 'val'}", f"--trainer.default_root_dir={runs}",
                 "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                f"--model.weights={runs / 'checkpoints' / 'best.ckpt'}"]
+                f"--ckpt_path={runs / 'checkpoints' / 'best.ckpt'}"]
     validate = run(["validate", *cli_args, "--model.save_json=true"])
     logged = {k: float(v) for k, v in validate.trainer.callback_metrics.items()}
     assert logged["val/mAP50"] == pytest.approx(metrics["val/mAP50"], abs=1e-6) and logged["val/mAP50"] > MIN_MAP50
@@ -67,8 +67,9 @@ def test_demo_learns_well_above_chance(tmp_path):
     assert pycocotools_stats(data / "annotations" / "instances_val.json", predicted, image_ids)[0] == pytest.approx(
         logged["val/mAP"], abs=1e-6)
 
-    # `test` (no test split configured: the val split) prints and writes the same table under reports/test
-    tested = run(["test", *cli_args])
+    # `test` on the val images given as the test split prints and writes the same table under reports/test
+    tested = run(["test", *cli_args, f"--data.test={data / 'annotations' / 'instances_val.json'}",
+                  f"--data.test_images={data / 'images' / 'val'}"])
     with (runs / "reports" / "test" / "per_class.csv").open() as handle:
         overall = next(csv.DictReader(handle))
     assert float(overall["AP50-95"]) == pytest.approx(float(tested.trainer.callback_metrics["test/mAP"]), abs=1e-6)

@@ -29,6 +29,6 @@ def pycocotools_stats(annotations: Path, results: Path, image_ids: list[int]) ->
 
 
 def coco_records(path: Path) -> list[dict]:
-    """A results file's records without the descriptive keys `predict` adds (file and category names)."""
-    return [{k: v for k, v in record.items() if k not in ("file_name", "category_name")}
+    """A results file's records without the descriptive keys `predict` adds (file and category names, class index)."""
+    return [{k: v for k, v in record.items() if k not in ("file_name", "category_name", "class_index")}
             for record in json.loads(Path(path).read_text())]
