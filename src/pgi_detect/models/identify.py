@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pgi_detect.models.configs import MODEL_TABLES
-from pgi_detect.models.errors import WeightsError, format_keys
+from pgi_detect.models.errors import StateFit, WeightsError
 from pgi_detect.models.official import official_key_map, official_num_classes
 from pgi_detect.models.spec import build_model
 
@@ -83,9 +83,5 @@ def expected_shapes(name: str, num_classes: int, official: bool) -> Shapes:
 
 def _differences(actual: Shapes, expected: Shapes) -> tuple[int, str]:
     """How many keys differ, and the formatted lines naming them (0 and "" when keys and shapes all agree)."""
-    missing = [k for k in expected if k not in actual]
-    unexpected = [k for k in actual if k not in expected]
-    mismatched = [f"{k} {actual[k]} vs {expected[k]}" for k in expected if k in actual and actual[k] != expected[k]]
-    groups = (("missing", missing), ("unexpected", unexpected), ("shape mismatches (file vs model)", mismatched))
-    lines = "".join(format_keys(title, keys, limit=4) for title, keys in groups if keys)
-    return len(missing) + len(unexpected) + len(mismatched), lines
+    fit = StateFit.compare(expected, actual)
+    return fit.problems, fit.describe(limit=4)

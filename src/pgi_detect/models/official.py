@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from pgi_detect.models.configs import get_table
 from pgi_detect.models.detector import Detector
-from pgi_detect.models.errors import WeightsError, format_keys
+from pgi_detect.models.errors import StateFit, WeightsError, shapes
 from pgi_detect.models.spec import build_model
 
 
@@ -72,35 +72,21 @@ def load_official_state_dict(
     `module.` prefix is removed by `read_official_checkpoint`."""
     mapping = official_key_map(detector)
     ours_state = detector.state_dict()
-    missing, mismatched, loaded = [], [], {}
-    for ours, theirs in mapping.items():
-        if theirs not in official:
-            missing.append(theirs)
-            continue
-        tensor = official[theirs]
-        if tensor.shape != ours_state[ours].shape:
-            if not any(re.search(pattern, ours) for pattern in reinit):
-                mismatched.append(f"{theirs} {tuple(tensor.shape)} vs {tuple(ours_state[ours].shape)}")
-            continue
-        loaded[ours] = tensor
-    used = set(mapping.values())
-    unexpected = [k for k in official if k not in used]
-    if missing or unexpected or mismatched:
-        message = f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})"
-        if missing:
-            message += format_keys("missing official keys", missing)
-        if unexpected:
-            message += format_keys("unexpected official keys", unexpected)
-        if mismatched:
-            message += format_keys("shape mismatches (official vs ours)", mismatched)
+    ours_of = {theirs: ours for ours, theirs in mapping.items()}
+    fit = StateFit.compare({theirs: tuple(ours_state[ours].shape) for ours, theirs in mapping.items()},
+                           shapes(official), lambda theirs: any(re.search(p, ours_of[theirs]) for p in reinit))
+    if fit.problems:
+        message = f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})" + fit.describe(
+            ("missing official keys", "unexpected official keys", "shape mismatches (official vs ours)"))
         if detector.name.startswith("yolov9-") and not any(".cv4." in k for k in official):
             message += "\n  hint: these look like converted (gelan) weights; use the matching gelan-* model"
         elif detector.name.startswith("gelan-") and any(".cv4." in k for k in official):
             message += "\n  hint: these look like yolov9 training weights; use yolov9-* (and --strip)"
         raise WeightsError(message)
     with torch.no_grad():
-        for ours, tensor in loaded.items():
-            ours_state[ours].copy_(tensor.to(ours_state[ours].dtype))
+        for theirs, tensor in official.items():
+            if theirs not in fit.may_differ:
+                ours_state[ours_of[theirs]].copy_(tensor.to(ours_state[ours_of[theirs]].dtype))
     return detector
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pgi_detect.models.detector import Detector
 from pgi_detect.models.detector_file import detector_from_file, file_spec, is_detector_file
-from pgi_detect.models.errors import WeightsError, format_keys
+from pgi_detect.models.errors import StateFit, WeightsError, shapes
 from pgi_detect.models.hub import resolve_weights
 from pgi_detect.models.identify import identify_zoo_model
 from pgi_detect.models.official import (
@@ -92,18 +92,8 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
     source = str(path) if named == str(path) else f"{named} ({path})"
     state = _state_in_our_keys(detector, path)
     own = detector.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape_differs = [k for k in own if k in state and state[k].shape != own[k].shape]
-    reinit = [k for k in shape_differs if any(re.search(p, k) for p in CLASS_BRANCH_KEYS)]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape_differs if k not in reinit]
-    problems = ""
-    if missing:
-        problems += format_keys("missing", missing)
-    if unexpected:
-        problems += format_keys("unexpected", unexpected)
-    if mismatched:
-        problems += format_keys("shape mismatches (file vs model)", mismatched)
+    fit = StateFit.compare(shapes(own), shapes(state), lambda k: any(re.search(p, k) for p in CLASS_BRANCH_KEYS))
+    problems = fit.describe()
     if problems and not partial:
         raise WeightsError(f"{source}: weights do not fit model {detector.name!r} (nc={detector.num_classes}); load "
                            f"with partial=True (DetectionTask: partial_weights) to take only what fits:{problems}"
@@ -113,8 +103,8 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
         for key, tensor in fitting.items():
             own[key].copy_(tensor.to(own[key].dtype))
     report = f"loaded {len(fitting)}/{len(own)} tensors from {source}"
-    if reinit:
-        report += f"; class branch re-initialised for {detector.num_classes} classes ({len(reinit)} tensors)"
+    if fit.may_differ:
+        report += f"; class branch re-initialised for {detector.num_classes} classes ({len(fit.may_differ)} tensors)"
     if problems:
         report += f"; partial load, skipped:{problems}"
     return report
