@@ -100,17 +100,22 @@ def synthetic_data(tmp_path_factory) -> Path:
     return root
 
 
-def test_demo_config_instantiates_with_linked_classes(synthetic_data, tmp_path):
-    from pgi_detect.data import SHAPE_CLASSES
-
-    cli = build_cli([
+def demo_cli(synthetic_data, tmp_path, *extra: str):
+    """The demo config instantiated (not run) on the synthetic data."""
+    return build_cli([
         "--config", str(REPO / "experiments/demo-synthetic.yaml"),
         f"--data.train={synthetic_data / 'annotations/instances_train.json'}",
         f"--data.train_images={synthetic_data / 'images/train'}",
         f"--data.val={synthetic_data / 'annotations/instances_val.json'}",
         f"--data.val_images={synthetic_data / 'images/val'}",
-        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}", *extra,
     ], run=False)
+
+
+def test_demo_config_instantiates_with_linked_classes(synthetic_data, tmp_path):
+    from pgi_detect.data import SHAPE_CLASSES
+
+    cli = demo_cli(synthetic_data, tmp_path)
     hparams = cli.model.hparams
     assert hparams.num_classes == 3 and list(hparams.class_names) == list(SHAPE_CLASSES)
     assert list(hparams.category_ids) == [1, 2, 3]
@@ -125,14 +130,7 @@ def test_model_summary_counts_flops_at_the_data_image_size(synthetic_data, tmp_p
 
     from pgi_detect.models import count_gflops
 
-    cli = build_cli([
-        "--config", str(REPO / "experiments/demo-synthetic.yaml"),
-        f"--data.train={synthetic_data / 'annotations/instances_train.json'}",
-        f"--data.train_images={synthetic_data / 'images/train'}",
-        f"--data.val={synthetic_data / 'annotations/instances_val.json'}",
-        f"--data.val_images={synthetic_data / 'images/val'}",
-        f"--trainer.default_root_dir={tmp_path}", "--data.img_size=192",
-    ], run=False)
+    cli = demo_cli(synthetic_data, tmp_path, "--data.img_size=192")
     assert cli.model.hparams.img_size == cli.datamodule.img_size == 192
     summary = ModelSummary(cli.model, max_depth=1)
     assert summary.total_flops / 1e9 == pytest.approx(count_gflops(cli.model.detector, 192), rel=0.03)
