@@ -26,9 +26,15 @@ class DataMonitor(pl.Callback):
         datamodule: Any = getattr(trainer, "datamodule", None)
         return int(getattr(datamodule, "skipped_samples", 0) or 0)
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The count starts with the training set, at 0. Not read at the first epoch's start: DataLoader workers
+        # start prefetching (and may meet a bad image) before that hook runs.
+        if stage == "fit":
+            self._seen = 0
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == 0 or self._seen > self._running_total(trainer):  # fresh (or restarted) loaders
-            self._seen = self._running_total(trainer)
+        if self._seen > self._running_total(trainer):  # a rebuilt training set counts from 0 again
+            self._seen = 0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = self._running_total(trainer)
