@@ -148,3 +148,32 @@ def test_a_logger_switched_on_the_command_line_keeps_a_sensible_run_name(data, t
     unnamed = build_cli([*cli_args(data, tmp_path / "my-run"), "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
                          "--trainer.logger.init_args.name=null"], run=False)
     assert unnamed.config["trainer"]["logger"]["init_args"]["name"] == "my-run"  # the run folder's name
+
+
+def test_a_pretrained_custom_backbone_keeps_its_weights_and_checkpoints_stay_portable(data, tmp_path):
+    """The backbone module the CLI instantiates (with its pretrained weights) is the detector's backbone; the spec
+    saved in checkpoints is the portable {class_path, init_args} form."""
+    from helpers.backbones import PRETRAINED_VALUE
+
+    cli = build_cli([*cli_args(data, tmp_path), "--model.backbone=helpers.backbones.MarkedBackbone",
+                     "--model.backbone.init_args.pretrained=true", "--model.neck=gelan-t"], run=False)
+    stem = cli.model.detector.layers[0].stem.weight
+    assert torch.all(stem == PRETRAINED_VALUE)
+    assert cli.model.spec.backbone == {"class_path": "helpers.backbones.MarkedBackbone",
+                                       "init_args": {"width": 8, "pretrained": True}}
+
+
+def test_initial_weights_are_not_reapplied_when_a_checkpoint_is_given(data, tmp_path, caplog):
+    """`--model.weights` initialises a new run; with `--ckpt_path` the checkpoint's own weights are used, so the
+    initial file is not read again (it may be gone, or a name that would need a download)."""
+    weights = tmp_path / "init.pt"
+    save_detector(build_model("gelan-t", num_classes=3), weights)
+    run_dir = tmp_path / "run"
+    assert main(["fit", *cli_args(data, run_dir, f"--model.weights={weights}", "--trainer.max_epochs=1")]) == 0
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["weights"] is None  # load_from_checkpoint does not re-read it either
+    weights.unlink()
+    with caplog.at_level(logging.INFO):
+        assert main(["validate", *cli_args(data, run_dir, f"--model.weights={weights}"),
+                     f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]) == 0
+    assert f"model.weights='{weights}' not applied" in caplog.text

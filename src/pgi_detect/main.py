@@ -80,6 +80,11 @@ class DetectionCLI(LightningCLI):
         at = list(args).index(subcommand) + 1
         super().parse_arguments(parser, [*args[:at], "--model", json.dumps(saved), *args[at:]])
         final = self.config[subcommand]["model"]
+        if final.get("weights"):
+            # The checkpoint's own weights replace any initial ones: not re-read (or downloaded) for nothing.
+            rank_zero_info(f"{subcommand}: model.weights={final['weights']!r} not applied; the weights come from "
+                           f"{ckpt_path}")
+            final["weights"] = None
         self._check_architecture(ckpt_path, saved, given, subcommand)
         changes = changed_values(saved, final.as_dict())
         if changes:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -45,7 +46,9 @@ class CocoDetectionMetric(Metric):
 
     `update(detections, image_ids)`: one `(n, 6)` tensor per image. Set `ground_truth` (a COCO object or dict) and
     `category_ids` (class index -> dataset category id) before `compute()`, which returns a `CocoEvaluation` of all
-    ranks' detections, each image once.
+    ranks' detections, each image once. Under torch.distributed only global rank 0 scores them (COCO evaluation is
+    CPU-heavy, and every rank would compute the same numbers); the others get the image ids and empty `stats`, and
+    the caller broadcasts rank 0's `stats`.
     """
 
     full_state_update = False
@@ -81,6 +84,8 @@ class CocoDetectionMetric(Metric):
         if self.ground_truth is None:
             raise RuntimeError("CocoDetectionMetric needs its ground_truth set before compute()")
         per_image = self.per_image_rows()
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return CocoEvaluation({}, [], sorted(per_image))
         detections = rows_to_coco(per_image, self.category_ids)
         scores = score_detections(self.ground_truth, detections, self.backend, image_ids=per_image.keys())
         return CocoEvaluation(scores.stats, detections, sorted(per_image), scores.arrays)

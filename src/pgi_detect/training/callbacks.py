@@ -94,9 +94,6 @@ class ModelEMA(WeightAveraging):
             self._average_model.update_parameters(self.averaged_part(pl_module))
             self._latest_update_step = trainer.global_step
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pass  # per-step averaging only
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
             for average, current in self._pairs(pl_module):

@@ -1,6 +1,7 @@
 """Where a run's checkpoints live and what the CLI reads from them before building anything."""
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ CHECKPOINT_DIR = "checkpoints"  # under trainer.default_root_dir, unless a Model
 ARCHITECTURE_KEYS = ("model", "backbone", "neck", "cls_width")
 # DetectionTask arguments the CLI links from the datamodule; never taken from a checkpoint's hyperparameters.
 LINKED_KEYS = ("num_classes", "class_names", "category_ids", "batch_size", "img_size")
+# How the run's weights were initialised: the checkpoint's own weights replace them, so they are not re-applied
+# (re-reading a fine-tuning file, or downloading a pretrained name, on every resume or validate).
+INITIAL_KEYS = ("weights", "partial_weights")
 
 
 def newest_last_checkpoint(default_root_dir: Path) -> Path | None:
@@ -24,9 +28,13 @@ def newest_last_checkpoint(default_root_dir: Path) -> Path | None:
 def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
     """The DetectionTask hyperparameters a checkpoint was trained with, as the CLI can parse them (without the
     values the CLI links from the datamodule and without Lightning's private keys)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: only the small hyperparameter dict is read, not the weights and optimizer state
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise SystemExit(f"{path}: cannot read its hyperparameters without running code from the file (it pickles "
+                         f"Python objects, e.g. a custom backbone built in Python): {error}") from None
     saved = dict(payload.get("hyper_parameters") or {})
-    return {k: v for k, v in saved.items() if not k.startswith("_") and k not in LINKED_KEYS}
+    return {k: v for k, v in saved.items() if not k.startswith("_") and k not in LINKED_KEYS + INITIAL_KEYS}
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -7,6 +7,7 @@ datamodule is used through the `DetectionDataSource` protocol.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, is_dataclass
 from typing import Any, Literal, TypeVar
 
@@ -30,6 +31,7 @@ from pgi_detect.models import (
     checkpoint_record,
     freeze_layers,
     load_weights_into,
+    spec_of,
 )
 from pgi_detect.training.contracts import DetectionDataSource, EvalStage
 from pgi_detect.training.derived import DerivedModels
@@ -128,10 +130,12 @@ class DetectionTask(pl.LightningModule):
         self.eval_nms = as_settings(eval_nms, NMSSettings)
         self.predict_nms = as_settings(predict_nms, NMSSettings)
         self.guard = as_settings(guard, GuardSettings)
-        # Under the LightningCLI the hyperparameters hold the backbone as {class_path, init_args} (portable); from
-        # Python they hold the module itself.
-        self.spec = DetectorSpec(model, num_classes, cls_width, self.hparams.get("backbone"), neck)
-        self.detector = build_detector(self.spec)
+        # Built from the backbone as given (a module the CLI instantiated keeps, e.g., its pretrained weights). The
+        # spec records it as the hyperparameters hold it: {class_path, init_args} under the LightningCLI (portable),
+        # the module itself from Python.
+        self.detector = build_detector(DetectorSpec(model, num_classes, cls_width, backbone, neck))
+        self.detector.describe_backbone(self.hparams.get("backbone"), neck)
+        self.spec = spec_of(self.detector)
         self.criterion = DetectionLoss(num_classes, strides=tuple(self.detector.strides),
                                        reg_max=self.detector.reg_max)
         if weights:
@@ -201,10 +205,11 @@ class DetectionTask(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.optim.auto_accumulate and self.trainer.accumulate_grad_batches == 1:
-            steps = self.optim.accumulation(self.global_batch_size())
+            global_batch = self.global_batch_size()
+            steps = self.optim.accumulation(global_batch)
             self.trainer.accumulate_grad_batches = steps
-            rank_zero_info(f"DetectionTask: global batch {self.global_batch_size()} -> accumulate_grad_batches="
-                           f"{steps} (nominal batch {self.optim.nominal_batch_size})")
+            rank_zero_info(f"DetectionTask: global batch {global_batch} -> accumulate_grad_batches={steps} "
+                           f"(nominal batch {self.optim.nominal_batch_size})")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optim.build_optimizer(self.detector, self.global_batch_size(),
@@ -251,16 +256,15 @@ class DetectionTask(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         loss, items = self.compute_loss(batch)
-        nonfinite = not bool(torch.isfinite(loss).item())
-        if self.trainer.world_size > 1:
-            # Every rank must skip together, otherwise DDP's gradient all-reduce would hang.
-            nonfinite = bool(self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False))
+        batch_size = batch["images"].shape[0]
+        # The step's one device -> host copy: the loss per image (box + cls + dfl, what the logs show).
+        nonfinite, diverged = self._loss_health(float(loss.detach()) / batch_size)
+        if diverged:
+            raise diverged
         if self.nonfinite_guard.should_skip(not nonfinite):
             rank_zero_warn(f"non-finite loss at step {self.global_step} (batch {batch_idx}); step skipped")
             self.log("train/nonfinite_skipped", float(self.nonfinite_guard.total_skipped), on_step=True)
             return None
-        self._check_divergence(float(items.sum()))
-        batch_size = batch["images"].shape[0]
         box, cls, dfl = items.float()
         self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
         self.log_dict({"train/box_loss": box, "train/cls_loss": cls, "train/dfl_loss": dfl},
@@ -270,20 +274,25 @@ class DetectionTask(pl.LightningModule):
                       on_epoch=False, batch_size=batch_size)
         return loss * self.backward_scale()
 
-    def _check_divergence(self, loss: float) -> None:
-        """Warn about a loss far above its running median; every rank stops together once it stays there."""
-        try:
-            warning = self.divergence_guard.check(loss, self.global_step)
-            failure = None
-        except FloatingPointError as error:
-            warning, failure = None, error
-        stop = failure is not None
+    def _loss_health(self, loss: float) -> tuple[bool, FloatingPointError | None]:
+        """(non-finite, divergence error) of this step's loss, agreed by every rank in one all-reduce: all ranks skip
+        a step together (else DDP's gradient all-reduce would hang) and stop together. A diverging loss warns."""
+        failure = None
+        if math.isfinite(loss):
+            try:
+                warning = self.divergence_guard.check(loss, self.global_step)
+            except FloatingPointError as error:
+                warning, failure = None, error
+            if warning:
+                rank_zero_warn(warning)
+        flags = (not math.isfinite(loss), failure is not None)
         if self.trainer.world_size > 1:
-            stop = bool(self.trainer.strategy.reduce_boolean_decision(stop, all=False))
-        if stop:
-            raise failure or FloatingPointError(f"training diverged on another rank at step {self.global_step}")
-        if warning:
-            rank_zero_warn(warning)
+            summed = self.trainer.strategy.reduce(torch.tensor(flags, dtype=torch.float32, device=self.device),
+                                                  reduce_op="sum")
+            flags = tuple(bool(flag > 0) for flag in summed.tolist())
+        if flags[1] and failure is None:
+            failure = FloatingPointError(f"training diverged on another rank at step {self.global_step}")
+        return flags[0], failure
 
     # ------------------------------------------------------------------ evaluation
 
@@ -335,9 +344,9 @@ class DetectionTask(pl.LightningModule):
                                "(ground_truth, category_ids; see pgi_detect.training.contracts)")
         self.metric.ground_truth = source.ground_truth(stage)
         self.metric.category_ids = self.category_ids
-        evaluation = self.metric.compute()  # every rank scores the same gathered detections
+        evaluation = self.metric.compute()  # gathered from every rank, scored on rank 0
         self.metric.reset()
-        metrics = evaluation.stats
+        metrics = self.trainer.strategy.broadcast(evaluation.stats, src=0)
         # The whole evaluation (detections, arrays) is kept where reports and files are written: global rank 0.
         self.last_eval = {"stage": stage, "image_ids": evaluation.image_ids, "metrics": metrics,
                           "evaluation": evaluation if self.trainer.is_global_zero else None}
@@ -379,3 +388,7 @@ class DetectionTask(pl.LightningModule):
         """Every checkpoint records the detector spec and class table, so loaders need nothing else."""
         checkpoint[CHECKPOINT_RECORD] = checkpoint_record(self.spec, STATE_PREFIX, self.class_names,
                                                           self.category_ids)
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and hparams.get("weights"):
+            # The state dict replaces the initial weights: `load_from_checkpoint` must not re-read that file.
+            checkpoint["hyper_parameters"] = {**hparams, "weights": None}

@@ -54,10 +54,12 @@ class Preemption(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if not _at_optimizer_step(trainer, batch_idx):  # the same answer on every rank: no collective needed
+            return
         requested = self.requested
         if trainer.world_size > 1:  # the signal reaches the ranks at slightly different times: agree first
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
-        if not requested or not _at_optimizer_step(trainer, batch_idx):
+        if not requested:
             return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
