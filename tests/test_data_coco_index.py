@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pgi_detect.data import coco_json, index_cache, load_source
+from pgi_detect.data import DataError, coco_json, index_cache, load_source
 from pgi_detect.data.coco_json import annotation_polygon
 from pgi_detect.data.ground_truth import ground_truth_dict
 from pgi_detect.data.records import RecordTable
@@ -102,6 +102,21 @@ def test_bad_coordinates_take_the_checking_pass(tmp_path):
     assert record.image_id == 2 and record.has_segments
     x1, y1, x2, y2 = record.boxes[0]
     np.testing.assert_allclose(record.segment_points[:4], [[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, "5", 4], [1, 2, 5, None], ["1", 2, 5, 4]])
+def test_a_bbox_value_that_is_not_a_number_is_an_invalid_box(tmp_path, bbox):
+    """A width or height that is not a number used to crash the first pass with a bare TypeError, and a numeric
+    string elsewhere was read as a number; each is the image's invalid_box problem, skippable like any other."""
+    path = rectangles_coco(tmp_path, 2)
+    data = json.loads(path.read_text())
+    data["annotations"][0]["bbox"] = bbox
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"ann\.json \[0\.png\]: annotation 1 has an invalid bbox"):
+        load_source(path, tmp_path / "images")
+    source = load_source(path, tmp_path / "images", on_bad_sample="skip")
+    assert [p.kind for p in source.problems] == ["invalid_box"]
+    assert [r.image_id for r in source.records] == [2] and source.num_objects == 2
 
 
 def test_yolo_polygon_areas_give_the_coco_size_buckets(coco128_dir, tmp_path):

@@ -132,13 +132,18 @@ def parse_coco(data: Any, annotation_file: Path) -> CocoIndex:
     rows = {image_id: row for row, image_id in enumerate(image_ids)}
     classes = {c: i for i, c in enumerate(category_ids)}
     problems: list[list] = []  # [file, message, kind, severity, image row or -1]
-    # First pass trusts that coordinates are finite numbers (checked after, in numpy); if some are not, the
-    # second pass checks every value and reports (or replaces) the offending annotations.
-    objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=False)
-    if not objects.finalize():
+    # First pass trusts that coordinates are finite numbers (checked after, in numpy); if some are not (a width
+    # that is a string or null fails its sign test here already), the second pass checks every value and reports
+    # (or replaces) the offending annotations.
+    try:
+        objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=False)
+        numbers = objects.finalize()
+    except (TypeError, ValueError):
+        numbers = False
+    if not numbers:
         problems.clear()
         objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=True)
-        objects.finalize()
+        objects.finalize(checked=True)
     encoded = [name.encode("utf-8") for name in names]
     arrays = {
         "names": np.frombuffer(b"".join(encoded), np.uint8).copy(),
@@ -212,16 +217,20 @@ class ObjectLists:
     box_array: np.ndarray | None = None  # (n, 4) float64 [x, y, w, h], set by finalize
     point_array: np.ndarray | None = None  # (P, 2) float32, set by finalize
 
-    def finalize(self) -> bool:
-        """Convert the coordinate lists to arrays; False when some value is not a finite number."""
-        try:
-            boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
-            points = np.asarray(self.points, np.float32).reshape(-1, 2)
-        except (TypeError, ValueError):
-            return False
+    def finalize(self, checked: bool = False) -> bool:
+        """Convert the coordinate lists to arrays; False when some value is not a finite number. Unless every value
+        was `checked` one by one already (the strict pass), the dtype numpy infers tells numbers from the rest: a
+        float conversion would read a numeric string such as "5" as a number."""
+        if checked:
+            boxes, points = np.asarray(self.boxes, np.float64), np.asarray(self.points, np.float64)
+        else:
+            boxes, points = np.asarray(self.boxes), np.asarray(self.points)
+            if boxes.dtype.kind not in "fi" or points.dtype.kind not in "fi":  # str, None, an int beyond int64
+                return False
         if not (np.isfinite(boxes).all() and np.isfinite(points).all()):
             return False
-        self.box_array, self.point_array = boxes, points
+        self.box_array = boxes.astype(np.float64, copy=False).reshape(-1, 4)
+        self.point_array = points.astype(np.float32).reshape(-1, 2)
         self.boxes, self.points = [], []  # the arrays hold them now
         return True
 

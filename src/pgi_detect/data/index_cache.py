@@ -26,7 +26,7 @@ import numpy as np
 
 logger = logging.getLogger("pgi_detect.data")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numeric strings in a bbox are invalid boxes (version 1 read "5" as 5)
 MAGIC = b"PGIINDEX"
 ALIGN = 64
 ENV_CACHE_DIR = "PGI_DETECT_CACHE_DIR"
