@@ -86,14 +86,16 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
     segments=False hides the polygons (copy-paste and segment-aware warping then do not run). cache=False neither
     reads nor writes the on-disk index (index_cache.py; files under index_cache.MIN_CACHED_BYTES never are)."""
     annotation_file = Path(annotation_file)
-    if images_dir is None:
-        images_dir = guess_coco_images_dir(annotation_file)
+    images_dir = guess_coco_images_dir(annotation_file) if images_dir is None else Path(images_dir)
+    if images_dir is None or not images_dir.is_dir():
+        if annotation_file.is_dir() or not annotation_file.exists():
+            read_json(annotation_file)  # the error says what is wrong with the path
         if images_dir is None:
-            if annotation_file.is_dir() or not annotation_file.exists():
-                read_json(annotation_file)  # the error says what is wrong with the path
             raise DataError(f"{annotation_file}: cannot find the images folder; pass the images path explicitly")
+        # else every image would be one "image file not found" problem, and skipping them leaves nothing
+        raise DataError(f"{images_dir}: images folder not found")
     index = coco_index(annotation_file, cache)
-    return source_from_index(index, annotation_file, Path(images_dir), segments)
+    return source_from_index(index, annotation_file, images_dir, segments)
 
 
 @dataclass
@@ -358,7 +360,7 @@ def source_from_index(index: CocoIndex, annotation_file: Path, images_dir: Path,
     prefix = str(images_dir) + os.sep
     try:
         present = set(os.listdir(images_dir))
-    except OSError:
+    except OSError:  # an unlistable folder: each file is looked up on its own
         present = set()
     problems = [DataProblem(file, message, kind, severity) for file, message, kind, severity, row in meta["problems"]
                 if row < 0]
