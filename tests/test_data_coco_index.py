@@ -66,6 +66,19 @@ def test_cached_index_gives_the_same_source_and_is_memory_mapped(tmp_path, cache
     assert "missing_image" not in {p.kind for p in load_source(path, images, on_bad_sample="skip").problems}
 
 
+def test_cached_problems_name_the_file_as_this_load_gives_it(tmp_path, cache_dir, monkeypatch):
+    """The cache is keyed by the resolved path; problems read back from it name the path as given now, not as the
+    load that wrote the cache gave it (from another working directory)."""
+    coco_with_problems(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = load_source("d/ann.json", "d/images", on_bad_sample="skip")
+    monkeypatch.chdir(tmp_path / "d")
+    cached = load_source("ann.json", "images", on_bad_sample="skip")
+    assert isinstance(cached.records.boxes.base, np.memmap)  # read from the cache
+    assert sorted(str(p) for p in first.problems) == sorted("d/" + str(p) for p in cached.problems)
+    assert "ann.json [1.png]: annotation 3 has unknown category id 99" in [str(p) for p in cached.problems]
+
+
 def test_changed_file_rebuilds_the_index(tmp_path, cache_dir):
     path = rectangles_coco(tmp_path, 3)
     first = load_source(path, tmp_path / "images")

@@ -133,18 +133,21 @@ def parse_coco(data: Any, annotation_file: Path) -> CocoIndex:
     image_ids, names, widths, heights = parse_images(images, annotation_file)
     rows = {image_id: row for row, image_id in enumerate(image_ids)}
     classes = {c: i for i, c in enumerate(category_ids)}
-    problems: list[list] = []  # [file, message, kind, severity, image row or -1]
+    # [image, message, kind, severity, row]: a box repair names its image by row (>= 0); an annotation problem has
+    # row -1 and names the image's file name (or None: the annotation file). The annotation file's path is added
+    # when a source is built (source_from_index): a cached index holds no path as one working directory saw it.
+    problems: list[list] = []
     # First pass trusts that coordinates are finite numbers (checked after, in numpy); if some are not (a width
     # that is a string or null fails its sign test here already), the second pass checks every value and reports
     # (or replaces) the offending annotations.
     try:
-        objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=False)
+        objects = collect_objects(annotations, rows, classes, names, problems, strict=False)
         numbers = objects.finalize()
     except (TypeError, ValueError):
         numbers = False
     if not numbers:
         problems.clear()
-        objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=True)
+        objects = collect_objects(annotations, rows, classes, names, problems, strict=True)
         objects.finalize(checked=True)
     encoded = [name.encode("utf-8") for name in names]
     arrays = {
@@ -281,7 +284,7 @@ class ObjectLists:
 
 
 def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_category: dict[int, int],
-                    names: list[str], where: str, problems: list[list], strict: bool = True) -> ObjectLists:
+                    names: list[str], problems: list[list], strict: bool = True) -> ObjectLists:
     """Go once over the annotations. Crowd annotations are counted and skipped (evaluation ignores them); an
     annotation that is not an object or names an unknown image is reported and dropped; one with an unknown category
     or an invalid bbox (not 4 finite numbers, negative width or height) makes its image unusable.
@@ -290,13 +293,13 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
     found = ObjectLists(num_images=len(names))
     for position, ann in enumerate(annotations):
         if type(ann) is not dict:
-            problems.append([where, f"annotations[{position}] is not an object: {ann!r:.80}", "malformed_annotation",
+            problems.append([None, f"annotations[{position}] is not an object: {ann!r:.80}", "malformed_annotation",
                              "error", -1])
             continue
         image_id = ann.get("image_id")
         row = row_of_image.get(image_id) if isinstance(image_id, int) else None
         if row is None:
-            problems.append([where, f"annotation {ann.get('id', '?')} references unknown image id {image_id!r}",
+            problems.append([None, f"annotation {ann.get('id', '?')} references unknown image id {image_id!r}",
                              "unknown_image", "error", -1])
             continue
         if ann.get("iscrowd", 0):
@@ -315,7 +318,7 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
             problem = (f"annotation {ann.get('id', '?')} has a bbox {bbox!r} with negative width or height",
                        "invalid_box")
         if problem is not None:
-            problems.append([f"{where} [{names[row]}]", problem[0], problem[1], "error", -1])
+            problems.append([names[row], problem[0], problem[1], "error", -1])
             found.bad_rows.add(row)
             continue
         found.rows.append(row)
@@ -362,8 +365,9 @@ def source_from_index(index: CocoIndex, annotation_file: Path, images_dir: Path,
         present = set(os.listdir(images_dir))
     except OSError:  # an unlistable folder: each file is looked up on its own
         present = set()
-    problems = [DataProblem(file, message, kind, severity) for file, message, kind, severity, row in meta["problems"]
-                if row < 0]
+    where = str(annotation_file)
+    problems = [DataProblem(where if image is None else f"{where} [{image}]", message, kind, severity)
+                for image, message, kind, severity, row in meta["problems"] if row < 0]
     usable = np.array(arrays["usable"], bool)
     missing = np.zeros(len(usable), bool)
     for row in range(len(usable)):
@@ -371,7 +375,7 @@ def source_from_index(index: CocoIndex, annotation_file: Path, images_dir: Path,
         if name not in present and not os.path.exists(prefix + name):
             missing[row] = True
             problems.append(DataProblem(prefix + name, "image file not found", "missing_image"))
-    for file, message, kind, severity, row in meta["problems"]:
+    for _, message, kind, severity, row in meta["problems"]:
         if row >= 0 and not missing[row]:
             name = names[offsets[row]:offsets[row + 1]].decode("utf-8")
             problems.append(DataProblem(prefix + name, message, kind, severity))
