@@ -26,7 +26,8 @@ import numpy as np
 
 from pgi_detect.data import index_cache
 from pgi_detect.data.problems import DataError, DataProblem
-from pgi_detect.data.records import DetectionSource, RecordTable, merge_polygons, offsets_of
+from pgi_detect.data.records import (DetectionSource, RecordTable, merge_polygons, offsets_of, pack_names,
+                                     ragged_indices)
 
 INDEX_KIND = "coco"
 
@@ -149,10 +150,9 @@ def parse_coco(data: Any, annotation_file: Path) -> CocoIndex:
         problems.clear()
         objects = collect_objects(annotations, rows, classes, names, problems, strict=True)
         objects.finalize(checked=True)
-    encoded = [name.encode("utf-8") for name in names]
+    packed_names, name_offsets = pack_names(names)
     arrays = {
-        "names": np.frombuffer(b"".join(encoded), np.uint8).copy(),
-        "name_offsets": offsets_of([len(e) for e in encoded]),
+        "names": packed_names, "name_offsets": name_offsets,
         "image_ids": np.asarray(image_ids, np.int64),
         "widths": np.asarray(widths, np.int32),
         "heights": np.asarray(heights, np.int32),
@@ -277,8 +277,7 @@ class ObjectLists:
         points = self.point_array
         assert points is not None, "finalize() first"
         counts, starts = counts[order][valid], starts[order][valid]
-        picked = np.repeat(starts - offsets_of(counts)[:-1], counts) + np.arange(int(counts.sum()))
-        points = points[picked].clip(0, np.repeat(limits[valid], counts, axis=0))
+        points = points[ragged_indices(starts, counts)].clip(0, np.repeat(limits[valid], counts, axis=0))
         has_polygon = np.asarray(self.has_polygon, bool)[order][valid]
         return np.ascontiguousarray(points, np.float32), offsets_of(counts), has_polygon
 

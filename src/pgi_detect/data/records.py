@@ -103,7 +103,7 @@ class RecordTable(Sequence[ImageRecord]):
         """Pack sized (pixel) records; `areas` gives per-record object areas where known (else box areas)."""
         if any(r.normalized or r.width is None or r.height is None for r in records):
             raise ValueError("records must be sized (pixel boxes) before they are packed")
-        encoded = [str(r.path).encode("utf-8") for r in records]
+        names, name_offsets = pack_names([str(r.path) for r in records])
         counts = np.asarray([r.num_objects for r in records], np.int64)
         has_segments = np.asarray([r.segment_points is not None for r in records], bool)
         boxes = [np.asarray(r.boxes, np.float32).reshape(-1, 4) for r in records]
@@ -117,8 +117,7 @@ class RecordTable(Sequence[ImageRecord]):
                         for b, a in zip(boxes, areas or [None] * len(records))]
         points, point_offsets = pack_segments(polygons)
         return cls(
-            prefix="", names=np.frombuffer(b"".join(encoded), np.uint8).copy(),
-            name_offsets=offsets_of([len(e) for e in encoded]),
+            prefix="", names=names, name_offsets=name_offsets,
             image_ids=np.asarray([r.image_id for r in records], np.int64),
             widths=np.asarray([r.width for r in records], np.int32),
             heights=np.asarray([r.height for r in records], np.int32),
@@ -211,9 +210,7 @@ class RecordTable(Sequence[ImageRecord]):
         """The class of every object of the selected images."""
         if self.rows is None:
             return np.asarray(self.classes)
-        starts, counts = self.object_offsets[self.rows], self.object_counts()
-        return np.asarray(self.classes)[np.repeat(starts - np.cumsum(counts) + counts, counts)
-                                        + np.arange(int(counts.sum()))]
+        return np.asarray(self.classes)[ragged_indices(self.object_offsets[self.rows], self.object_counts())]
 
     @property
     def any_segments(self) -> bool:
@@ -257,6 +254,19 @@ def offsets_of(counts: Sequence[int] | np.ndarray) -> np.ndarray:
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets
+
+
+def ragged_indices(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices of the runs [starts[i], starts[i] + counts[i]) one after another (a ragged gather)."""
+    counts = np.asarray(counts, np.int64)
+    return np.repeat(np.asarray(starts, np.int64) - offsets_of(counts)[:-1], counts) + np.arange(int(counts.sum()))
+
+
+def pack_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings → (their utf-8 bytes joined (uint8), (n + 1,) int64 offsets); string i owns bytes
+    offsets[i]:offsets[i + 1]."""
+    encoded = [name.encode("utf-8") for name in names]
+    return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets_of([len(e) for e in encoded])
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
