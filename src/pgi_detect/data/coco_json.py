@@ -26,8 +26,8 @@ import numpy as np
 
 from pgi_detect.data import index_cache
 from pgi_detect.data.problems import DataError, DataProblem
-from pgi_detect.data.records import (DetectionSource, RecordTable, merge_polygons, offsets_of, pack_names,
-                                     ragged_indices)
+from pgi_detect.data.records import (DetectionSource, RecordTable, box_repair, clip_boxes_to_image, merge_polygons,
+                                     offsets_of, pack_names, ragged_indices)
 
 INDEX_KIND = "coco"
 
@@ -252,14 +252,9 @@ class ObjectLists:
         order = np.flatnonzero(keep)[np.argsort(rows[keep], kind="stable")]
         rows, raw = rows[order], raw[order]
         limits = np.stack([widths[rows], heights[rows]], 1)
-        clipped = np.concatenate([raw[:, :2].clip(0, limits), raw[:, 2:].clip(0, limits)], 1)
-        valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        moved = np.abs(clipped - raw).max(1) > 1.0 if len(raw) else np.zeros(0, bool)
-        for i in np.flatnonzero(~valid | moved):
-            text = raw[i].round(3).tolist()
-            message = (f"box {text} (xyxy pixels) has zero area inside the image; dropped" if not valid[i] else
-                       f"box {text} (xyxy pixels) extends outside the image; clipped")
-            problems.append([None, message, "clipped_box" if valid[i] else "degenerate_box", "warning", int(rows[i])])
+        clipped, valid, moved = clip_boxes_to_image(raw, limits[:, :1], limits[:, 1:])
+        for i in np.flatnonzero(~valid | moved):  # named by image row: source_from_index adds the file path
+            problems.append([None, *box_repair(raw[i], bool(valid[i])), "warning", int(rows[i])])
         points, point_offsets, has_polygon = self._pack_points(order, valid, limits)
         rows = rows[valid]
         image_has_segments = np.zeros(self.num_images, bool)

@@ -326,10 +326,11 @@ CLIP_REPORT_TOLERANCE_PX = 1.0
 
 
 def clip_boxes_to_image(
-    boxes: np.ndarray, width: float, height: float, report_tolerance: float = CLIP_REPORT_TOLERANCE_PX,
-    min_size: float = 0.0,
+    boxes: np.ndarray, width: float | np.ndarray, height: float | np.ndarray,
+    report_tolerance: float = CLIP_REPORT_TOLERANCE_PX, min_size: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clip xyxy boxes to the image; returns (clipped boxes, keep mask, was-clipped-noticeably mask).
+    """Clip xyxy boxes to the image (or each box to its own image: (n, 1) `width` and `height`); returns (clipped
+    boxes, keep mask, was-clipped-noticeably mask).
 
     keep is False for degenerate boxes: zero or negative width/height after clipping (including boxes entirely
     outside the image), or a side below `min_size` when given. "Noticeably" means some coordinate moved by more than
@@ -349,8 +350,13 @@ def report_box_repairs(problems: list[DataProblem], file: str, raw: np.ndarray, 
                        clipped: np.ndarray, unit: str = "xyxy pixels") -> None:
     """Record a warning per dropped (degenerate) and per noticeably clipped box."""
     for i in np.flatnonzero(~keep):
-        problems.append(DataProblem(file, f"box {raw[i].round(3).tolist()} ({unit}) has zero area inside the image; "
-                                    "dropped", "degenerate_box", "warning"))
+        problems.append(DataProblem(file, *box_repair(raw[i], False, unit), "warning"))
     for i in np.flatnonzero(keep & clipped):
-        problems.append(DataProblem(file, f"box {raw[i].round(3).tolist()} ({unit}) extends outside the image; "
-                                    "clipped", "clipped_box", "warning"))
+        problems.append(DataProblem(file, *box_repair(raw[i], True, unit), "warning"))
+
+
+def box_repair(raw: np.ndarray, kept: bool, unit: str = "xyxy pixels") -> tuple[str, str]:
+    """(message, kind) of the warning for one box `raw` that clip_boxes_to_image dropped or noticeably clipped."""
+    if not kept:
+        return f"box {raw.round(3).tolist()} ({unit}) has zero area inside the image; dropped", "degenerate_box"
+    return f"box {raw.round(3).tolist()} ({unit}) extends outside the image; clipped", "clipped_box"
