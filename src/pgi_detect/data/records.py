@@ -72,7 +72,8 @@ class RecordTable(Sequence[ImageRecord]):
     names[name_offsets[i]:name_offsets[i + 1]], joined to `prefix`), `object_offsets` (image i owns objects
     object_offsets[i]:object_offsets[i + 1]) and `has_segments`. Per object: `boxes` (xyxy pixels), `classes`,
     `areas` (the evaluation area: polygon area where the label was a polygon, else the box area; None = box area)
-    and `point_offsets` into `points` (its polygon, pixels). `rows` selects and orders the images that are used
+    and `point_offsets` into `points` (its polygon, pixels; read only for images with `has_segments`, the others'
+    objects may own none; both None when no image has segments). `rows` selects and orders the images that are used
     (None: all), so dropping images never copies the arrays.
     """
 
@@ -100,33 +101,41 @@ class RecordTable(Sequence[ImageRecord]):
     @classmethod
     def from_records(cls, records: Sequence[ImageRecord], areas: Sequence[np.ndarray | None] | None = None
                      ) -> "RecordTable":
-        """Pack sized (pixel) records; `areas` gives per-record object areas where known (else box areas)."""
+        """Pack sized (pixel) records; `areas` gives per-record object areas where known (else box areas). Only
+        the records with segments contribute points (the others' objects own none; nothing reads them)."""
         if any(r.normalized or r.width is None or r.height is None for r in records):
             raise ValueError("records must be sized (pixel boxes) before they are packed")
         names, name_offsets = pack_names([str(r.path) for r in records])
         counts = np.asarray([r.num_objects for r in records], np.int64)
-        has_segments = np.asarray([r.segment_points is not None for r in records], bool)
+        object_offsets = offsets_of(counts)
+        has_segments = np.asarray([r.segment_points is not None and r.segment_offsets is not None for r in records],
+                                  bool)
         boxes = [np.asarray(r.boxes, np.float32).reshape(-1, 4) for r in records]
-        polygons: list[np.ndarray] = []
-        for r, box in zip(records, boxes):
-            if r.segment_points is not None and r.segment_offsets is not None:
-                polygons.extend(unpack_segments(np.asarray(r.segment_points, np.float32), r.segment_offsets))
-            else:
-                polygons.extend(box_polygon(b) for b in box)
         object_areas = [box_areas(b) if a is None else np.asarray(a, np.float32)
                         for b, a in zip(boxes, areas or [None] * len(records))]
-        points, point_offsets = pack_segments(polygons)
+        points = point_offsets = None
+        if has_segments.any():
+            point_counts = np.zeros(int(counts.sum()), np.int64)
+            polygons = []
+            for i in np.flatnonzero(has_segments):
+                record = records[i]
+                offsets = np.asarray(record.segment_offsets, np.int64)
+                if len(offsets) != counts[i] + 1:
+                    raise ValueError(f"{record.path}: {len(offsets) - 1} segments for {counts[i]} objects")
+                point_counts[object_offsets[i]:object_offsets[i + 1]] = np.diff(offsets)
+                polygons.append(np.asarray(record.segment_points, np.float32).reshape(-1, 2)[offsets[0]:offsets[-1]])
+            points, point_offsets = np.concatenate(polygons), offsets_of(point_counts)
         return cls(
             prefix="", names=names, name_offsets=name_offsets,
             image_ids=np.asarray([r.image_id for r in records], np.int64),
             widths=np.asarray([r.width for r in records], np.int32),
             heights=np.asarray([r.height for r in records], np.int32),
-            object_offsets=offsets_of(counts), has_segments=has_segments,
+            object_offsets=object_offsets, has_segments=has_segments,
             boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
             classes=(np.concatenate([np.asarray(r.classes, np.int64) for r in records]) if records
                      else np.zeros(0, np.int64)),
             areas=np.concatenate(object_areas) if object_areas else np.zeros(0, np.float32),
-            point_offsets=point_offsets.astype(np.int64), points=points)
+            point_offsets=point_offsets, points=points)
 
     @classmethod
     def coerce(cls, records: "RecordTable | Sequence[ImageRecord]") -> "RecordTable":
