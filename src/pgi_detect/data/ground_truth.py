@@ -17,7 +17,7 @@ def ground_truth_dict(source: DetectionSource) -> dict[str, Any]:
     table = source.table
     image_ids = set(table.image_ids[table.rows].tolist() if table.rows is not None else table.image_ids.tolist())
     if source.format == "coco":
-        data = source.coco_dict if source.coco_dict is not None else read_json(Path(source.location))
+        data = read_json(Path(source.location))
         return {
             "info": data.get("info", {}), "licenses": data.get("licenses", []),
             "images": [im for im in data["images"] if im["id"] in image_ids],

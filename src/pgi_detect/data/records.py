@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -236,7 +235,6 @@ class DetectionSource:
     class_names: list[str]
     category_ids: list[int]  # contiguous index -> dataset category id
     problems: list[DataProblem] = field(default_factory=list)
-    coco_dict: dict[str, Any] | None = None  # the raw COCO JSON when kept; ground_truth_dict reads it otherwise
     orphan_label_files: list[str] = field(default_factory=list)  # YOLO: label files without an image
     unlabeled_images: list[str] = field(default_factory=list)  # YOLO: images without a label file (negatives)
     num_crowd: int = 0  # COCO: crowd annotations (not training targets, kept in the ground truth)
