@@ -104,7 +104,7 @@ def fill_report(report: DataReport, source: DetectionSource, decode: bool, progr
     report.unlabeled_images = list(source.unlabeled_images)
     report.orphan_label_files = list(source.orphan_label_files)
     report.num_crowd = source.num_crowd
-    table = source.table
+    table = source.records
     if decode:
         usable = []
         for position, record in enumerate(tqdm(table, total=len(table), desc="decoding images", unit="img",

@@ -231,7 +231,7 @@ class DetectionSource:
 
     format: str
     location: str  # annotation file (COCO) or dataset root (YOLO), for messages
-    records: RecordTable | list[ImageRecord]
+    records: RecordTable
     class_names: list[str]
     category_ids: list[int]  # contiguous index -> dataset category id
     problems: list[DataProblem] = field(default_factory=list)
@@ -245,15 +245,8 @@ class DetectionSource:
         return len(self.class_names)
 
     @property
-    def table(self) -> RecordTable:
-        """The records as a RecordTable (packed on first use when they are still a list)."""
-        if not isinstance(self.records, RecordTable):
-            self.records = RecordTable.from_records(self.records)
-        return self.records
-
-    @property
     def num_objects(self) -> int:
-        return int(self.table.object_counts().sum())
+        return int(self.records.object_counts().sum())
 
 
 def offsets_of(counts: Sequence[int] | np.ndarray) -> np.ndarray:
