@@ -76,9 +76,6 @@ class RecordTable(Sequence[ImageRecord]):
     (None: all), so dropping images never copies the arrays.
     """
 
-    ARRAYS = ("names", "name_offsets", "image_ids", "widths", "heights", "object_offsets", "has_segments", "boxes",
-              "classes", "areas", "point_offsets", "points")
-
     def __init__(self, prefix: str, names: np.ndarray, name_offsets: np.ndarray, image_ids: np.ndarray,
                  widths: np.ndarray, heights: np.ndarray, object_offsets: np.ndarray, boxes: np.ndarray,
                  classes: np.ndarray, has_segments: np.ndarray | None = None, point_offsets: np.ndarray | None = None,
@@ -139,11 +136,6 @@ class RecordTable(Sequence[ImageRecord]):
     @classmethod
     def coerce(cls, records: "RecordTable | Sequence[ImageRecord]") -> "RecordTable":
         return records if isinstance(records, RecordTable) else cls.from_records(list(records))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays (for the index cache); `rows` must be None."""
-        found = {name: getattr(self, name) for name in self.ARRAYS}
-        return {name: value for name, value in found.items() if value is not None}
 
     def select(self, positions: Sequence[int] | np.ndarray) -> "RecordTable":
         """The images at these positions of this table, in this order (the arrays are shared, not copied)."""
