@@ -39,14 +39,20 @@ class ImageRecord:
     def has_segments(self) -> bool:
         return self.segment_points is not None
 
-    def pixel_segments(self, height: int, width: int) -> list[np.ndarray] | None:
-        """One (k, 2) float32 polygon per object, in pixels of an image of this (displayed) size; None without."""
+    @property
+    def segments(self) -> list[np.ndarray] | None:
+        """One (k, 2) float32 polygon per object, in the units of `boxes`; None without segments."""
         if self.segment_points is None or self.segment_offsets is None:
             return None
-        points = self.segment_points
-        if self.normalized:
-            points = points * np.asarray([width, height], np.float32)
-        return unpack_segments(points, self.segment_offsets)
+        return unpack_segments(self.segment_points, self.segment_offsets)
+
+    def pixel_segments(self, height: int, width: int) -> list[np.ndarray] | None:
+        """One (k, 2) float32 polygon per object, in pixels of an image of this (displayed) size; None without."""
+        segments = self.segments
+        if segments is None or not self.normalized:
+            return segments
+        scale = np.asarray([width, height], np.float32)
+        return [polygon * scale for polygon in segments]
 
     def pixel_boxes(self, height: int, width: int) -> np.ndarray:
         """Boxes in pixels of an image of this (displayed) size."""
