@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.collate import collate_detections, seed_worker
 from pgi_detect.data.dataset import DetectionDataset
-from pgi_detect.data.dataset_yaml import DatasetYaml, load_yaml_split, read_dataset_yaml
+from pgi_detect.data.dataset_yaml import DatasetYaml, read_dataset_yaml
 from pgi_detect.data.ground_truth import ground_truth_coco
-from pgi_detect.data.loading import apply_policy, load_source, require_objects
+from pgi_detect.data.loading import load_source, require_objects
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.data.resumable import EpochSampler, ResumableLoader
@@ -127,12 +127,8 @@ class DetectionDataModule(pl.LightningDataModule):
             if path is None:
                 raise ValueError(f"no {split} dataset configured")
             segments = split == "train" and self.segments and self.augmentation.mosaic > 0
-            if self.dataset_yaml is not None:
-                source = apply_policy(load_yaml_split(self.dataset_yaml, split, self._class_names_arg, segments),
-                                      self.on_bad_sample)
-            else:
-                source = load_source(path, images, self.format, self._class_names_arg, self.on_bad_sample,
-                                     segments=segments)
+            source = load_source(self.dataset_yaml or path, images, self.format, self._class_names_arg,
+                                 self.on_bad_sample, segments, split=split if self.dataset_yaml else None)
             if split == "train":
                 require_objects(source, self.allow_empty_labels)
             self._sources[split] = source
