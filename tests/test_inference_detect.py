@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pgi_detect.inference import Predictor, run_prediction
+from pgi_detect.inference import Predictor, iter_frames, run_prediction
 from pgi_detect.inference.cli import detect
+from pgi_detect.inference.inputs import UnreadableInput
 from pgi_detect.models import build_model, save_detector
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -55,6 +56,16 @@ def test_truncated_jpeg_is_skipped_with_one_line(checkpoint, tmp_path, capsys, b
     assert sorted({r["file_name"] for r in records}) == ["im0.jpg", "im2.jpg", "im3.jpg", "im4.jpg"]
     assert len(records) == 12 and sorted(p.name for p in run.images) == ["im0.jpg", "im2.jpg", "im3.jpg", "im4.jpg"]
     assert "4 images/frames, 12 detections, 1 unreadable input(s) skipped" in captured.out
+
+
+def test_an_unreadable_image_raises_the_documented_unreadable_input(tmp_path):
+    """Like an unreadable video: callers catching UnreadableInput (what iter_frames documents) see image failures."""
+    source = folder_with_truncated_jpeg(tmp_path / "in", count=2, bad=1)
+    with pytest.raises(UnreadableInput, match=r"im1\.jpg: truncated JPEG"):
+        list(iter_frames(source))
+    seen = []
+    frames = list(iter_frames(source, on_error=lambda path, error: seen.append((path.name, type(error)))))
+    assert [frame.name for frame in frames] == ["im0"] and seen == [("im1.jpg", UnreadableInput)]
 
 
 def test_a_crash_keeps_everything_written_so_far(checkpoint, tmp_path, monkeypatch):

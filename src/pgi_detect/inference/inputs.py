@@ -135,6 +135,14 @@ class UnreadableInput(ValueError):
     """An image or video that cannot be decoded; the message names the file."""
 
 
+def read_still(path: Path) -> np.ndarray:
+    """An image file as RGB (data.images.decode_image); UnreadableInput, like an unreadable video, when it fails."""
+    try:
+        return decode_image(path)
+    except ImageDecodeError as exc:
+        raise UnreadableInput(str(exc)) from None
+
+
 def count_frames(source: Source) -> int | None:
     """How many frames `iter_frames(source)` yields when every input is readable (images + the frame counts video
     containers declare); None when a video does not declare one."""
@@ -179,8 +187,8 @@ def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterato
             if not stem_ids:
                 next_id += 1
             try:
-                image = decode_image(item)
-            except ImageDecodeError as exc:
+                image = read_still(item)
+            except UnreadableInput as exc:
                 if on_error is None:
                     raise
                 on_error(item, exc)
