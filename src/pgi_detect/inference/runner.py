@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pgi_detect.data.images import ImageDecodeError, decode_image
 from pgi_detect.inference.detections import Detections
-from pgi_detect.inference.inputs import Frame, Source, batched, count_frames, iter_frames
+from pgi_detect.inference.inputs import Frame, Source, count_frames
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter, save_annotated_image
 
@@ -154,11 +154,9 @@ def run_prediction(
         tell(f"skipped {path}: {reason}")
 
     try:
-        for frames in batched(iter_frames(source, on_error=skip), predictor.batch_size):
-            for frame, detections in zip(frames, predictor.predict_arrays([f.image for f in frames])):
-                detections.image_id = frame.image_id
-                outputs.add(frame, detections)
-            report.update(len(frames))
+        for frame, detections in predictor.stream(source, on_error=skip):
+            outputs.add(frame, detections)
+            report.update(1)
     finally:
         report.close()
         run = outputs.close()
