@@ -76,6 +76,16 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and (is_image_file(p) or is_video_file(p)))
 
 
+class ExpandedSource(list):
+    """A source flattened into image paths, video paths and in-memory images (expand_source). iter_frames and
+    count_frames take it as it is, so a source used twice has its folders listed once and an iterator read once."""
+
+
+def expand_source(source: Source) -> ExpandedSource:
+    """The files and images of a source (an error names a missing path or a folder without images)."""
+    return source if isinstance(source, ExpandedSource) else ExpandedSource(_expand(source))
+
+
 def _expand(source: Source) -> list[Any]:
     """Flatten a source into a list of image paths, video paths and in-memory images."""
     if isinstance(source, (str, Path)):
@@ -147,7 +157,7 @@ def count_frames(source: Source) -> int | None:
     """How many frames `iter_frames(source)` yields when every input is readable (images + the frame counts video
     containers declare); None when a video does not declare one."""
     total = 0
-    for item in _expand(source):
+    for item in expand_source(source):
         if isinstance(item, Path) and is_video_file(item):
             capture = cv2.VideoCapture(str(item))
             frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
@@ -166,7 +176,7 @@ def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterato
 
     An unreadable image or video raises `UnreadableInput`, or, with `on_error`, is passed to it and skipped (its
     image id stays unused, so the other ids do not depend on which files were readable)."""
-    items = _expand(source)
+    items = expand_source(source)
     stills = [item for item in items if isinstance(item, Path) and is_image_file(item)]
     stem_ids = _stem_ids(stills)
     next_id = (max(stem_ids.values()) + 1) if stem_ids else 0

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pgi_detect.data.images import ImageDecodeError, decode_image
 from pgi_detect.inference.detections import Detections
-from pgi_detect.inference.inputs import Frame, Source, count_frames
+from pgi_detect.inference.inputs import Frame, Source, count_frames, expand_source
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter, save_annotated_image
 
@@ -143,9 +143,11 @@ def run_prediction(
     (default: a logged warning). `progress` shows a bar on a terminal, else a line every `progress_every` images.
     `category_ids` overrides the predictor's class index -> category id table.
     """
+    source = expand_source(source)  # once, for counting and reading; a bad source fails before any file is created
+    total = count_frames(source) if progress else None
     outputs = PredictionOutputs(output_dir, save_json=save_json, save_images=save_images, save_videos=save_videos,
                                 category_ids=category_ids, json_name=json_name, image_suffix=image_suffix)
-    report = Progress(count_frames(source) if progress else None, enabled=progress, every=progress_every)
+    report = Progress(total, enabled=progress, every=progress_every)
     tell = on_skip or (report.note if progress else logger.warning)
 
     def skip(path: Path, error: Exception) -> None:
