@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 from tqdm import tqdm
 
 from pgi_detect.data.images import ImageDecodeError, decode_image
@@ -52,16 +53,22 @@ class PredictionOutputs:
         self.video_writer: AnnotatedVideoWriter | None = None
 
     def add(self, frame: Frame, detections: Detections) -> None:
+        self.record(detections, frame.image_id, frame.file_name, frame.frame_index)
+        if frame.video is None and self.save_images:
+            self.save_image(detections.draw(frame.image), frame.name)
+        elif frame.video is not None and self.save_videos:
+            self._video_for(frame).write(detections.draw(frame.image))
+
+    def record(self, detections: Detections, image_id: int, file_name: str, frame_index: int | None = None) -> None:
+        """Count one image's detections and write their JSON records (no pixels needed)."""
         self.run.frames += 1
         self.run.detections += len(detections)
         if self.json_writer is not None:
-            self.json_writer.add(frame, detections)
-        if frame.video is None and self.save_images:
-            drawn = detections.draw(frame.image)
-            self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", frame.name,
-                                                        self.image_suffix))
-        elif frame.video is not None and self.save_videos:
-            self._video_for(frame).write(detections.draw(frame.image))
+            self.json_writer.add_detections(detections, image_id, file_name, frame_index)
+
+    def save_image(self, drawn: np.ndarray, name: str) -> None:
+        """Write an annotated still image as images/<name><image_suffix>."""
+        self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", name, self.image_suffix))
 
     def _video_for(self, frame: Frame) -> AnnotatedVideoWriter:
         target = self.run.output_dir / "videos" / f"{frame.video.stem}.mp4"
@@ -177,24 +184,20 @@ def write_task_predictions(
     """Write `DetectionTask.predict_step` results (dicts with image_id, path and `Detections`) in the same formats
     as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files. `category_ids` maps
     class indices to the dataset's category ids (the task's table)."""
-    output_dir = Path(output_dir)
-    run = PredictionRun(output_dir=output_dir)
-    json_writer = CocoJsonWriter(output_dir / json_name, category_ids)
+    outputs = PredictionOutputs(output_dir, save_videos=False, category_ids=category_ids, json_name=json_name)
     try:
         for index, item in enumerate(predictions):
             path = Path(item["path"])
             detections = item["detections"]
-            json_writer.add_records(detections.to_coco(int(item["image_id"]), category_ids, file_name=path.name))
-            run.frames += 1
-            run.detections += len(detections)
-            if save_images and (max_images is None or index < max_images):
+            outputs.record(detections, int(item["image_id"]), path.name)
+            if save_images and (max_images is None or index < max_images):  # decoded only to be drawn
                 try:
                     image = decode_image(path)
                 except ImageDecodeError as exc:  # predicted from this file a moment ago; report, keep going
-                    run.skipped.append(str(exc))
+                    outputs.run.skipped.append(str(exc))
                     logger.warning("not drawing %s", exc)
                     continue
-                run.images.append(save_annotated_image(detections.draw(image), output_dir / "images", path.stem))
+                outputs.save_image(detections.draw(image), path.stem)
     finally:
-        run.json_path = json_writer.write()
+        run = outputs.close()
     return run
