@@ -2,6 +2,7 @@
 keeps a valid predictions.json), dataset category ids from the checkpoint, progress without a terminal."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 from pgi_detect.inference import Predictor, iter_frames, run_prediction
 from pgi_detect.inference.cli import detect
 from pgi_detect.inference.inputs import UnreadableInput
+from pgi_detect.inference.runner import Progress
 from pgi_detect.models import build_model, save_detector
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -109,3 +111,17 @@ def test_progress_lines_without_a_terminal(checkpoint, tmp_path, capsys):
     assert [line.split(" (")[0] for line in lines[:-1]] == ["detect: 2/5 images", "detect: 4/5 images"]
     assert all(line.endswith("images/s)") for line in lines[:-1])
     assert lines[-1].startswith("4 images/frames")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_drawn_on_the_stream_found_to_be_a_terminal(capsys):
+    """The terminal check looked at stdout while tqdm drew on stderr (a bar into a log, or none on the terminal)."""
+    terminal = Terminal()
+    report = Progress(total=3, stream=terminal)
+    report.update(3)
+    report.close()
+    assert "3/3" in terminal.getvalue() and capsys.readouterr().err == ""

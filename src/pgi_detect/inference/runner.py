@@ -89,7 +89,8 @@ class PredictionOutputs:
 
 
 class Progress:
-    """Progress of a prediction run: a tqdm bar when `stream` is a terminal, otherwise a line every `every` images
+    """Progress of a prediction run: a tqdm bar on `stream` (default stdout) when it is a terminal, otherwise a line
+    on it every `every` images
     (done/total when the total is known, images/s), so batch-job logs show it too. `note` prints a line without
     breaking the bar."""
 
@@ -98,8 +99,8 @@ class Progress:
         self.total, self.every, self.label, self.done = total, max(1, int(every)), label, 0
         self.stream = stream or sys.stdout
         self.enabled = enabled
-        self.bar = (tqdm(total=total, unit="img", desc=label, dynamic_ncols=True)
-                    if enabled and self.stream.isatty() else None)
+        self.bar = (tqdm(total=total, unit="img", desc=label, dynamic_ncols=True, file=self.stream)
+                    if enabled and self.stream.isatty() else None)  # drawn on the stream that was checked
         self.start = time.perf_counter()
 
     def update(self, count: int) -> None:
