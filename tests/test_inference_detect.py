@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pgi_detect.data import DataError
 from pgi_detect.inference import Predictor, iter_frames, run_prediction
 from pgi_detect.inference.cli import detect
 from pgi_detect.inference.inputs import UnreadableInput
@@ -60,11 +61,13 @@ def test_truncated_jpeg_is_skipped_with_one_line(checkpoint, tmp_path, capsys, b
     assert "4 images/frames, 12 detections, 1 unreadable input(s) skipped" in captured.out
 
 
-def test_an_unreadable_image_raises_the_documented_unreadable_input(tmp_path):
+def test_an_unreadable_image_raises_the_documented_unreadable_input(checkpoint, tmp_path):
     """Like an unreadable video: callers catching UnreadableInput (what iter_frames documents) see image failures."""
     source = folder_with_truncated_jpeg(tmp_path / "in", count=2, bad=1)
     with pytest.raises(UnreadableInput, match=r"im1\.jpg: truncated JPEG"):
         list(iter_frames(source))
+    with pytest.raises(DataError, match=r"im1\.jpg: truncated JPEG"):  # still bad input, as ImageDecodeError was
+        Predictor.from_checkpoint(checkpoint, img_size=64)(source / "im1.jpg")
     seen = []
     frames = list(iter_frames(source, on_error=lambda path, error: seen.append((path.name, type(error)))))
     assert [frame.name for frame in frames] == ["im0"] and seen == [("im1.jpg", UnreadableInput)]

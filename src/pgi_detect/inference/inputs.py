@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, pil_to_rgb8
+from pgi_detect.data.problems import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -141,8 +142,9 @@ def iter_video(path: Path, first_id: int = 0) -> Iterator[Frame]:
 ErrorHandler = Callable[[Path, Exception], None]
 
 
-class UnreadableInput(ValueError):
-    """An image or video that cannot be decoded; the message names the file."""
+class UnreadableInput(DataError):
+    """An image or video that cannot be decoded; the message names the file. A DataError (bad input), like the
+    ImageDecodeError it stands for with images, so code catching DataError around prediction still sees both."""
 
 
 def read_still(path: Path) -> np.ndarray:
