@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pgi_detect.data import DataError, DetectionDataModule, check_data_main, decode_image, load_source
+from pgi_detect.data.coco_json import load_coco_json
 from pgi_detect.main import build_cli
 from conftest import REPO_ROOT
 from helpers.datasets import rectangles_coco
@@ -105,6 +106,18 @@ def test_text_file_named_jpg_is_named_without_internal_reprs(tmp_path, capsys):
     assert "1.png: corrupt or not an image (unrecognised content" in str(error.value)
     code, out = check(path, capsys, "--images", str(tmp_path / "images"))
     assert code == 1 and "1.png: corrupt or not an image" in out and "BytesIO" not in out and "0x" not in out
+
+
+def test_wrong_coco_images_folder_is_one_error_not_one_per_image(tmp_path, capsys):
+    path = rectangles_coco(tmp_path, 3)
+    wrong = tmp_path / "train2017"
+    dm = DetectionDataModule(train=str(path), train_images=str(wrong), img_size=64, on_bad_sample="skip")
+    with pytest.raises(DataError, match=r"train2017: images folder not found$"):
+        dm.source("train")
+    code, out = check(path, capsys, "--images", str(wrong))
+    assert code == 1 and "PROBLEMS: 1 (1 error:unreadable_dataset)" in out and "image file not found" not in out
+    with pytest.raises(DataError, match=r"missing\.json: annotation file not found"):  # the file is named first
+        load_coco_json(tmp_path / "missing.json", wrong)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pgi_detect.data import coco_json, index_cache, load_source
+from pgi_detect.data import DataError, coco_json, index_cache, load_source
 from pgi_detect.data.coco_json import annotation_polygon
 from pgi_detect.data.ground_truth import ground_truth_dict
 from pgi_detect.data.records import RecordTable
@@ -66,6 +66,19 @@ def test_cached_index_gives_the_same_source_and_is_memory_mapped(tmp_path, cache
     assert "missing_image" not in {p.kind for p in load_source(path, images, on_bad_sample="skip").problems}
 
 
+def test_cached_problems_name_the_file_as_this_load_gives_it(tmp_path, cache_dir, monkeypatch):
+    """The cache is keyed by the resolved path; problems read back from it name the path as given now, not as the
+    load that wrote the cache gave it (from another working directory)."""
+    coco_with_problems(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = load_source("d/ann.json", "d/images", on_bad_sample="skip")
+    monkeypatch.chdir(tmp_path / "d")
+    cached = load_source("ann.json", "images", on_bad_sample="skip")
+    assert isinstance(cached.records.boxes.base, np.memmap)  # read from the cache
+    assert sorted(str(p) for p in first.problems) == sorted("d/" + str(p) for p in cached.problems)
+    assert "ann.json [1.png]: annotation 3 has unknown category id 99" in [str(p) for p in cached.problems]
+
+
 def test_changed_file_rebuilds_the_index(tmp_path, cache_dir):
     path = rectangles_coco(tmp_path, 3)
     first = load_source(path, tmp_path / "images")
@@ -102,6 +115,21 @@ def test_bad_coordinates_take_the_checking_pass(tmp_path):
     assert record.image_id == 2 and record.has_segments
     x1, y1, x2, y2 = record.boxes[0]
     np.testing.assert_allclose(record.segment_points[:4], [[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, "5", 4], [1, 2, 5, None], ["1", 2, 5, 4]])
+def test_a_bbox_value_that_is_not_a_number_is_an_invalid_box(tmp_path, bbox):
+    """A width or height that is not a number used to crash the first pass with a bare TypeError, and a numeric
+    string elsewhere was read as a number; each is the image's invalid_box problem, skippable like any other."""
+    path = rectangles_coco(tmp_path, 2)
+    data = json.loads(path.read_text())
+    data["annotations"][0]["bbox"] = bbox
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"ann\.json \[0\.png\]: annotation 1 has an invalid bbox"):
+        load_source(path, tmp_path / "images")
+    source = load_source(path, tmp_path / "images", on_bad_sample="skip")
+    assert [p.kind for p in source.problems] == ["invalid_box"]
+    assert [r.image_id for r in source.records] == [2] and source.num_objects == 2
 
 
 def test_yolo_polygon_areas_give_the_coco_size_buckets(coco128_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from pgi_detect.data import AugmentationConfig, DetectionDataModule, DetectionDataset, load_source, make_synthetic_coco
 from pgi_detect.data import augment as aug
-from pgi_detect.data.records import merge_polygons
+from pgi_detect.data.records import ImageRecord, RecordTable, merge_polygons, pack_segments
 
 RED = (250, 20, 20)
 
@@ -221,6 +222,22 @@ def test_yolo_polygon_segments(tmp_path):
     np.testing.assert_allclose(segments[order[1]], [[40, 15], [60, 15], [60, 35], [40, 35]], atol=1e-4)
     assert not q.has_segments
     assert not load_source(tmp_path, segments=False).records[0].has_segments
+
+
+def test_record_table_holds_only_the_segments_records_have():
+    """Packing records: objects of a record without segments own no points (none are made up for them)."""
+    triangle, square = np.float32([[1, 1], [9, 1], [5, 8]]), np.float32([[2, 2], [6, 2], [6, 6], [2, 6]])
+    with_segments = ImageRecord(Path("a.jpg"), 1, np.float32([[1, 1, 9, 8], [2, 2, 6, 6]]), np.int64([0, 1]), 60, 40)
+    with_segments.segment_points, with_segments.segment_offsets = pack_segments([triangle, square])
+    plain = ImageRecord(Path("b.jpg"), 2, np.float32([[0, 0, 5, 5]]), np.int64([1]), 60, 40)
+    table = RecordTable.from_records([plain, with_segments])
+    assert table.points.shape == (7, 2) and table.point_offsets.tolist() == [0, 0, 3, 7]
+    b, a = table
+    assert not b.has_segments and a.has_segments and a.segment_offsets.tolist() == [0, 3, 7]
+    for polygon, expected in zip(a.pixel_segments(40, 60), (triangle, square)):
+        np.testing.assert_array_equal(polygon, expected)
+    boxes_only = RecordTable.from_records([plain])
+    assert boxes_only.points is None and boxes_only.point_offsets is None and not boxes_only.any_segments
 
 
 def test_coco128_segments(coco128_dir):

@@ -148,4 +148,4 @@ def test_shared_yolo_data_rearranged_into_the_ultralytics_layout(coco128_val_yol
     arranged = dm.source("val")
     assert dm.class_names == plain.class_names and len(arranged.records) == len(plain.records) == 128
     assert arranged.num_objects == plain.num_objects > 0
-    np.testing.assert_allclose(arranged.table.boxes, plain.table.boxes)
+    np.testing.assert_allclose(arranged.records.boxes, plain.records.boxes)

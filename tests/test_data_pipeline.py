@@ -177,6 +177,8 @@ def test_datamodule_class_table_ground_truth_and_eval_loaders(tmp_path):
     assert sorted(gt.getImgIds()) == [1, 2, 3, 4] and len(gt.getAnnIds()) == 8
     with pytest.raises(DataError, match="none is configured: pass data.test"):
         dm.setup("test")  # no silent fallback to the val split
+    with pytest.raises(ValueError, match="no test dataset configured"):
+        dm.ground_truth("test")  # nor in the ground truth `test` would score against
     dm.setup("predict")  # predict does fall back to val, and says so
     batch = next(iter(dm.predict_dataloader()))
     assert batch["images"].shape == (4, 3, 64, 64) and set(batch["pipelines"]) == {"eval"}

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from pgi_detect.inference import Detections, Predictor, draw_detections, iter_frames, run_prediction
+from pgi_detect.inference import inputs
 from pgi_detect.models import build_model
 
 NAMES = ["cat", "square", "dog"]
@@ -163,6 +164,26 @@ def test_run_prediction_writes_json_images_and_video(square_predictor: Predictor
     ok, first = capture.read()
     capture.release()
     assert ok and first.shape == (64, 96, 3) and count == 5
+
+
+def test_run_prediction_expands_its_source_once(square_predictor: Predictor, tmp_path: Path, monkeypatch) -> None:
+    """Counting frames for the progress report and predicting them share one expansion of the source: a one-shot
+    iterable is predicted (the count used to use it up: nothing predicted, silently), a folder is listed once, and a
+    bad source fails before predictions.json is created (it used to leave an open, empty one)."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(image_with_square(70, 90, (10, 10, 50, 40))).save(folder / name)
+    run = run_prediction(square_predictor, iter([folder / "a.png", folder / "b.png"]), tmp_path / "iterator",
+                         progress=True, save_images=False)
+    assert run.frames == 2 and len(json.loads(run.json_path.read_text())) == 2
+    listed = []
+    monkeypatch.setattr(inputs, "list_images", lambda path, real=inputs.list_images: listed.append(path) or real(path))
+    run = run_prediction(square_predictor, folder, tmp_path / "folder", progress=True, save_images=False)
+    assert run.frames == 2 and listed == [folder]
+    with pytest.raises(FileNotFoundError, match="missing: no such file or folder"):
+        run_prediction(square_predictor, tmp_path / "missing", tmp_path / "bad")
+    assert not (tmp_path / "bad" / "predictions.json").exists()
 
 
 def test_gelan_predictor_batches_match_single_images() -> None:

@@ -2,6 +2,7 @@
 keeps a valid predictions.json), dataset category ids from the checkpoint, progress without a terminal."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,8 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pgi_detect.inference import Predictor, run_prediction
+from pgi_detect.data import DataError
+from pgi_detect.inference import Predictor, iter_frames, run_prediction
 from pgi_detect.inference.cli import detect
+from pgi_detect.inference.inputs import UnreadableInput
+from pgi_detect.inference.runner import Progress
 from pgi_detect.models import build_model, save_detector
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -57,6 +61,18 @@ def test_truncated_jpeg_is_skipped_with_one_line(checkpoint, tmp_path, capsys, b
     assert "4 images/frames, 12 detections, 1 unreadable input(s) skipped" in captured.out
 
 
+def test_an_unreadable_image_raises_the_documented_unreadable_input(checkpoint, tmp_path):
+    """Like an unreadable video: callers catching UnreadableInput (what iter_frames documents) see image failures."""
+    source = folder_with_truncated_jpeg(tmp_path / "in", count=2, bad=1)
+    with pytest.raises(UnreadableInput, match=r"im1\.jpg: truncated JPEG"):
+        list(iter_frames(source))
+    with pytest.raises(DataError, match=r"im1\.jpg: truncated JPEG"):  # still bad input, as ImageDecodeError was
+        Predictor.from_checkpoint(checkpoint, img_size=64)(source / "im1.jpg")
+    seen = []
+    frames = list(iter_frames(source, on_error=lambda path, error: seen.append((path.name, type(error)))))
+    assert [frame.name for frame in frames] == ["im0"] and seen == [("im1.jpg", UnreadableInput)]
+
+
 def test_a_crash_keeps_everything_written_so_far(checkpoint, tmp_path, monkeypatch):
     source = folder_with_truncated_jpeg(tmp_path / "in", count=6, bad=5)
     predictor = Predictor.from_checkpoint(checkpoint, img_size=64, conf=1e-6, max_det=3, batch_size=2)
@@ -98,3 +114,17 @@ def test_progress_lines_without_a_terminal(checkpoint, tmp_path, capsys):
     assert [line.split(" (")[0] for line in lines[:-1]] == ["detect: 2/5 images", "detect: 4/5 images"]
     assert all(line.endswith("images/s)") for line in lines[:-1])
     assert lines[-1].startswith("4 images/frames")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_drawn_on_the_stream_found_to_be_a_terminal(capsys):
+    """The terminal check looked at stdout while tqdm drew on stderr (a bar into a log, or none on the terminal)."""
+    terminal = Terminal()
+    report = Progress(total=3, stream=terminal)
+    report.update(3)
+    report.close()
+    assert "3/3" in terminal.getvalue() and capsys.readouterr().err == ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pgi_detect.data.dataset_yaml import SPLITS, is_dataset_yaml, load_yaml_split, read_dataset_yaml
+from pgi_detect.data.dataset_yaml import SPLITS, DatasetYaml, is_dataset_yaml, read_dataset_yaml
 from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image
 from pgi_detect.data.loading import no_objects_problem, read_source
 from pgi_detect.data.problems import DataError, DataProblem
@@ -62,40 +62,40 @@ class DataReport:
         return "\n".join(lines)
 
 
-def check_dataset(path: str | Path, images: str | Path | None = None, format: str = "auto",
+def check_dataset(path: str | Path | DatasetYaml, images: str | Path | None = None, format: str = "auto",
                   class_names: list[str] | None = None, decode: bool = True, progress: bool = True,
                   split: str | None = None) -> DataReport:
     """Parse and (with decode=True) decode every image; never raises for bad data, everything goes in the report.
 
-    `path` may be a dataset YAML, whose `split` (default: its first) is checked; see check_dataset_splits."""
-    location = f"{path} [{split}]" if split else str(path)
-    report = DataReport(location=location)
+    A dataset YAML (its file or the parsed `DatasetYaml`) is checked split by split: `split` names the one
+    (loading.read_source); check_dataset_splits checks each split it has."""
+    report = DataReport(location=f"{path} [{split}]" if split else str(path))
     try:
-        if is_dataset_yaml(path):
-            spec = read_dataset_yaml(path)
-            source = load_yaml_split(spec, split or next(iter(spec.splits)), class_names, segments=False)
-            report.location = source.location
-        else:
-            source = read_source(path, images, format, class_names, segments=False)
+        source = read_source(path, images, format, class_names, segments=False, split=split)
     except DataError as exc:
-        report.problems.append(DataProblem(str(path), str(exc).removeprefix(f"{path}: "), "unreadable_dataset"))
+        report.problems.append(unreadable(path, exc))
         return report
     fill_report(report, source, decode, progress)
     return report
 
 
 def check_dataset_splits(path: str | Path, splits: list[str] | None = None, **kwargs) -> list[DataReport]:
-    """One report per split of a dataset YAML (default: every split it has); one report for any other path."""
+    """One report per split of a dataset YAML (default: every split it has; the YAML is read once); one report for
+    any other path."""
     if not is_dataset_yaml(path):
         return [check_dataset(path, **kwargs)]
     try:
         spec = read_dataset_yaml(path)
     except DataError as exc:
-        return [DataReport(location=str(path), problems=[DataProblem(str(path), str(exc).removeprefix(f"{path}: "),
-                                                                     "unreadable_dataset")])]
+        return [DataReport(location=str(path), problems=[unreadable(path, exc)])]
     wanted = splits or [s for s in SPLITS if s in spec.splits]
     kwargs.pop("images", None)
-    return [check_dataset(path, split=split, **kwargs) for split in wanted]
+    return [check_dataset(spec, split=split, **kwargs) for split in wanted]
+
+
+def unreadable(path: str | Path | DatasetYaml, error: DataError) -> DataProblem:
+    """The one problem of a dataset that cannot be read at all."""
+    return DataProblem(str(path), str(error).removeprefix(f"{path}: "), "unreadable_dataset")
 
 
 def fill_report(report: DataReport, source: DetectionSource, decode: bool, progress: bool) -> None:
@@ -104,7 +104,7 @@ def fill_report(report: DataReport, source: DetectionSource, decode: bool, progr
     report.unlabeled_images = list(source.unlabeled_images)
     report.orphan_label_files = list(source.orphan_label_files)
     report.num_crowd = source.num_crowd
-    table = source.table
+    table = source.records
     if decode:
         usable = []
         for position, record in enumerate(tqdm(table, total=len(table), desc="decoding images", unit="img",

@@ -26,7 +26,8 @@ import numpy as np
 
 from pgi_detect.data import index_cache
 from pgi_detect.data.problems import DataError, DataProblem
-from pgi_detect.data.records import DetectionSource, RecordTable, merge_polygons, offsets_of
+from pgi_detect.data.records import (DetectionSource, RecordTable, box_repair, clip_boxes_to_image, merge_polygons,
+                                     offsets_of, pack_names, ragged_indices)
 
 INDEX_KIND = "coco"
 
@@ -86,14 +87,16 @@ def load_coco_json(annotation_file: str | Path, images_dir: str | Path | None = 
     segments=False hides the polygons (copy-paste and segment-aware warping then do not run). cache=False neither
     reads nor writes the on-disk index (index_cache.py; files under index_cache.MIN_CACHED_BYTES never are)."""
     annotation_file = Path(annotation_file)
-    if images_dir is None:
-        images_dir = guess_coco_images_dir(annotation_file)
+    images_dir = guess_coco_images_dir(annotation_file) if images_dir is None else Path(images_dir)
+    if images_dir is None or not images_dir.is_dir():
+        if annotation_file.is_dir() or not annotation_file.exists():
+            read_json(annotation_file)  # the error says what is wrong with the path
         if images_dir is None:
-            if annotation_file.is_dir() or not annotation_file.exists():
-                read_json(annotation_file)  # the error says what is wrong with the path
             raise DataError(f"{annotation_file}: cannot find the images folder; pass the images path explicitly")
+        # else every image would be one "image file not found" problem, and skipping them leaves nothing
+        raise DataError(f"{images_dir}: images folder not found")
     index = coco_index(annotation_file, cache)
-    return source_from_index(index, annotation_file, Path(images_dir), segments)
+    return source_from_index(index, annotation_file, images_dir, segments)
 
 
 @dataclass
@@ -131,18 +134,25 @@ def parse_coco(data: Any, annotation_file: Path) -> CocoIndex:
     image_ids, names, widths, heights = parse_images(images, annotation_file)
     rows = {image_id: row for row, image_id in enumerate(image_ids)}
     classes = {c: i for i, c in enumerate(category_ids)}
-    problems: list[list] = []  # [file, message, kind, severity, image row or -1]
-    # First pass trusts that coordinates are finite numbers (checked after, in numpy); if some are not, the
-    # second pass checks every value and reports (or replaces) the offending annotations.
-    objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=False)
-    if not objects.finalize():
+    # [image, message, kind, severity, row]: a box repair names its image by row (>= 0); an annotation problem has
+    # row -1 and names the image's file name (or None: the annotation file). The annotation file's path is added
+    # when a source is built (source_from_index): a cached index holds no path as one working directory saw it.
+    problems: list[list] = []
+    # First pass trusts that coordinates are finite numbers (checked after, in numpy); if some are not (a width
+    # that is a string or null fails its sign test here already), the second pass checks every value and reports
+    # (or replaces) the offending annotations.
+    try:
+        objects = collect_objects(annotations, rows, classes, names, problems, strict=False)
+        numbers = objects.finalize()
+    except (TypeError, ValueError):
+        numbers = False
+    if not numbers:
         problems.clear()
-        objects = collect_objects(annotations, rows, classes, names, str(annotation_file), problems, strict=True)
-        objects.finalize()
-    encoded = [name.encode("utf-8") for name in names]
+        objects = collect_objects(annotations, rows, classes, names, problems, strict=True)
+        objects.finalize(checked=True)
+    packed_names, name_offsets = pack_names(names)
     arrays = {
-        "names": np.frombuffer(b"".join(encoded), np.uint8).copy(),
-        "name_offsets": offsets_of([len(e) for e in encoded]),
+        "names": packed_names, "name_offsets": name_offsets,
         "image_ids": np.asarray(image_ids, np.int64),
         "widths": np.asarray(widths, np.int32),
         "heights": np.asarray(heights, np.int32),
@@ -212,16 +222,20 @@ class ObjectLists:
     box_array: np.ndarray | None = None  # (n, 4) float64 [x, y, w, h], set by finalize
     point_array: np.ndarray | None = None  # (P, 2) float32, set by finalize
 
-    def finalize(self) -> bool:
-        """Convert the coordinate lists to arrays; False when some value is not a finite number."""
-        try:
-            boxes = np.asarray(self.boxes, np.float64).reshape(-1, 4)
-            points = np.asarray(self.points, np.float32).reshape(-1, 2)
-        except (TypeError, ValueError):
-            return False
+    def finalize(self, checked: bool = False) -> bool:
+        """Convert the coordinate lists to arrays; False when some value is not a finite number. Unless every value
+        was `checked` one by one already (the strict pass), the dtype numpy infers tells numbers from the rest: a
+        float conversion would read a numeric string such as "5" as a number."""
+        if checked:
+            boxes, points = np.asarray(self.boxes, np.float64), np.asarray(self.points, np.float64)
+        else:
+            boxes, points = np.asarray(self.boxes), np.asarray(self.points)
+            if boxes.dtype.kind not in "fi" or points.dtype.kind not in "fi":  # str, None, an int beyond int64
+                return False
         if not (np.isfinite(boxes).all() and np.isfinite(points).all()):
             return False
-        self.box_array, self.point_array = boxes, points
+        self.box_array = boxes.astype(np.float64, copy=False).reshape(-1, 4)
+        self.point_array = points.astype(np.float32).reshape(-1, 2)
         self.boxes, self.points = [], []  # the arrays hold them now
         return True
 
@@ -238,14 +252,9 @@ class ObjectLists:
         order = np.flatnonzero(keep)[np.argsort(rows[keep], kind="stable")]
         rows, raw = rows[order], raw[order]
         limits = np.stack([widths[rows], heights[rows]], 1)
-        clipped = np.concatenate([raw[:, :2].clip(0, limits), raw[:, 2:].clip(0, limits)], 1)
-        valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        moved = np.abs(clipped - raw).max(1) > 1.0 if len(raw) else np.zeros(0, bool)
-        for i in np.flatnonzero(~valid | moved):
-            text = raw[i].round(3).tolist()
-            message = (f"box {text} (xyxy pixels) has zero area inside the image; dropped" if not valid[i] else
-                       f"box {text} (xyxy pixels) extends outside the image; clipped")
-            problems.append([None, message, "clipped_box" if valid[i] else "degenerate_box", "warning", int(rows[i])])
+        clipped, valid, moved = clip_boxes_to_image(raw, limits[:, :1], limits[:, 1:])
+        for i in np.flatnonzero(~valid | moved):  # named by image row: source_from_index adds the file path
+            problems.append([None, *box_repair(raw[i], bool(valid[i])), "warning", int(rows[i])])
         points, point_offsets, has_polygon = self._pack_points(order, valid, limits)
         rows = rows[valid]
         image_has_segments = np.zeros(self.num_images, bool)
@@ -263,14 +272,13 @@ class ObjectLists:
         points = self.point_array
         assert points is not None, "finalize() first"
         counts, starts = counts[order][valid], starts[order][valid]
-        picked = np.repeat(starts - offsets_of(counts)[:-1], counts) + np.arange(int(counts.sum()))
-        points = points[picked].clip(0, np.repeat(limits[valid], counts, axis=0))
+        points = points[ragged_indices(starts, counts)].clip(0, np.repeat(limits[valid], counts, axis=0))
         has_polygon = np.asarray(self.has_polygon, bool)[order][valid]
         return np.ascontiguousarray(points, np.float32), offsets_of(counts), has_polygon
 
 
 def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_category: dict[int, int],
-                    names: list[str], where: str, problems: list[list], strict: bool = True) -> ObjectLists:
+                    names: list[str], problems: list[list], strict: bool = True) -> ObjectLists:
     """Go once over the annotations. Crowd annotations are counted and skipped (evaluation ignores them); an
     annotation that is not an object or names an unknown image is reported and dropped; one with an unknown category
     or an invalid bbox (not 4 finite numbers, negative width or height) makes its image unusable.
@@ -279,13 +287,13 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
     found = ObjectLists(num_images=len(names))
     for position, ann in enumerate(annotations):
         if type(ann) is not dict:
-            problems.append([where, f"annotations[{position}] is not an object: {ann!r:.80}", "malformed_annotation",
+            problems.append([None, f"annotations[{position}] is not an object: {ann!r:.80}", "malformed_annotation",
                              "error", -1])
             continue
         image_id = ann.get("image_id")
         row = row_of_image.get(image_id) if isinstance(image_id, int) else None
         if row is None:
-            problems.append([where, f"annotation {ann.get('id', '?')} references unknown image id {image_id!r}",
+            problems.append([None, f"annotation {ann.get('id', '?')} references unknown image id {image_id!r}",
                              "unknown_image", "error", -1])
             continue
         if ann.get("iscrowd", 0):
@@ -304,7 +312,7 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
             problem = (f"annotation {ann.get('id', '?')} has a bbox {bbox!r} with negative width or height",
                        "invalid_box")
         if problem is not None:
-            problems.append([f"{where} [{names[row]}]", problem[0], problem[1], "error", -1])
+            problems.append([names[row], problem[0], problem[1], "error", -1])
             found.bad_rows.add(row)
             continue
         found.rows.append(row)
@@ -349,10 +357,11 @@ def source_from_index(index: CocoIndex, annotation_file: Path, images_dir: Path,
     prefix = str(images_dir) + os.sep
     try:
         present = set(os.listdir(images_dir))
-    except OSError:
+    except OSError:  # an unlistable folder: each file is looked up on its own
         present = set()
-    problems = [DataProblem(file, message, kind, severity) for file, message, kind, severity, row in meta["problems"]
-                if row < 0]
+    where = str(annotation_file)
+    problems = [DataProblem(where if image is None else f"{where} [{image}]", message, kind, severity)
+                for image, message, kind, severity, row in meta["problems"] if row < 0]
     usable = np.array(arrays["usable"], bool)
     missing = np.zeros(len(usable), bool)
     for row in range(len(usable)):
@@ -360,7 +369,7 @@ def source_from_index(index: CocoIndex, annotation_file: Path, images_dir: Path,
         if name not in present and not os.path.exists(prefix + name):
             missing[row] = True
             problems.append(DataProblem(prefix + name, "image file not found", "missing_image"))
-    for file, message, kind, severity, row in meta["problems"]:
+    for _, message, kind, severity, row in meta["problems"]:
         if row >= 0 and not missing[row]:
             name = names[offsets[row]:offsets[row + 1]].decode("utf-8")
             problems.append(DataProblem(prefix + name, message, kind, severity))

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.collate import collate_detections, seed_worker
 from pgi_detect.data.dataset import DetectionDataset
-from pgi_detect.data.dataset_yaml import DatasetYaml, load_yaml_split, read_dataset_yaml
+from pgi_detect.data.dataset_yaml import DatasetYaml, read_dataset_yaml
 from pgi_detect.data.ground_truth import ground_truth_coco
-from pgi_detect.data.loading import apply_policy, load_source, require_objects
+from pgi_detect.data.loading import load_source, require_objects
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.data.resumable import EpochSampler, ResumableLoader
@@ -127,12 +127,8 @@ class DetectionDataModule(pl.LightningDataModule):
             if path is None:
                 raise ValueError(f"no {split} dataset configured")
             segments = split == "train" and self.segments and self.augmentation.mosaic > 0
-            if self.dataset_yaml is not None:
-                source = apply_policy(load_yaml_split(self.dataset_yaml, split, self._class_names_arg, segments),
-                                      self.on_bad_sample)
-            else:
-                source = load_source(path, images, self.format, self._class_names_arg, self.on_bad_sample,
-                                     segments=segments)
+            source = load_source(self.dataset_yaml or path, images, self.format, self._class_names_arg,
+                                 self.on_bad_sample, segments, split=split if self.dataset_yaml else None)
             if split == "train":
                 require_objects(source, self.allow_empty_labels)
             self._sources[split] = source
@@ -170,16 +166,16 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def ground_truth(self, stage: Literal["val", "test"]) -> Any:
         """pycocotools COCO ground truth (original pixels, dataset image and category ids) of the split that `stage`
-        evaluates: the val set, or the test set (the val set when no test set is configured)."""
-        split: Split = "val" if stage == "val" else self._eval_split("test")
-        if split not in self._ground_truths:
-            self._ground_truths[split] = ground_truth_coco(self.source(split))
-        return self._ground_truths[split]
+        evaluates: the val set or the test set (`test` without a test set stops at setup)."""
+        if stage not in self._ground_truths:
+            self._ground_truths[stage] = ground_truth_coco(self.source(stage))
+        return self._ground_truths[stage]
 
     # ------------------------------------------------------------------------------------------------ datasets
 
-    def _eval_split(self, split: Split) -> Split:
-        return split if self.paths[split][0] is not None else "val"
+    def _predict_split(self) -> Split:
+        """predict runs on the test set, or the val set when there is none."""
+        return "test" if self.paths["test"][0] is not None else "val"
 
     def dataset(self, split: Split) -> DetectionDataset:
         if split not in self._datasets:
@@ -206,10 +202,12 @@ class DetectionDataModule(pl.LightningDataModule):
             self.dataset("train")
         if stage in (None, "fit", "validate") and self.paths["val"][0] is not None:
             self.dataset("val")
-        if stage in ("test", "predict"):
-            if self._eval_split("test") != "test":
+        if stage == "test":
+            self.dataset("test")
+        if stage == "predict":
+            if self._predict_split() != "test":
                 rank_zero_info(f"predict: no data.test configured; predicting the val split ({self.paths['val'][0]})")
-            self.dataset(self._eval_split("test"))
+            self.dataset(self._predict_split())
 
     @property
     def skipped_samples(self) -> int:
@@ -266,10 +264,10 @@ class DetectionDataModule(pl.LightningDataModule):
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._eval_split("test"))
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(self._eval_split("test"))
+        return self._eval_loader(self._predict_split())
 
 
 def check_settings(img_size: int, batch_size: int, val_batch_size: int | None, num_workers: int) -> None:

@@ -137,7 +137,7 @@ class DetectionDataset(Dataset):
                 self._cache[index] = (image, orig)
         else:
             image, orig = cached
-        boxes = record.pixel_boxes(*orig)
+        boxes = record.boxes  # original pixels: the records of a RecordTable are sized
         if len(boxes):
             boxes = Letterbox.stretch(orig, image.shape[:2]).boxes_to_input(boxes)
         return image, orig, boxes, record.classes
@@ -265,7 +265,7 @@ class DetectionDataset(Dataset):
         """The record's polygons in pixels of its resized image (None without segments or when they are off)."""
         if not self.use_segments:
             return None
-        polygons = self.records[index].pixel_segments(*orig)
+        polygons = self.records[index].segments
         if polygons is None or len(polygons) != len(boxes):
             return None
         gain = np.asarray([resized[1] / orig[1], resized[0] / orig[0]], np.float32)

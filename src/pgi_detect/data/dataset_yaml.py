@@ -39,6 +39,9 @@ class DatasetYaml:
     def location(self, split: str) -> str:
         return f"{self.file} [{split}]"
 
+    def __str__(self) -> str:  # where messages name the dataset: its file
+        return str(self.file)
+
 
 def is_dataset_yaml(path: str | Path) -> bool:
     path = Path(path)

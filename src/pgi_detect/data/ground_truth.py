@@ -14,10 +14,10 @@ def ground_truth_dict(source: DetectionSource) -> dict[str, Any]:
     read again here, since loading keeps only the index), restricted to the usable images. YOLO txt: built from the
     records, boxes in original pixels, category id = class index, image id = dataset image id, `area` = the polygon's
     area for polygon labels and the box area for box labels (COCO's size buckets use `area`)."""
-    table = source.table
+    table = source.records
     image_ids = set(table.image_ids[table.rows].tolist() if table.rows is not None else table.image_ids.tolist())
     if source.format == "coco":
-        data = source.coco_dict if source.coco_dict is not None else read_json(Path(source.location))
+        data = read_json(Path(source.location))
         return {
             "info": data.get("info", {}), "licenses": data.get("licenses", []),
             "images": [im for im in data["images"] if im["id"] in image_ids],

@@ -26,7 +26,9 @@ import numpy as np
 
 logger = logging.getLogger("pgi_detect.data")
 
-FORMAT_VERSION = 1
+# 2: numeric strings in a bbox are invalid boxes (version 1 read "5" as 5); 3: problems do not embed the annotation
+# file's path as the first loader's working directory saw it
+FORMAT_VERSION = 3
 MAGIC = b"PGIINDEX"
 ALIGN = 64
 ENV_CACHE_DIR = "PGI_DETECT_CACHE_DIR"

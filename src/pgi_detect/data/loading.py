@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 from pgi_detect.data.coco_json import load_coco_json
-from pgi_detect.data.dataset_yaml import is_dataset_yaml
+from pgi_detect.data.dataset_yaml import DatasetYaml, is_dataset_yaml, load_yaml_split, read_dataset_yaml
 from pgi_detect.data.problems import DataError, DataProblem, enforce_policy
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.data.yolo_txt import load_yolo_txt
@@ -39,11 +39,17 @@ def detect_format(path: str | Path, format: str = "auto") -> str:
     return format
 
 
-def read_source(path: str | Path, images: str | Path | None = None, format: str = "auto",
-                class_names: list[str] | None = None, segments: bool = True) -> DetectionSource:
+def read_source(path: str | Path | DatasetYaml, images: str | Path | None = None, format: str = "auto",
+                class_names: list[str] | None = None, segments: bool = True,
+                split: str | None = None) -> DetectionSource:
     """Parse a dataset without applying the bad-input policy (check-data uses this to list every problem).
 
-    segments=False does not keep polygon labels (copy-paste / segment-aware warping need them)."""
+    `path` is a COCO annotation file or a YOLO dataset folder; with a `split`, a dataset YAML (its file, or the
+    `DatasetYaml` read from it, so it is not read again) of which that split is parsed (`images` and `format` do not
+    apply). segments=False does not keep polygon labels (copy-paste / segment-aware warping need them)."""
+    if split is not None:
+        spec = path if isinstance(path, DatasetYaml) else read_dataset_yaml(path)
+        return load_yaml_split(spec, split, class_names, segments)
     if detect_format(path, format) == "coco":
         source = load_coco_json(path, images, segments=segments)
         if class_names is not None:
@@ -62,15 +68,16 @@ def apply_policy(source: DetectionSource, on_bad_sample: str) -> DetectionSource
     return source
 
 
-def load_source(path: str | Path, images: str | Path | None = None, format: str = "auto",
+def load_source(path: str | Path | DatasetYaml, images: str | Path | None = None, format: str = "auto",
                 class_names: list[str] | None = None, on_bad_sample: str = "error",
-                segments: bool = True) -> DetectionSource:
-    """Parse a dataset and apply the policy: raise on the first bad sample, or log and drop bad samples.
+                segments: bool = True, split: str | None = None) -> DetectionSource:
+    """Parse a dataset (read_source: `split` of a dataset YAML) and apply the policy: raise on the first bad sample,
+    or log and drop bad samples.
 
     YOLO image sizes are read while parsing, so the datasets and the ground truth built from one source always
     hold the same images.
     """
-    return apply_policy(read_source(path, images, format, class_names, segments), on_bad_sample)
+    return apply_policy(read_source(path, images, format, class_names, segments, split), on_bad_sample)
 
 
 def no_objects_problem(source: DetectionSource) -> DataProblem | None:

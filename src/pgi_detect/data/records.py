@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,14 +39,20 @@ class ImageRecord:
     def has_segments(self) -> bool:
         return self.segment_points is not None
 
-    def pixel_segments(self, height: int, width: int) -> list[np.ndarray] | None:
-        """One (k, 2) float32 polygon per object, in pixels of an image of this (displayed) size; None without."""
+    @property
+    def segments(self) -> list[np.ndarray] | None:
+        """One (k, 2) float32 polygon per object, in the units of `boxes`; None without segments."""
         if self.segment_points is None or self.segment_offsets is None:
             return None
-        points = self.segment_points
-        if self.normalized:
-            points = points * np.asarray([width, height], np.float32)
-        return unpack_segments(points, self.segment_offsets)
+        return unpack_segments(self.segment_points, self.segment_offsets)
+
+    def pixel_segments(self, height: int, width: int) -> list[np.ndarray] | None:
+        """One (k, 2) float32 polygon per object, in pixels of an image of this (displayed) size; None without."""
+        segments = self.segments
+        if segments is None or not self.normalized:
+            return segments
+        scale = np.asarray([width, height], np.float32)
+        return [polygon * scale for polygon in segments]
 
     def pixel_boxes(self, height: int, width: int) -> np.ndarray:
         """Boxes in pixels of an image of this (displayed) size."""
@@ -72,12 +77,10 @@ class RecordTable(Sequence[ImageRecord]):
     names[name_offsets[i]:name_offsets[i + 1]], joined to `prefix`), `object_offsets` (image i owns objects
     object_offsets[i]:object_offsets[i + 1]) and `has_segments`. Per object: `boxes` (xyxy pixels), `classes`,
     `areas` (the evaluation area: polygon area where the label was a polygon, else the box area; None = box area)
-    and `point_offsets` into `points` (its polygon, pixels). `rows` selects and orders the images that are used
+    and `point_offsets` into `points` (its polygon, pixels; read only for images with `has_segments`, the others'
+    objects may own none; both None when no image has segments). `rows` selects and orders the images that are used
     (None: all), so dropping images never copies the arrays.
     """
-
-    ARRAYS = ("names", "name_offsets", "image_ids", "widths", "heights", "object_offsets", "has_segments", "boxes",
-              "classes", "areas", "point_offsets", "points")
 
     def __init__(self, prefix: str, names: np.ndarray, name_offsets: np.ndarray, image_ids: np.ndarray,
                  widths: np.ndarray, heights: np.ndarray, object_offsets: np.ndarray, boxes: np.ndarray,
@@ -100,43 +103,45 @@ class RecordTable(Sequence[ImageRecord]):
     @classmethod
     def from_records(cls, records: Sequence[ImageRecord], areas: Sequence[np.ndarray | None] | None = None
                      ) -> "RecordTable":
-        """Pack sized (pixel) records; `areas` gives per-record object areas where known (else box areas)."""
+        """Pack sized (pixel) records; `areas` gives per-record object areas where known (else box areas). Only
+        the records with segments contribute points (the others' objects own none; nothing reads them)."""
         if any(r.normalized or r.width is None or r.height is None for r in records):
             raise ValueError("records must be sized (pixel boxes) before they are packed")
-        encoded = [str(r.path).encode("utf-8") for r in records]
+        names, name_offsets = pack_names([str(r.path) for r in records])
         counts = np.asarray([r.num_objects for r in records], np.int64)
-        has_segments = np.asarray([r.segment_points is not None for r in records], bool)
+        object_offsets = offsets_of(counts)
+        has_segments = np.asarray([r.segment_points is not None and r.segment_offsets is not None for r in records],
+                                  bool)
         boxes = [np.asarray(r.boxes, np.float32).reshape(-1, 4) for r in records]
-        polygons: list[np.ndarray] = []
-        for r, box in zip(records, boxes):
-            if r.segment_points is not None and r.segment_offsets is not None:
-                polygons.extend(unpack_segments(np.asarray(r.segment_points, np.float32), r.segment_offsets))
-            else:
-                polygons.extend(box_polygon(b) for b in box)
         object_areas = [box_areas(b) if a is None else np.asarray(a, np.float32)
                         for b, a in zip(boxes, areas or [None] * len(records))]
-        points, point_offsets = pack_segments(polygons)
+        points = point_offsets = None
+        if has_segments.any():
+            point_counts = np.zeros(int(counts.sum()), np.int64)
+            polygons = []
+            for i in np.flatnonzero(has_segments):
+                record = records[i]
+                offsets = np.asarray(record.segment_offsets, np.int64)
+                if len(offsets) != counts[i] + 1:
+                    raise ValueError(f"{record.path}: {len(offsets) - 1} segments for {counts[i]} objects")
+                point_counts[object_offsets[i]:object_offsets[i + 1]] = np.diff(offsets)
+                polygons.append(np.asarray(record.segment_points, np.float32).reshape(-1, 2)[offsets[0]:offsets[-1]])
+            points, point_offsets = np.concatenate(polygons), offsets_of(point_counts)
         return cls(
-            prefix="", names=np.frombuffer(b"".join(encoded), np.uint8).copy(),
-            name_offsets=offsets_of([len(e) for e in encoded]),
+            prefix="", names=names, name_offsets=name_offsets,
             image_ids=np.asarray([r.image_id for r in records], np.int64),
             widths=np.asarray([r.width for r in records], np.int32),
             heights=np.asarray([r.height for r in records], np.int32),
-            object_offsets=offsets_of(counts), has_segments=has_segments,
+            object_offsets=object_offsets, has_segments=has_segments,
             boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
             classes=(np.concatenate([np.asarray(r.classes, np.int64) for r in records]) if records
                      else np.zeros(0, np.int64)),
             areas=np.concatenate(object_areas) if object_areas else np.zeros(0, np.float32),
-            point_offsets=point_offsets.astype(np.int64), points=points)
+            point_offsets=point_offsets, points=points)
 
     @classmethod
     def coerce(cls, records: "RecordTable | Sequence[ImageRecord]") -> "RecordTable":
         return records if isinstance(records, RecordTable) else cls.from_records(list(records))
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays (for the index cache); `rows` must be None."""
-        found = {name: getattr(self, name) for name in self.ARRAYS}
-        return {name: value for name, value in found.items() if value is not None}
 
     def select(self, positions: Sequence[int] | np.ndarray) -> "RecordTable":
         """The images at these positions of this table, in this order (the arrays are shared, not copied)."""
@@ -211,9 +216,7 @@ class RecordTable(Sequence[ImageRecord]):
         """The class of every object of the selected images."""
         if self.rows is None:
             return np.asarray(self.classes)
-        starts, counts = self.object_offsets[self.rows], self.object_counts()
-        return np.asarray(self.classes)[np.repeat(starts - np.cumsum(counts) + counts, counts)
-                                        + np.arange(int(counts.sum()))]
+        return np.asarray(self.classes)[ragged_indices(self.object_offsets[self.rows], self.object_counts())]
 
     @property
     def any_segments(self) -> bool:
@@ -226,11 +229,10 @@ class DetectionSource:
 
     format: str
     location: str  # annotation file (COCO) or dataset root (YOLO), for messages
-    records: RecordTable | list[ImageRecord]
+    records: RecordTable
     class_names: list[str]
     category_ids: list[int]  # contiguous index -> dataset category id
     problems: list[DataProblem] = field(default_factory=list)
-    coco_dict: dict[str, Any] | None = None  # the raw COCO JSON when kept; ground_truth_dict reads it otherwise
     orphan_label_files: list[str] = field(default_factory=list)  # YOLO: label files without an image
     unlabeled_images: list[str] = field(default_factory=list)  # YOLO: images without a label file (negatives)
     num_crowd: int = 0  # COCO: crowd annotations (not training targets, kept in the ground truth)
@@ -241,15 +243,8 @@ class DetectionSource:
         return len(self.class_names)
 
     @property
-    def table(self) -> RecordTable:
-        """The records as a RecordTable (packed on first use when they are still a list)."""
-        if not isinstance(self.records, RecordTable):
-            self.records = RecordTable.from_records(self.records)
-        return self.records
-
-    @property
     def num_objects(self) -> int:
-        return int(self.table.object_counts().sum())
+        return int(self.records.object_counts().sum())
 
 
 def offsets_of(counts: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -257,6 +252,19 @@ def offsets_of(counts: Sequence[int] | np.ndarray) -> np.ndarray:
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets
+
+
+def ragged_indices(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices of the runs [starts[i], starts[i] + counts[i]) one after another (a ragged gather)."""
+    counts = np.asarray(counts, np.int64)
+    return np.repeat(np.asarray(starts, np.int64) - offsets_of(counts)[:-1], counts) + np.arange(int(counts.sum()))
+
+
+def pack_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings → (their utf-8 bytes joined (uint8), (n + 1,) int64 offsets); string i owns bytes
+    offsets[i]:offsets[i + 1]."""
+    encoded = [name.encode("utf-8") for name in names]
+    return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets_of([len(e) for e in encoded])
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
@@ -316,10 +324,11 @@ CLIP_REPORT_TOLERANCE_PX = 1.0
 
 
 def clip_boxes_to_image(
-    boxes: np.ndarray, width: float, height: float, report_tolerance: float = CLIP_REPORT_TOLERANCE_PX,
-    min_size: float = 0.0,
+    boxes: np.ndarray, width: float | np.ndarray, height: float | np.ndarray,
+    report_tolerance: float = CLIP_REPORT_TOLERANCE_PX, min_size: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clip xyxy boxes to the image; returns (clipped boxes, keep mask, was-clipped-noticeably mask).
+    """Clip xyxy boxes to the image (or each box to its own image: (n, 1) `width` and `height`); returns (clipped
+    boxes, keep mask, was-clipped-noticeably mask).
 
     keep is False for degenerate boxes: zero or negative width/height after clipping (including boxes entirely
     outside the image), or a side below `min_size` when given. "Noticeably" means some coordinate moved by more than
@@ -339,8 +348,13 @@ def report_box_repairs(problems: list[DataProblem], file: str, raw: np.ndarray, 
                        clipped: np.ndarray, unit: str = "xyxy pixels") -> None:
     """Record a warning per dropped (degenerate) and per noticeably clipped box."""
     for i in np.flatnonzero(~keep):
-        problems.append(DataProblem(file, f"box {raw[i].round(3).tolist()} ({unit}) has zero area inside the image; "
-                                    "dropped", "degenerate_box", "warning"))
+        problems.append(DataProblem(file, *box_repair(raw[i], False, unit), "warning"))
     for i in np.flatnonzero(keep & clipped):
-        problems.append(DataProblem(file, f"box {raw[i].round(3).tolist()} ({unit}) extends outside the image; "
-                                    "clipped", "clipped_box", "warning"))
+        problems.append(DataProblem(file, *box_repair(raw[i], True, unit), "warning"))
+
+
+def box_repair(raw: np.ndarray, kept: bool, unit: str = "xyxy pixels") -> tuple[str, str]:
+    """(message, kind) of the warning for one box `raw` that clip_boxes_to_image dropped or noticeably clipped."""
+    if not kept:
+        return f"box {raw.round(3).tolist()} ({unit}) has zero area inside the image; dropped", "degenerate_box"
+    return f"box {raw.round(3).tolist()} ({unit}) extends outside the image; clipped", "clipped_box"

@@ -216,36 +216,28 @@ def load_yolo_images(image_paths: Sequence[Path], label_for: Callable[[Path], Pa
                      if p.name != "classes.txt" and p not in used_labels)
     for orphan in orphans:
         problems.append(DataProblem(orphan, "label file has no matching image; ignored", "orphan_label", "warning"))
-    source = DetectionSource(
-        format="yolo", location=location, records=records, class_names=list(class_names),
-        category_ids=list(range(len(class_names))), problems=problems,
-        orphan_label_files=orphans, unlabeled_images=unlabeled,
-        label_locations=[str(folder) for folder in label_dirs],
+    records, areas = size_yolo_records(records, areas, location, problems)
+    return DetectionSource(
+        format="yolo", location=location, records=RecordTable.from_records(records, areas),
+        class_names=list(class_names), category_ids=list(range(len(class_names))), problems=problems,
+        orphan_label_files=orphans, unlabeled_images=unlabeled, label_locations=[str(folder) for folder in label_dirs],
     )
-    sized_areas = size_yolo_records(source, areas)
-    source.records = RecordTable.from_records(source.records, sized_areas)
-    return source
 
 
-def size_yolo_records(source: DetectionSource, areas: list[np.ndarray] | None = None) -> list[np.ndarray | None]:
+def size_yolo_records(records: list[ImageRecord], areas: list[np.ndarray], location: str,
+                      problems: list[DataProblem]) -> tuple[list[ImageRecord], list[np.ndarray]]:
     """Read every image header so the boxes are in pixels (rect batches and the evaluation ground truth need them);
-    returns the kept records' object areas in pixels (from normalised `areas`, None where not given).
+    returns the records sized and their object areas in pixels (from normalised `areas`).
 
-    A record with an unreadable header is dropped (error-level problem, under the one bad-sample policy of
-    load_source) before any dataset or ground truth is built from the source; they then always hold the same
-    images. Already sized records are kept as they are.
+    A record with an unreadable header is dropped (an error-level problem appended to `problems`, under the one
+    bad-sample policy of load_source) before any dataset or ground truth is built from the source; they then always
+    hold the same images.
     """
-    problems: list[DataProblem] = []
     kept: list[ImageRecord] = []
-    kept_areas: list[np.ndarray | None] = []
-    areas = areas if areas is not None else [None] * len(source.records)
+    kept_areas: list[np.ndarray] = []
     # disable=None: a bar on a terminal only, nothing in batch-job logs.
-    for record, area in tqdm(list(zip(source.records, areas)), desc=f"reading image sizes ({source.location})",
-                             unit="img", disable=None, leave=False):
-        if record.width is not None:
-            kept.append(record)
-            kept_areas.append(area)
-            continue
+    for record, area in tqdm(list(zip(records, areas)), desc=f"reading image sizes ({location})", unit="img",
+                             disable=None, leave=False):
         try:
             height, width = read_image_size(record.path)
         except ImageDecodeError as exc:
@@ -256,7 +248,5 @@ def size_yolo_records(source: DetectionSource, areas: list[np.ndarray] | None = 
             record.segment_points = record.segment_points * np.asarray([width, height], np.float32)
         record.height, record.width, record.normalized = height, width, False
         kept.append(record)
-        kept_areas.append(None if area is None else (area * (width * height)).astype(np.float32))
-    source.records = kept
-    source.problems.extend(problems)
-    return kept_areas
+        kept_areas.append((area * (width * height)).astype(np.float32))
+    return kept, kept_areas

@@ -34,7 +34,7 @@ class Detections:
     @classmethod
     def from_rows(
         cls, rows: Tensor, image_shape: tuple[int, int], names: Sequence[str] | None = None,
-        category_ids: Sequence[int] | None = None, image_id: int | None = None,
+        category_ids: Sequence[int] | None = None,
     ) -> "Detections":
         """From NMS rows `[x1, y1, x2, y2, score, class]` already mapped to original pixels."""
         rows = rows.detach().float().cpu()
@@ -46,7 +46,6 @@ class Detections:
             class_names=[class_name(c, names) for c in class_ids.tolist()],
             image_shape=(int(image_shape[0]), int(image_shape[1])),
             category_ids=[int(c) for c in category_ids] if category_ids is not None else None,
-            image_id=None if image_id is None else int(image_id),
         )
 
     def __len__(self) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, pil_to_rgb8
+from pgi_detect.data.problems import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -76,6 +77,16 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and (is_image_file(p) or is_video_file(p)))
 
 
+class ExpandedSource(list):
+    """A source flattened into image paths, video paths and in-memory images (expand_source). iter_frames and
+    count_frames take it as it is, so a source used twice has its folders listed once and an iterator read once."""
+
+
+def expand_source(source: Source) -> ExpandedSource:
+    """The files and images of a source (an error names a missing path or a folder without images)."""
+    return source if isinstance(source, ExpandedSource) else ExpandedSource(_expand(source))
+
+
 def _expand(source: Source) -> list[Any]:
     """Flatten a source into a list of image paths, video paths and in-memory images."""
     if isinstance(source, (str, Path)):
@@ -131,15 +142,24 @@ def iter_video(path: Path, first_id: int = 0) -> Iterator[Frame]:
 ErrorHandler = Callable[[Path, Exception], None]
 
 
-class UnreadableInput(ValueError):
-    """An image or video that cannot be decoded; the message names the file."""
+class UnreadableInput(DataError):
+    """An image or video that cannot be decoded; the message names the file. A DataError (bad input), like the
+    ImageDecodeError it stands for with images, so code catching DataError around prediction still sees both."""
+
+
+def read_still(path: Path) -> np.ndarray:
+    """An image file as RGB (data.images.decode_image); UnreadableInput, like an unreadable video, when it fails."""
+    try:
+        return decode_image(path)
+    except ImageDecodeError as exc:
+        raise UnreadableInput(str(exc)) from None
 
 
 def count_frames(source: Source) -> int | None:
     """How many frames `iter_frames(source)` yields when every input is readable (images + the frame counts video
     containers declare); None when a video does not declare one."""
     total = 0
-    for item in _expand(source):
+    for item in expand_source(source):
         if isinstance(item, Path) and is_video_file(item):
             capture = cv2.VideoCapture(str(item))
             frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
@@ -158,7 +178,7 @@ def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterato
 
     An unreadable image or video raises `UnreadableInput`, or, with `on_error`, is passed to it and skipped (its
     image id stays unused, so the other ids do not depend on which files were readable)."""
-    items = _expand(source)
+    items = expand_source(source)
     stills = [item for item in items if isinstance(item, Path) and is_image_file(item)]
     stem_ids = _stem_ids(stills)
     next_id = (max(stem_ids.values()) + 1) if stem_ids else 0
@@ -179,8 +199,8 @@ def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterato
             if not stem_ids:
                 next_id += 1
             try:
-                image = decode_image(item)
-            except ImageDecodeError as exc:
+                image = read_still(item)
+            except UnreadableInput as exc:
                 if on_error is None:
                     raise
                 on_error(item, exc)

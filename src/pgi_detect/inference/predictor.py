@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
 from pgi_detect.inference.detections import Detections
-from pgi_detect.inference.inputs import Frame, Source, batched, is_image_file, iter_frames, to_rgb_array
+from pgi_detect.inference.inputs import (ErrorHandler, Frame, Source, batched, is_image_file, iter_frames,
+                                        to_rgb_array)
 from pgi_detect.models import PRETRAINED, WeightsError, inference_copy, read_weights
 
 
@@ -138,10 +139,11 @@ class Predictor:
             return next(self.stream(images))[1]
         return [detections for _, detections in self.stream(images)]
 
-    def stream(self, source: Source) -> Iterator[tuple[Frame, Detections]]:
+    def stream(self, source: Source, on_error: ErrorHandler | None = None) -> Iterator[tuple[Frame, Detections]]:
         """(frame, detections) pairs for any source, reading and predicting `batch_size` frames at a time, so
-        long videos and large folders never sit in memory."""
-        for frames in batched(iter_frames(source), self.batch_size):
+        long videos and large folders never sit in memory. An unreadable input raises `UnreadableInput`, or is
+        passed to `on_error` and skipped (iter_frames)."""
+        for frames in batched(iter_frames(source, on_error), self.batch_size):
             for frame, detections in zip(frames, self.predict_arrays([f.image for f in frames])):
                 detections.image_id = frame.image_id
                 yield frame, detections

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 from tqdm import tqdm
 
 from pgi_detect.data.images import ImageDecodeError, decode_image
 from pgi_detect.inference.detections import Detections
-from pgi_detect.inference.inputs import Frame, Source, batched, count_frames, iter_frames
+from pgi_detect.inference.inputs import Frame, Source, count_frames, expand_source
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter, save_annotated_image
 
@@ -52,16 +53,22 @@ class PredictionOutputs:
         self.video_writer: AnnotatedVideoWriter | None = None
 
     def add(self, frame: Frame, detections: Detections) -> None:
+        self.record(detections, frame.image_id, frame.file_name, frame.frame_index)
+        if frame.video is None and self.save_images:
+            self.save_image(detections.draw(frame.image), frame.name)
+        elif frame.video is not None and self.save_videos:
+            self._video_for(frame).write(detections.draw(frame.image))
+
+    def record(self, detections: Detections, image_id: int, file_name: str, frame_index: int | None = None) -> None:
+        """Count one image's detections and write their JSON records (no pixels needed)."""
         self.run.frames += 1
         self.run.detections += len(detections)
         if self.json_writer is not None:
-            self.json_writer.add(frame, detections)
-        if frame.video is None and self.save_images:
-            drawn = detections.draw(frame.image)
-            self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", frame.name,
-                                                        self.image_suffix))
-        elif frame.video is not None and self.save_videos:
-            self._video_for(frame).write(detections.draw(frame.image))
+            self.json_writer.add_detections(detections, image_id, file_name, frame_index)
+
+    def save_image(self, drawn: np.ndarray, name: str) -> None:
+        """Write an annotated still image as images/<name><image_suffix>."""
+        self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", name, self.image_suffix))
 
     def _video_for(self, frame: Frame) -> AnnotatedVideoWriter:
         target = self.run.output_dir / "videos" / f"{frame.video.stem}.mp4"
@@ -82,7 +89,8 @@ class PredictionOutputs:
 
 
 class Progress:
-    """Progress of a prediction run: a tqdm bar when `stream` is a terminal, otherwise a line every `every` images
+    """Progress of a prediction run: a tqdm bar on `stream` (default stdout) when it is a terminal, otherwise a line
+    on it every `every` images
     (done/total when the total is known, images/s), so batch-job logs show it too. `note` prints a line without
     breaking the bar."""
 
@@ -91,8 +99,8 @@ class Progress:
         self.total, self.every, self.label, self.done = total, max(1, int(every)), label, 0
         self.stream = stream or sys.stdout
         self.enabled = enabled
-        self.bar = (tqdm(total=total, unit="img", desc=label, dynamic_ncols=True)
-                    if enabled and self.stream.isatty() else None)
+        self.bar = (tqdm(total=total, unit="img", desc=label, dynamic_ncols=True, file=self.stream)
+                    if enabled and self.stream.isatty() else None)  # drawn on the stream that was checked
         self.start = time.perf_counter()
 
     def update(self, count: int) -> None:
@@ -143,9 +151,11 @@ def run_prediction(
     (default: a logged warning). `progress` shows a bar on a terminal, else a line every `progress_every` images.
     `category_ids` overrides the predictor's class index -> category id table.
     """
+    source = expand_source(source)  # once, for counting and reading; a bad source fails before any file is created
+    total = count_frames(source) if progress else None
     outputs = PredictionOutputs(output_dir, save_json=save_json, save_images=save_images, save_videos=save_videos,
                                 category_ids=category_ids, json_name=json_name, image_suffix=image_suffix)
-    report = Progress(count_frames(source) if progress else None, enabled=progress, every=progress_every)
+    report = Progress(total, enabled=progress, every=progress_every)
     tell = on_skip or (report.note if progress else logger.warning)
 
     def skip(path: Path, error: Exception) -> None:
@@ -154,11 +164,9 @@ def run_prediction(
         tell(f"skipped {path}: {reason}")
 
     try:
-        for frames in batched(iter_frames(source, on_error=skip), predictor.batch_size):
-            for frame, detections in zip(frames, predictor.predict_arrays([f.image for f in frames])):
-                detections.image_id = frame.image_id
-                outputs.add(frame, detections)
-            report.update(len(frames))
+        for frame, detections in predictor.stream(source, on_error=skip):
+            outputs.add(frame, detections)
+            report.update(1)
     finally:
         report.close()
         run = outputs.close()
@@ -177,24 +185,20 @@ def write_task_predictions(
     """Write `DetectionTask.predict_step` results (dicts with image_id, path and `Detections`) in the same formats
     as `run_prediction`, so `pgi-detect predict` and the Python API produce identical files. `category_ids` maps
     class indices to the dataset's category ids (the task's table)."""
-    output_dir = Path(output_dir)
-    run = PredictionRun(output_dir=output_dir)
-    json_writer = CocoJsonWriter(output_dir / json_name, category_ids)
+    outputs = PredictionOutputs(output_dir, save_videos=False, category_ids=category_ids, json_name=json_name)
     try:
         for index, item in enumerate(predictions):
             path = Path(item["path"])
             detections = item["detections"]
-            json_writer.add_records(detections.to_coco(int(item["image_id"]), category_ids, file_name=path.name))
-            run.frames += 1
-            run.detections += len(detections)
-            if save_images and (max_images is None or index < max_images):
+            outputs.record(detections, int(item["image_id"]), path.name)
+            if save_images and (max_images is None or index < max_images):  # decoded only to be drawn
                 try:
                     image = decode_image(path)
                 except ImageDecodeError as exc:  # predicted from this file a moment ago; report, keep going
-                    run.skipped.append(str(exc))
+                    outputs.run.skipped.append(str(exc))
                     logger.warning("not drawing %s", exc)
                     continue
-                run.images.append(save_annotated_image(detections.draw(image), output_dir / "images", path.stem))
+                outputs.save_image(detections.draw(image), path.stem)
     finally:
-        run.json_path = json_writer.write()
+        run = outputs.close()
     return run

@@ -35,10 +35,15 @@ class CocoJsonWriter:
         self._file.flush()
 
     def add(self, frame: Frame, detections: Detections) -> None:
-        records = detections.to_coco(frame.image_id, self.category_ids, file_name=frame.file_name)
-        if frame.frame_index is not None:
+        self.add_detections(detections, frame.image_id, frame.file_name, frame.frame_index)
+
+    def add_detections(self, detections: Detections, image_id: int, file_name: str,
+                       frame_index: int | None = None) -> None:
+        """The records of one image's detections (`add` without a decoded Frame)."""
+        records = detections.to_coco(image_id, self.category_ids, file_name=file_name)
+        if frame_index is not None:
             for record in records:
-                record["frame"] = frame.frame_index
+                record["frame"] = frame_index
         self.add_records(records)
 
     def add_records(self, records: Sequence[dict]) -> None:
