@@ -6,7 +6,7 @@ from pgi_detect.inference.draw import draw_detections
 from pgi_detect.inference.export import export_main, export_onnx, run_onnx, verify_onnx
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.runner import PredictionRun, run_prediction, write_task_predictions
-from pgi_detect.inference.inputs import Frame, iter_frames
+from pgi_detect.inference.inputs import Frame, UnreadableInput, iter_frames
 from pgi_detect.inference.writers import AnnotatedVideoWriter, CocoJsonWriter
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Frame",
     "PredictionRun",
     "Predictor",
+    "UnreadableInput",
     "detect_main",
     "draw_detections",
     "export_main",
