@@ -10,7 +10,8 @@ Kinds, each with one home:
 Wherever a file is accepted, so is a pretrained name (`hub.py`: gelan-c, yolov9-c, yolov9-c-converted, ...), which
 stands for its converted file in the cache. `read_weights` rebuilds a detector from a file alone (inference, export);
 `load_weights_into` initialises an already built detector from any kind (fine-tuning), strictly unless partial
-loading is asked for. Files are never unpickled with code execution unless they are our training checkpoints.
+loading is asked for. Files are never unpickled with code execution unless they are our training checkpoints whose
+record pickles a custom backbone module.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from pgi_detect.models.hub import resolve_weights
 from pgi_detect.models.identify import identify_zoo_model
 from pgi_detect.models.official import (
     CLASS_BRANCH_KEYS,
+    PickleStub,
     load_official_state_dict,
     load_untrusted,
     official_key_map,
@@ -114,15 +116,25 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
 
 
 def _read_payload(path: Path) -> Any:
-    """The loaded file. Only our training checkpoints may need full unpickling (a custom backbone module given from
-    Python is pickled whole); anything else is read with `weights_only=True` or the restricted unpickler."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # pickled objects, or not a weights file at all: load_untrusted tells which
-        payload = load_untrusted(path)
-    if _checkpoint_record(payload) is not None:
+    """The loaded file, read once with `weights_only=True` or the restricted unpickler. Only a training checkpoint
+    whose record holds pickled objects (a custom backbone module given from Python is pickled whole) is read a
+    second time with full unpickling: its record cannot be rebuilt from the inert stubs."""
+    payload = load_untrusted(path)
+    record = _checkpoint_record(payload)
+    if record is not None and _holds_stubs(record):
         return torch.load(path, map_location="cpu", weights_only=False)
     return payload
+
+
+def _holds_stubs(value: Any) -> bool:
+    """Whether the restricted unpickler left a stub anywhere in `value` (nested mappings and sequences included)."""
+    if isinstance(value, PickleStub):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_stubs(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_stubs(v) for v in value)
+    return False
 
 
 def _checkpoint_record(payload: Any) -> dict[str, Any] | None:
