@@ -32,7 +32,7 @@ from pgi_detect.models.identify import identify_zoo_model
 from pgi_detect.models.official import (
     CLASS_BRANCH_KEYS,
     PickleStub,
-    load_official_state_dict,
+    convert_official,
     load_untrusted,
     official_key_map,
     official_weights,
@@ -180,10 +180,10 @@ def _rebuild_zoo_model(payload: Any, path: Path) -> LoadedDetector:
     if any(k.startswith("detector.") for k in state):
         state = _prefixed(state, "detector.")
     match = identify_zoo_model(state, source=str(path))
-    detector = build_model(match.model, match.num_classes)
     if match.official_keys:
-        load_official_state_dict(detector, state, source=str(path))
+        detector = convert_official(state, match.model, source=str(path))
     else:
+        detector = build_model(match.model, match.num_classes)
         detector.load_state_dict(state, strict=True)
     return LoadedDetector(detector, weights.class_names, None, spec_of(detector),
                           "official" if match.official_keys else "state dict")
