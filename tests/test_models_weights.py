@@ -183,3 +183,11 @@ def test_a_checkpoint_that_pickles_its_custom_backbone_module_is_rebuilt(tmp_pat
     assert isinstance(loaded.detector.layers[0], TinyBackbone) and loaded.spec.model == "tiny"
     trained = source.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in loaded.detector.state_dict().items())
+
+
+@pytest.mark.parametrize("keys", ["ours", "official"])
+def test_weights_without_a_class_conv_are_an_error_naming_the_file(tmp_path, keys):
+    state = {"layers.0.conv.weight" if keys == "ours" else "model.0.conv.weight": torch.zeros(3)}
+    torch.save(state, tmp_path / "headless.pt")
+    with pytest.raises(WeightsError, match=r"headless\.pt: no detect-head class conv"):
+        read_weights(tmp_path / "headless.pt")

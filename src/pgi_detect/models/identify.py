@@ -38,20 +38,20 @@ def is_official_state(state: Mapping[str, Tensor]) -> bool:
     return any(key.startswith("model.") for key in state)
 
 
-def state_num_classes(state: Mapping[str, Tensor]) -> int:
+def state_num_classes(state: Mapping[str, Tensor], source: str = "weights") -> int:
     """Class count of a zoo state dict (official or our keys), read from the main head's class output conv."""
     if is_official_state(state):
-        return official_num_classes(state)
+        return official_num_classes(state, source)
     for key, tensor in state.items():
         if OUR_CLASS_CONV.match(key) and ".aux." not in key:
             return int(tensor.shape[0])
-    raise WeightsError("no detect-head class conv (cls.0.2) found in the weights")
+    raise WeightsError(f"{source}: no detect-head class conv (cls.0.2) found in the weights")
 
 
 def identify_zoo_model(state: Mapping[str, Tensor], source: str = "weights") -> ZooMatch:
     """The one zoo model these weights fit exactly; `WeightsError` naming the closest candidate otherwise."""
     official = is_official_state(state)
-    num_classes = state_num_classes(state)
+    num_classes = state_num_classes(state, source)
     actual = shapes(state)
     rows = 1 + max((int(m.group(1)) for m in map(ROW_INDEX.match, state) if m), default=-1)
     # Only tables with as many rows can match; the others are compared only to name the closest one in an error.

@@ -94,13 +94,13 @@ def load_official_state_dict(
 CLASS_BRANCH_KEYS = (r"\.cls\.\d+\.",)
 
 
-def official_num_classes(official: Mapping[str, Tensor]) -> int:
+def official_num_classes(official: Mapping[str, Tensor], source: str = "weights") -> int:
     """Class count of official weights, read from the main head's class output conv."""
     for pattern in (r"^model\.\d+\.cv5\.0\.2\.weight$", r"^model\.\d+\.cv3\.0\.2\.weight$"):
         for key, tensor in official.items():
             if re.match(pattern, key):
                 return int(tensor.shape[0])
-    raise WeightsError("no detect-head class conv (cv3/cv5) found in the official weights")
+    raise WeightsError(f"{source}: no detect-head class conv (cv3/cv5) found in the official weights")
 
 
 def convert_official(
@@ -117,7 +117,7 @@ def convert_official(
     `strip=True` returns the inference form (yolov9-x -> gelan-x).
     """
     get_table(model)  # early, clear error for unknown names
-    checkpoint_classes = official_num_classes(official)
+    checkpoint_classes = official_num_classes(official, source)
     num_classes = num_classes or checkpoint_classes
     detector = build_model(model, num_classes)
     reinit = CLASS_BRANCH_KEYS if num_classes != checkpoint_classes else ()
