@@ -128,10 +128,13 @@ def test_partial_loading_loads_what_fits_and_reports_the_rest(tmp_path):
     assert f"loaded {len(state) - 1}/{len(state)}" in report and f"missing (1): {dropped}" in report
 
 
-def test_yolov9_weights_into_a_gelan_model_get_a_hint(tmp_path):
+def test_weights_of_the_other_branch_count_get_a_hint(tmp_path):
     save_detector(perturbed("yolov9-t", 3), tmp_path / "dual.pt")
     with pytest.raises(WeightsError, match="hint: these are yolov9"):
         load_weights_into(build_model("gelan-t", num_classes=3), tmp_path / "dual.pt")
+    save_detector(perturbed("gelan-t", 3), tmp_path / "single.pt")
+    with pytest.raises(WeightsError, match="hint: these are single-branch weights"):
+        load_weights_into(build_model("yolov9-t", num_classes=3), tmp_path / "single.pt")
 
 
 def test_read_weights_rebuilds_from_the_record_and_from_detector_files(tmp_path):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from pgi_detect.models.configs import get_table
 from pgi_detect.models.detector import Detector
-from pgi_detect.models.errors import StateFit, WeightsError, shapes
+from pgi_detect.models.errors import StateFit, WeightsError, branch_hint, shapes
 from pgi_detect.models.spec import build_model
 
 
@@ -76,13 +76,10 @@ def load_official_state_dict(
     fit = StateFit.compare({theirs: tuple(ours_state[ours].shape) for ours, theirs in mapping.items()},
                            shapes(official), lambda theirs: any(re.search(p, ours_of[theirs]) for p in reinit))
     if fit.problems:
-        message = f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})" + fit.describe(
-            ("missing official keys", "unexpected official keys", "shape mismatches (official vs ours)"))
-        if detector.name.startswith("yolov9-") and not any(".cv4." in k for k in official):
-            message += "\n  hint: these look like converted (gelan) weights; use the matching gelan-* model"
-        elif detector.name.startswith("gelan-") and any(".cv4." in k for k in official):
-            message += "\n  hint: these look like yolov9 training weights; use yolov9-* (and --strip)"
-        raise WeightsError(message)
+        titles = ("missing official keys", "unexpected official keys", "shape mismatches (official vs ours)")
+        dual_file = any(".dfl2." in k for k in official)  # only the official dual head has a second DFL
+        raise WeightsError(f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})"
+                           f"{fit.describe(titles)}{branch_hint(detector.num_branches, dual_file)}")
     with torch.no_grad():
         for theirs, tensor in official.items():
             if theirs not in fit.may_differ:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from pgi_detect.models.detector import Detector
 from pgi_detect.models.detector_file import detector_from_file, file_spec, is_detector_file
-from pgi_detect.models.errors import StateFit, WeightsError, shapes
+from pgi_detect.models.errors import StateFit, WeightsError, branch_hint, shapes
 from pgi_detect.models.hub import resolve_weights
 from pgi_detect.models.identify import identify_zoo_model, is_official_state
 from pgi_detect.models.official import (
@@ -197,18 +197,13 @@ def _rebuild_zoo_model(state: dict[str, Tensor], class_names: list[str] | None, 
 
 
 def _hint(detector: Detector, state: Mapping[str, Tensor]) -> str:
+    """Which zoo model the file holds, when it is one, and the dual/single-branch hint."""
     try:
         match = identify_zoo_model(state)
         held = f"\n  the file holds {match.model} weights ({match.num_classes} classes)"
     except WeightsError:
         held = ""
-    dual_file = any(".main." in k or ".aux." in k for k in state)
-    if detector.num_branches == 1 and dual_file:
-        return held + "\n  hint: these are yolov9 (dual) weights; train the yolov9 model, strip the file first, or " \
-            "start from the yolov9-x-converted name"
-    if detector.num_branches == 2 and not dual_file:
-        return held + "\n  hint: these are single-branch (gelan) weights; use the matching gelan model"
-    return held
+    return held + branch_hint(detector.num_branches, any(".main." in k or ".aux." in k for k in state))
 
 
 def _optional_list(value: Any) -> list | None:
