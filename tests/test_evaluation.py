@@ -4,10 +4,19 @@ from __future__ import annotations
 import json
 import random
 
+import faster_coco_eval
+import pycocotools.coco
 import pytest
 import torch
 
-from pgi_detect.evaluation import evaluate_detections, fitness, predictions_to_coco, write_detections_json
+from pgi_detect.evaluation import (
+    evaluate_detections,
+    fitness,
+    index_coco,
+    predictions_to_coco,
+    score_detections,
+    write_detections_json,
+)
 
 
 def _load_gt(coco128_dir):
@@ -104,3 +113,21 @@ def test_metric_scores_each_image_once_and_equals_evaluate_detections():
     expected = evaluate_detections(gt, rows_to_coco({1: image_1, 2: image_2}, [5, 9]), "pycocotools")
     assert evaluation.stats == expected
     assert 0 < evaluation.stats["AP"] < 1
+
+
+def test_a_coco_object_of_the_backend_is_scored_without_indexing_it_again(coco128_dir):
+    gt = _load_gt(coco128_dir)
+    reference = index_coco(gt)  # what the datamodule hands over: a pycocotools index
+    fast = index_coco(reference, faster_coco_eval.COCO)  # the other class: indexed anew from the same dict
+    assert isinstance(fast, faster_coco_eval.COCO) and fast.dataset is gt and len(fast.anns) == len(gt["annotations"])
+    assert index_coco(reference) is reference and index_coco(fast, faster_coco_eval.COCO) is fast
+    never_indexed = pycocotools.coco.COCO()
+    never_indexed.dataset = gt
+    assert len(index_coco(never_indexed).imgs) == len(gt["images"])
+    dets = _perturbed_detections(gt)
+    for backend in ("faster", "pycocotools"):
+        expected = score_detections(gt, dets, backend)
+        for given in (reference, fast, reference):  # an index used before scores the same
+            scores = score_detections(given, dets, backend)
+            assert scores.stats == expected.stats, (backend, type(given))
+            assert (scores.arrays.precision == expected.arrays.precision).all()

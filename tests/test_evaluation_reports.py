@@ -179,3 +179,18 @@ def test_report_table_plots_and_files(coco128_case, tmp_path):
     history = [{"epoch": 0, "train/loss": 3.0, "train/lr": 0.01}, {"epoch": 1, "train/loss": 2.0, "val/mAP": 0.1}]
     assert plot_history(history, tmp_path / "results.png").exists()
     assert plot_history([{"epoch": 0}], tmp_path / "none.png") is None
+
+
+def test_the_report_is_the_same_from_a_dict_or_either_backends_coco_object(coco128_case):
+    """build_report indexes the ground truth once for both matching passes; a faster-coco-eval object is used as it
+    is, a pycocotools one (the datamodule's) or a dict indexed once."""
+    gt, dets = coco128_case
+    image_ids = sorted(img["id"] for img in gt["images"])
+    scores = score_detections(gt, dets, "faster", image_ids)
+    evaluation = CocoEvaluation(scores.stats, dets, image_ids, scores.arrays)
+    expected = build_report(evaluation, gt, "val")
+    fast = index_coco(gt, faster_coco_eval.COCO)
+    for given in (index_coco(gt), fast, fast):  # the faster object twice: matching leaves it as it was
+        report = build_report(evaluation, given, "val")
+        assert [r.as_dict() for r in report.rows] == [r.as_dict() for r in expected.rows]
+        assert (report.confusion.counts == expected.confusion.counts).all() and report.names == expected.names

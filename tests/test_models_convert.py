@@ -89,6 +89,18 @@ def test_mismatches_are_listed_by_key(golden_dir):
         convert_official(load_golden(golden_dir)["state_dict"], "gelan-s")
 
 
+def test_weights_of_the_other_branch_count_get_a_hint():
+    dual = to_official_state_dict(build_model("yolov9-t", num_classes=3))
+    with pytest.raises(WeightsError, match=r"hint: these are yolov9 \(dual-branch\) weights"):
+        convert_official(dual, "gelan-t")
+    single = to_official_state_dict(build_model("gelan-t", num_classes=3))
+    with pytest.raises(WeightsError, match=r"hint: these are single-branch weights"):
+        convert_official(single, "yolov9-t")
+    with pytest.raises(WeightsError) as error:  # same branch count, another size: no hint
+        convert_official(single, "gelan-s")
+    assert "hint" not in str(error.value)
+
+
 @pytest.mark.parametrize(("num_classes", "class_width"), [(3, 64), (100, 128)])
 def test_other_class_count_keeps_everything_but_the_class_branch(golden_dir, num_classes, class_width):
     official = load_golden(golden_dir)["state_dict"]

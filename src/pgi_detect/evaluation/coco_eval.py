@@ -45,14 +45,26 @@ def _backend_classes(backend: Backend) -> tuple[type, type]:
     raise ValueError(f"unknown COCO evaluation backend {backend!r}; use 'faster' or 'pycocotools'")
 
 
-def index_coco(dataset: dict, coco_cls: type | None = None) -> Any:
-    """An indexed COCO object (pycocotools by default) over an in-memory annotation dict, without the index's
-    prints. Both backends' COCO classes accept an empty constructor; a dict need not be written to disk first."""
-    gt = (coco_cls or pycocotools.coco.COCO)()
-    gt.dataset = dataset
+def index_coco(gt: Any, coco_cls: type | None = None) -> Any:
+    """An indexed COCO object of `coco_cls` (pycocotools by default) over the ground truth `gt`: a COCO object of
+    that class whose index covers its annotation dict is used as it is; anything else (the other backend's COCO
+    object, an annotation dict, a json path) is indexed from its annotation dict, without the index's prints. Both
+    backends' COCO classes accept an empty constructor; a dict need not be written to disk first."""
+    coco_cls = coco_cls or pycocotools.coco.COCO
+    if isinstance(gt, coco_cls) and _index_covers(gt):
+        return gt
+    indexed = coco_cls()
+    indexed.dataset = coco_dataset_dict(gt)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    return gt
+        indexed.createIndex()
+    return indexed
+
+
+def _index_covers(gt: Any) -> bool:
+    """Whether a COCO object's index holds every image and annotation of its dict (not so for an object that was
+    never indexed, or whose dict was replaced afterwards)."""
+    dataset = gt.dataset
+    return len(gt.imgs) == len(dataset.get("images", [])) and len(gt.anns) == len(dataset.get("annotations", []))
 
 
 @dataclass
@@ -100,13 +112,13 @@ def score_detections(
 ) -> CocoScores:
     """Score COCO-format box detections against ground truth: the 12 COCO statistics and the accumulated arrays.
 
-    `gt` is a COCO object of either backend, an annotation dict or a json path. `image_ids` restricts the evaluation
-    to the images actually predicted (like val.py does); by default every ground-truth image counts. Detections must
-    use dataset category ids and `bbox = [x, y, w, h]` in original image pixels.
+    `gt` is a COCO object of either backend (one of `backend`'s own class is used without indexing it again), an
+    annotation dict or a json path. `image_ids` restricts the evaluation to the images actually predicted (like
+    val.py does); by default every ground-truth image counts. Detections must use dataset category ids and
+    `bbox = [x, y, w, h]` in original image pixels.
     """
-    dataset = coco_dataset_dict(gt)
     coco_cls, eval_cls = _backend_classes(backend)
-    gt_api = index_coco(dataset, coco_cls)
+    gt_api = index_coco(gt, coco_cls)
     ids = sorted({int(i) for i in image_ids}) if image_ids is not None else sorted(gt_api.getImgIds())
     stats = {name: 0.0 for name in STAT_NAMES}
     if not detections or not ids:

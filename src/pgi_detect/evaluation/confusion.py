@@ -49,7 +49,7 @@ def confusion_matrix(
     iou: float = IOU_THRESHOLD,
 ) -> ConfusionMatrix:
     """The confusion matrix of COCO result dicts on `image_ids`; `category_ids[i]` is the category of class index i
-    (detections and boxes of other categories are left out)."""
+    (detections and boxes of other categories are left out). `gt` as `match_detections` takes it."""
     confident = [d for d in detections if float(d["score"]) >= conf]
     # every confident detection takes part: the cap is the largest count on one image (COCOeval sizes its arrays by
     # maxDets, so no "infinite" cap)

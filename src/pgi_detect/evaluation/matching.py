@@ -18,7 +18,7 @@ from typing import Any
 import faster_coco_eval
 import numpy as np
 
-from pgi_detect.evaluation.coco_eval import coco_dataset_dict, index_coco
+from pgi_detect.evaluation.coco_eval import index_coco
 
 AREA_ALL = [0.0, 1e10]  # COCOeval's "all" area range
 
@@ -53,6 +53,12 @@ class DetectionMatches:
         return matched
 
 
+def matching_index(gt: Any) -> Any:
+    """The faster-coco-eval COCO index `match_detections` works on (`gt` as `index_coco` takes it): build it once
+    to match several times."""
+    return index_coco(gt, faster_coco_eval.COCO)
+
+
 def match_detections(
     gt: Any,
     detections: Sequence[dict],
@@ -63,12 +69,12 @@ def match_detections(
 ) -> DetectionMatches:
     """COCO matching of `detections` (COCO result dicts, dataset ids) on the images `image_ids` at one IoU threshold.
 
-    Detections on other images are ignored. `max_dets` caps detections per image and category (per image when
-    `by_category` is False), highest scores first, like COCOeval's maxDets.
+    `gt`: a `matching_index`, or anything `index_coco` takes. Detections on other images are ignored. `max_dets`
+    caps detections per image and category (per image when `by_category` is False), highest scores first, like
+    COCOeval's maxDets.
     """
-    dataset = coco_dataset_dict(gt)
     ids = sorted({int(i) for i in image_ids})
-    gt_api = index_coco(dataset, faster_coco_eval.COCO)
+    gt_api = matching_index(gt)
     annotations = gt_api.loadAnns(gt_api.getAnnIds(imgIds=ids))
     wanted = set(ids)
     kept = [d for d in detections if int(d["image_id"]) in wanted]

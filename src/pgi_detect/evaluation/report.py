@@ -23,9 +23,8 @@ from pgi_detect.evaluation.class_metrics import (
     confidence_curves,
     ground_truth_counts,
 )
-from pgi_detect.evaluation.coco_eval import coco_dataset_dict
 from pgi_detect.evaluation.confusion import CONF_THRESHOLD, IOU_THRESHOLD, ConfusionMatrix, confusion_matrix
-from pgi_detect.evaluation.matching import match_detections
+from pgi_detect.evaluation.matching import match_detections, matching_index
 from pgi_detect.evaluation.metric import CocoEvaluation
 
 PR_IOU = 0.5  # the IoU of the PR and confidence curves and of the table's P and R (val.py's)
@@ -75,9 +74,9 @@ def build_report(
     confusion_iou: float = IOU_THRESHOLD,
 ) -> EvaluationReport:
     """The report of one evaluation; `category_ids[i]` is the dataset category of class index i."""
-    dataset = coco_dataset_dict(ground_truth)
-    all_categories, all_names = class_categories(class_names, category_ids, dataset)
-    matches = match_detections(dataset, evaluation.detections, evaluation.image_ids, PR_IOU, max_dets=MAX_DETS)
+    gt_api = matching_index(ground_truth)  # indexed once for both matching passes
+    all_categories, all_names = class_categories(class_names, category_ids, gt_api.dataset)
+    matches = match_detections(gt_api, evaluation.detections, evaluation.image_ids, PR_IOU, max_dets=MAX_DETS)
     images, instances = ground_truth_counts(matches, all_categories)
     present = [i for i, count in enumerate(instances) if count > 0]
     categories = [all_categories[i] for i in present]
@@ -86,7 +85,7 @@ def build_report(
     rows = class_table(evaluation.arrays, curves, categories, names, images[present], instances[present],
                        len(evaluation.image_ids), evaluation.stats)
     recall_thresholds, pr_precision = _pr_curves(evaluation, categories)
-    matrix = confusion_matrix(dataset, evaluation.detections, evaluation.image_ids, all_categories,
+    matrix = confusion_matrix(gt_api, evaluation.detections, evaluation.image_ids, all_categories,
                               confusion_conf, confusion_iou)
     return EvaluationReport(stage, rows, names, recall_thresholds, pr_precision, curves, matrix, all_names)
 

@@ -53,3 +53,16 @@ class StateFit:
 def shapes(state: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a state dict's tensors."""
     return {key: tuple(value.shape) for key, value in state.items()}  # type: ignore[attr-defined]
+
+
+def branch_hint(model_branches: int, file_dual: bool) -> str:
+    """The usual cause when weights do not fit: yolov9 (dual-branch PGI) weights for a single-branch model, or
+    single-branch weights (gelan, or yolov9 stripped to its inference form) for a yolov9 model; "" otherwise."""
+    if model_branches == 1 and file_dual:
+        return ("\n  hint: these are yolov9 (dual-branch) weights; use the matching yolov9-* model, strip them first "
+                "(Detector.strip_auxiliary; official files: scripts/convert_official.py --strip), or start from a "
+                "yolov9-*-converted name")
+    if model_branches == 2 and not file_dual:
+        return ("\n  hint: these are single-branch weights (gelan, or yolov9 stripped to its inference form); use the "
+                "matching gelan-* model")
+    return ""

@@ -35,8 +35,7 @@ from tqdm import tqdm
 from pgi_detect.models.detector_file import save_detector
 from pgi_detect.models.errors import WeightsError
 from pgi_detect.models.identify import identify_zoo_model
-from pgi_detect.models.official import load_official_state_dict, read_official_file
-from pgi_detect.models.spec import build_model
+from pgi_detect.models.official import convert_official, read_official_file
 
 RELEASE_URL = "https://github.com/WongKinYiu/yolov9/releases/download/v0.1/{name}.pt"
 URL_ENV = "PGI_DETECT_WEIGHTS_URL"
@@ -245,8 +244,7 @@ def _convert_release_asset(name: str, official: Path, converted: Path) -> None:
         if match.model != entry.architecture:
             raise WeightsError(f"{official}: the file holds {match.model} weights, but {name!r} stands for "
                                f"{entry.architecture}")
-        detector = build_model(match.model, match.num_classes)
-        load_official_state_dict(detector, weights.state, source=str(official))
+        detector = convert_official(weights.state, match.model, source=str(official))
     except WeightsError as error:
         official.unlink()
         raise WeightsError(f"{error}\nThe file was deleted from the cache; {weights_url(name)} is fetched again on "

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pgi_detect.models.configs import MODEL_TABLES
-from pgi_detect.models.errors import StateFit, WeightsError
+from pgi_detect.models.errors import StateFit, WeightsError, shapes
 from pgi_detect.models.official import official_key_map, official_num_classes
 from pgi_detect.models.spec import build_model
 
@@ -38,29 +38,29 @@ def is_official_state(state: Mapping[str, Tensor]) -> bool:
     return any(key.startswith("model.") for key in state)
 
 
-def state_num_classes(state: Mapping[str, Tensor]) -> int:
+def state_num_classes(state: Mapping[str, Tensor], source: str = "weights") -> int:
     """Class count of a zoo state dict (official or our keys), read from the main head's class output conv."""
     if is_official_state(state):
-        return official_num_classes(state)
+        return official_num_classes(state, source)
     for key, tensor in state.items():
         if OUR_CLASS_CONV.match(key) and ".aux." not in key:
             return int(tensor.shape[0])
-    raise WeightsError("no detect-head class conv (cls.0.2) found in the weights")
+    raise WeightsError(f"{source}: no detect-head class conv (cls.0.2) found in the weights")
 
 
 def identify_zoo_model(state: Mapping[str, Tensor], source: str = "weights") -> ZooMatch:
     """The one zoo model these weights fit exactly; `WeightsError` naming the closest candidate otherwise."""
     official = is_official_state(state)
-    num_classes = state_num_classes(state)
-    shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    num_classes = state_num_classes(state, source)
+    actual = shapes(state)
     rows = 1 + max((int(m.group(1)) for m in map(ROW_INDEX.match, state) if m), default=-1)
     # Only tables with as many rows can match; the others are compared only to name the closest one in an error.
     candidates = [name for name, table in MODEL_TABLES.items() if len(table) == rows] or list(MODEL_TABLES)
-    differences = {name: _differences(shapes, expected_shapes(name, num_classes, official)) for name in candidates}
+    differences = {name: _differences(actual, expected_shapes(name, num_classes, official)) for name in candidates}
     matches = [name for name, (count, _) in differences.items() if count == 0]
     if len(matches) == 1:
         return ZooMatch(matches[0], num_classes, official)
-    differences.update({name: _differences(shapes, expected_shapes(name, num_classes, official))
+    differences.update({name: _differences(actual, expected_shapes(name, num_classes, official))
                         for name in MODEL_TABLES if name not in differences})
     if len(matches) > 1:
         raise WeightsError(f"{source}: the weights fit several zoo models ({', '.join(matches)}); convert them with "
@@ -75,7 +75,7 @@ def expected_shapes(name: str, num_classes: int, official: bool) -> Shapes:
     """Key -> shape of a freshly built zoo model, under official or our key names."""
     with torch.device("meta"):
         detector = build_model(name, num_classes)
-    ours = {key: tuple(tensor.shape) for key, tensor in detector.state_dict().items()}
+    ours = shapes(detector.state_dict())
     if not official:
         return ours
     return {theirs: ours[key] for key, theirs in official_key_map(detector).items()}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from pgi_detect.models.configs import get_table
 from pgi_detect.models.detector import Detector
-from pgi_detect.models.errors import StateFit, WeightsError, shapes
+from pgi_detect.models.errors import StateFit, WeightsError, branch_hint, shapes
 from pgi_detect.models.spec import build_model
 
 
@@ -76,13 +76,10 @@ def load_official_state_dict(
     fit = StateFit.compare({theirs: tuple(ours_state[ours].shape) for ours, theirs in mapping.items()},
                            shapes(official), lambda theirs: any(re.search(p, ours_of[theirs]) for p in reinit))
     if fit.problems:
-        message = f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})" + fit.describe(
-            ("missing official keys", "unexpected official keys", "shape mismatches (official vs ours)"))
-        if detector.name.startswith("yolov9-") and not any(".cv4." in k for k in official):
-            message += "\n  hint: these look like converted (gelan) weights; use the matching gelan-* model"
-        elif detector.name.startswith("gelan-") and any(".cv4." in k for k in official):
-            message += "\n  hint: these look like yolov9 training weights; use yolov9-* (and --strip)"
-        raise WeightsError(message)
+        titles = ("missing official keys", "unexpected official keys", "shape mismatches (official vs ours)")
+        dual_file = any(".dfl2." in k for k in official)  # only the official dual head has a second DFL
+        raise WeightsError(f"{source} do not fit model {detector.name!r} (nc={detector.num_classes})"
+                           f"{fit.describe(titles)}{branch_hint(detector.num_branches, dual_file)}")
     with torch.no_grad():
         for theirs, tensor in official.items():
             if theirs not in fit.may_differ:
@@ -94,13 +91,13 @@ def load_official_state_dict(
 CLASS_BRANCH_KEYS = (r"\.cls\.\d+\.",)
 
 
-def official_num_classes(official: Mapping[str, Tensor]) -> int:
+def official_num_classes(official: Mapping[str, Tensor], source: str = "weights") -> int:
     """Class count of official weights, read from the main head's class output conv."""
     for pattern in (r"^model\.\d+\.cv5\.0\.2\.weight$", r"^model\.\d+\.cv3\.0\.2\.weight$"):
         for key, tensor in official.items():
             if re.match(pattern, key):
                 return int(tensor.shape[0])
-    raise WeightsError("no detect-head class conv (cv3/cv5) found in the official weights")
+    raise WeightsError(f"{source}: no detect-head class conv (cv3/cv5) found in the official weights")
 
 
 def convert_official(
@@ -117,7 +114,7 @@ def convert_official(
     `strip=True` returns the inference form (yolov9-x -> gelan-x).
     """
     get_table(model)  # early, clear error for unknown names
-    checkpoint_classes = official_num_classes(official)
+    checkpoint_classes = official_num_classes(official, source)
     num_classes = num_classes or checkpoint_classes
     detector = build_model(model, num_classes)
     reinit = CLASS_BRANCH_KEYS if num_classes != checkpoint_classes else ()

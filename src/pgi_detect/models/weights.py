@@ -10,7 +10,8 @@ Kinds, each with one home:
 Wherever a file is accepted, so is a pretrained name (`hub.py`: gelan-c, yolov9-c, yolov9-c-converted, ...), which
 stands for its converted file in the cache. `read_weights` rebuilds a detector from a file alone (inference, export);
 `load_weights_into` initialises an already built detector from any kind (fine-tuning), strictly unless partial
-loading is asked for. Files are never unpickled with code execution unless they are our training checkpoints.
+loading is asked for. Files are never unpickled with code execution unless they are our training checkpoints whose
+record pickles a custom backbone module.
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ from torch import Tensor
 
 from pgi_detect.models.detector import Detector
 from pgi_detect.models.detector_file import detector_from_file, file_spec, is_detector_file
-from pgi_detect.models.errors import StateFit, WeightsError, shapes
+from pgi_detect.models.errors import StateFit, WeightsError, branch_hint, shapes
 from pgi_detect.models.hub import resolve_weights
-from pgi_detect.models.identify import identify_zoo_model
+from pgi_detect.models.identify import identify_zoo_model, is_official_state
 from pgi_detect.models.official import (
     CLASS_BRANCH_KEYS,
-    load_official_state_dict,
+    PickleStub,
+    convert_official,
     load_untrusted,
+    official_class_names,
     official_key_map,
     official_weights,
 )
@@ -67,17 +70,18 @@ def read_weights(path: str | Path) -> LoadedDetector:
     state dict (the zoo model read from its tensors), or named by a pretrained name."""
     path = resolve_weights(path)
     payload = _read_payload(path)
-    record = _checkpoint_record(payload)
-    if record is not None:
-        spec = DetectorSpec.from_dict(record["spec"])
-        detector = build_detector(spec)
-        detector.load_state_dict(_prefixed(payload["state_dict"], record["state_prefix"]), strict=True)
-        return LoadedDetector(detector, record["class_names"], record["category_ids"], spec, "checkpoint")
     if is_detector_file(payload):
         detector = detector_from_file(payload, source=str(path))
         return LoadedDetector(detector, _optional_list(payload.get("class_names")),
                               _optional_list(payload.get("category_ids")), file_spec(payload), "detector file")
-    return _rebuild_zoo_model(payload, path)
+    state, _ = _file_state(payload, path)
+    record = _checkpoint_record(payload)
+    if record is not None:
+        spec = DetectorSpec.from_dict(record["spec"])
+        detector = build_detector(spec)
+        detector.load_state_dict(state, strict=True)
+        return LoadedDetector(detector, record["class_names"], record["category_ids"], spec, "checkpoint")
+    return _rebuild_zoo_model(state, official_class_names(payload), path)
 
 
 def load_weights_into(detector: Detector, path: str | Path, partial: bool = False) -> str:
@@ -114,15 +118,25 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
 
 
 def _read_payload(path: Path) -> Any:
-    """The loaded file. Only our training checkpoints may need full unpickling (a custom backbone module given from
-    Python is pickled whole); anything else is read with `weights_only=True` or the restricted unpickler."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # pickled objects, or not a weights file at all: load_untrusted tells which
-        payload = load_untrusted(path)
-    if _checkpoint_record(payload) is not None:
+    """The loaded file, read once with `weights_only=True` or the restricted unpickler. Only a training checkpoint
+    whose record holds pickled objects (a custom backbone module given from Python is pickled whole) is read a
+    second time with full unpickling: its record cannot be rebuilt from the inert stubs."""
+    payload = load_untrusted(path)
+    record = _checkpoint_record(payload)
+    if record is not None and _holds_stubs(record):
         return torch.load(path, map_location="cpu", weights_only=False)
     return payload
+
+
+def _holds_stubs(value: Any) -> bool:
+    """Whether the restricted unpickler left a stub anywhere in `value` (nested mappings and sequences included)."""
+    if isinstance(value, PickleStub):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_stubs(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_stubs(v) for v in value)
+    return False
 
 
 def _checkpoint_record(payload: Any) -> dict[str, Any] | None:
@@ -145,51 +159,51 @@ def _prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _file_state(payload: Any, path: Path) -> tuple[dict[str, Tensor], bool]:
+    """The detector weights a loaded file holds, and whether they are under official key names (`model.<idx>.…`):
+    a training checkpoint's (under its record's prefix), a detector file's, or an official file's or plain state
+    dict's (a DDP `module.` or Lightning `detector.` prefix removed)."""
+    record = _checkpoint_record(payload)
+    if record is not None:
+        return _prefixed(payload["state_dict"], record["state_prefix"]), False
+    if is_detector_file(payload):
+        return dict(payload["state_dict"]), False
+    state = official_weights(payload, source=str(path)).state
+    if any(k.startswith("detector.") for k in state):
+        state = _prefixed(state, "detector.")
+    return state, is_official_state(state)
+
+
 def _state_in_our_keys(detector: Detector, path: Path) -> dict[str, Tensor]:
     """The file's detector weights, keyed like `detector.state_dict()` (official keys translated). Read without
     unpickling any code: only tensors are needed."""
-    payload = load_untrusted(path)
-    record = _checkpoint_record(payload)
-    if record is not None:
-        return _prefixed(payload["state_dict"], record["state_prefix"])
-    if is_detector_file(payload):
-        return dict(payload["state_dict"])
-    state = official_weights(payload, source=str(path)).state
-    if any(k.startswith("model.") for k in state):
-        ours_by_official = {theirs: ours for ours, theirs in official_key_map(detector).items()}
-        return {ours_by_official.get(k, k): v for k, v in state.items()}
-    return _prefixed(state, "detector.") if any(k.startswith("detector.") for k in state) else state
+    state, official_keys = _file_state(load_untrusted(path), path)
+    if not official_keys:
+        return state
+    ours_by_official = {theirs: ours for ours, theirs in official_key_map(detector).items()}
+    return {ours_by_official.get(k, k): v for k, v in state.items()}
 
 
-def _rebuild_zoo_model(payload: Any, path: Path) -> LoadedDetector:
+def _rebuild_zoo_model(state: dict[str, Tensor], class_names: list[str] | None, path: Path) -> LoadedDetector:
     """An official file or a plain state dict: which zoo model it is comes from its tensors alone."""
-    weights = official_weights(payload, source=str(path))
-    state = weights.state
-    if any(k.startswith("detector.") for k in state):
-        state = _prefixed(state, "detector.")
     match = identify_zoo_model(state, source=str(path))
-    detector = build_model(match.model, match.num_classes)
     if match.official_keys:
-        load_official_state_dict(detector, state, source=str(path))
+        detector = convert_official(state, match.model, source=str(path))
     else:
+        detector = build_model(match.model, match.num_classes)
         detector.load_state_dict(state, strict=True)
-    return LoadedDetector(detector, weights.class_names, None, spec_of(detector),
+    return LoadedDetector(detector, class_names, None, spec_of(detector),
                           "official" if match.official_keys else "state dict")
 
 
 def _hint(detector: Detector, state: Mapping[str, Tensor]) -> str:
+    """Which zoo model the file holds, when it is one, and the dual/single-branch hint."""
     try:
         match = identify_zoo_model(state)
         held = f"\n  the file holds {match.model} weights ({match.num_classes} classes)"
     except WeightsError:
         held = ""
-    dual_file = any(".main." in k or ".aux." in k for k in state)
-    if detector.num_branches == 1 and dual_file:
-        return held + "\n  hint: these are yolov9 (dual) weights; train the yolov9 model, strip the file first, or " \
-            "start from the yolov9-x-converted name"
-    if detector.num_branches == 2 and not dual_file:
-        return held + "\n  hint: these are single-branch (gelan) weights; use the matching gelan model"
-    return held
+    return held + branch_hint(detector.num_branches, any(".main." in k or ".aux." in k for k in state))
 
 
 def _optional_list(value: Any) -> list | None:
