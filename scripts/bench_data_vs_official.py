@@ -59,7 +59,7 @@ STAGES = {
     "HSV": {"ours": [("augment.py", "augment_hsv")], "official": [("augmentations.py", "augment_hsv")]},
     "flip": {"ours": [("augment.py", "flip_left_right"), ("augment.py", "flip_up_down")],
              "official": [("_twodim_base_impl.py", "fliplr"), ("_twodim_base_impl.py", "flipud")]},
-    "HWC -> CHW copy": {"ours": [("dataset.py", "channels_first")], "official": [("~", "ascontiguousarray")]},
+    "HWC -> CHW copy": {"ours": [("images.py", "channels_first")], "official": [("~", "ascontiguousarray")]},
     "collate": {"ours": [("collate.py", "collate_detections")], "official": [("dataloaders.py", "collate_fn")]},
 }
 

@@ -1,13 +1,13 @@
 """Official weight import: golden parity, key mapping, errors, the restricted unpickler, the CLI."""
 from __future__ import annotations
 
-import importlib.util
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_script_module
 from helpers.official import write_official_checkpoint
 from pgi_detect.models import build_model, load_detector
 from pgi_detect.models import WeightsError
@@ -21,7 +21,6 @@ from pgi_detect.models.official import (
     to_official_state_dict,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SIDE_EFFECTS: list[str] = []
 
 
@@ -177,10 +176,7 @@ def test_ddp_prefixed_state_dict_file_reads_with_official_keys(tmp_path):
 
 
 def run_cli(*args: str) -> int:
-    spec = importlib.util.spec_from_file_location("convert_official", REPO_ROOT / "scripts" / "convert_official.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(list(args))
+    return load_script_module("convert_official").main(list(args))
 
 
 def test_cli_converts_a_state_dict_file_that_load_detector_reads(golden_dir, tmp_path):

@@ -9,11 +9,11 @@ training, EMA, the stripped/fused evaluation model or the box mapping back to or
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script_module
 from helpers.rescoring import EVAL_NMS_FLAGS, coco_records, pycocotools_stats
 from pgi_detect.main import run
 
@@ -22,16 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_MAP50 = 0.25
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("pgi_demo", REPO / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_demo_learns_well_above_chance(tmp_path):
-    demo = _load_demo()
+    demo = load_script_module("demo")
     metrics = demo.main([
         "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
         "--num-train", "160", "--num-val", "30", "--max-epochs", "10", "--num-predict", "2",

@@ -25,6 +25,7 @@ from pgi_detect.training import DetectionTask
 from pgi_detect.training.preemption import Preempted
 from pgi_detect.training.checkpoints import (
     ARCHITECTURE_KEYS,
+    CHECKPOINT_DIR,
     changed_values,
     checkpoint_hyperparameters,
     newest_last_checkpoint,
@@ -137,7 +138,7 @@ class DetectionCLI(LightningCLI):
         resumed run (`--ckpt_path last`) finds them even when the logger starts a new version."""
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
+                callback.dirpath = os.path.join(self.trainer.default_root_dir, CHECKPOINT_DIR)
 
 
 def _uses_cuda(accelerator: Any) -> bool:

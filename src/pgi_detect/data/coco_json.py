@@ -318,22 +318,17 @@ def collect_objects(annotations: list, row_of_image: dict[int, int], index_of_ca
         found.rows.append(row)
         found.classes.append(index)
         found.boxes.extend(bbox)
-        segmentation = ann.get("segmentation")
-        if (not strict and type(segmentation) is list and len(segmentation) == 1 and type(segmentation[0]) is list
-                and len(segmentation[0]) >= 6 and not len(segmentation[0]) % 2):
-            found.points.extend(segmentation[0])  # one polygon: the common case, values checked by finalize()
-            found.point_counts.append(len(segmentation[0]) >> 1)
-            found.has_polygon.append(True)
-        else:
-            add_polygon(found, segmentation, bbox)
+        add_polygon(found, ann.get("segmentation"), bbox, strict)
     return found
 
 
-def add_polygon(found: ObjectLists, segmentation: Any, bbox: list) -> None:
-    """Append the object's polygon (its bbox rectangle when it has none) to the flat point list."""
+def add_polygon(found: ObjectLists, segmentation: Any, bbox: list, strict: bool = True) -> None:
+    """Append the object's polygon (its bbox rectangle when it has none) to the flat point list.
+
+    strict=False takes a single polygon's values unchecked (ObjectLists.finalize checks them all at once)."""
     if (type(segmentation) is list and len(segmentation) == 1 and type(segmentation[0]) is list
             and len(segmentation[0]) >= 6 and not len(segmentation[0]) % 2
-            and all(type(v) in _NUMBER and math.isfinite(v) for v in segmentation[0])):
+            and (not strict or all(type(v) in _NUMBER and math.isfinite(v) for v in segmentation[0]))):
         found.points.extend(segmentation[0])  # one polygon: the common case, no numpy per object
         found.point_counts.append(len(segmentation[0]) // 2)
         found.has_polygon.append(True)

@@ -143,3 +143,11 @@ def resize_long_side(image: np.ndarray, size: int, augment: bool) -> np.ndarray:
     new_w = max(1, min(size, round(w0 * ratio)))
     new_h = max(1, min(size, round(h0 * ratio)))
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def channels_first(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> contiguous (3, H, W) of the same dtype: OpenCV's channel split (several times faster than numpy's
+    strided transpose copy) for contiguous images, numpy's copy for views (flipped images)."""
+    if image.flags.c_contiguous and image.ndim == 3 and image.shape[2] == 3:
+        return np.stack(cv2.split(image))
+    return np.ascontiguousarray(image.transpose(2, 0, 1))

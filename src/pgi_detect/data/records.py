@@ -280,9 +280,7 @@ def polygon_area(polygon: np.ndarray) -> float:
 
 def pack_segments(segments: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """List of (k_i, 2) polygons → (points (P, 2) float32, offsets (n + 1,) int32)."""
-    lengths = [len(s) for s in segments]
-    offsets = np.zeros(len(segments) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = offsets_of([len(s) for s in segments]).astype(np.int32)
     points = (np.concatenate([np.asarray(s, np.float32).reshape(-1, 2) for s in segments]) if segments
               else np.zeros((0, 2), np.float32))
     return points.astype(np.float32, copy=False), offsets

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from pgi_detect.data.images import channels_first
 from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.inputs import (ErrorHandler, Frame, Source, batched, is_image_file, iter_frames,
@@ -96,7 +97,7 @@ class Predictor:
         tensors, letterboxes = [], []
         for image in images:
             letterbox = Letterbox.fit(image.shape[:2], (self.img_size, self.img_size))
-            tensors.append(torch.from_numpy(np.ascontiguousarray(letterbox.apply(image).transpose(2, 0, 1))))
+            tensors.append(torch.from_numpy(channels_first(letterbox.apply(image))))
             letterboxes.append(letterbox)
         batch = torch.stack(tensors).to(self.device, non_blocking=True)
         batch = batch.half() if self.half else batch.float()
