@@ -112,3 +112,47 @@ def test_config_from_dict_and_unknown_key():
     assert AugmentationConfig.from_any(None) == AugmentationConfig()
     with pytest.raises(ValueError, match="mixpu"):
         AugmentationConfig.from_any({"mixpu": 0.0})
+
+
+def grey_with_band(height: int, width: int, top: int, bottom: int, seed: int) -> np.ndarray:
+    image = np.full((height, width, 3), aug.PAD_VALUE, np.uint8)
+    image[top:bottom] = np.random.default_rng(seed).integers(0, 256, (bottom - top, width, 3), dtype=np.uint8)
+    return image
+
+
+@pytest.mark.parametrize("width", [640, 416, 97])
+def test_hsv_on_a_band_of_rows_equals_the_whole_image(width):
+    rng = np.random.default_rng(width)
+    for case in range(20):
+        top, bottom = sorted(int(v) for v in rng.integers(0, 161, 2))
+        image = grey_with_band(160, width, top, bottom, case)
+        gains = (0.015, 0.7, 0.4)
+        whole = aug.augment_hsv(image, np.random.default_rng(case), gains)
+        band = aug.augment_hsv(image, np.random.default_rng(case), gains, rows=(top, bottom))
+        assert np.array_equal(whole, band), (width, top, bottom)
+
+
+@pytest.mark.parametrize("degrees,shear", [(0.0, 0.0), (30.0, 0.0), (10.0, 8.0)])
+def test_content_rows_hold_every_warped_content_pixel(degrees, shear):
+    """Outside content_rows a warped letterboxed image is padding grey exactly, and the band is not the whole image
+    when the warp shrinks the content."""
+    config = AugmentationConfig(degrees=degrees, shear=shear)
+    rng = np.random.default_rng(int(degrees + shear))
+    narrower = 0
+    for case in range(40):
+        top = int(rng.integers(0, 60))
+        bottom = top + int(rng.integers(1, 128 - top))
+        image = grey_with_band(128, 128, top, bottom, case)
+        band = image[top:bottom]
+        band[band == aug.PAD_VALUE] = 113  # content pixels are never the padding grey
+        content_box = (0, top, 128, bottom)
+        transform = aug.affine_matrix(rng, config, (128, 128), (128, 128))
+        warped, _, _ = aug.random_perspective(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), config,
+                                              rng, transform=transform)
+        start, stop = aug.content_rows(content_box, transform[0], 128)
+        assert (warped[:start] == aug.PAD_VALUE).all() and (warped[stop:] == aug.PAD_VALUE).all(), case
+        narrower += stop - start < 128
+    assert narrower > 5
+    projective = np.eye(3)
+    projective[2, 0] = 1e-4
+    assert aug.content_rows((0, 0, 10, 10), projective, 128) is None

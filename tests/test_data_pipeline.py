@@ -260,3 +260,24 @@ def test_coco128_training_batch(coco128_dir):
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 3, 320, 320) and len(batch["targets"]) > 0
     assert batch["targets"][:, 1].max() < 80 and batch["targets"][:, 2:].max() <= 1
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0])
+def test_close_mosaic_samples_same_with_and_without_the_hsv_row_band(tmp_path, monkeypatch, blur):
+    """Mosaic-off samples convert only the rows the warp can bring content into (augment.content_rows); they must
+    equal samples converted whole, including when a pixel transform (blur) touched the padding rows."""
+    from pgi_detect.data import augment as aug
+
+    rectangles_coco(tmp_path, num_images=6, sizes=((64, 96), (96, 48)))
+    source = load_source(str(tmp_path / "ann.json"), str(tmp_path / "images"))
+    dataset = DetectionDataset(source, 96, train=True, augmentation=AugmentationConfig(blur=blur))
+    dataset.set_mosaic(False)
+    keys = [(epoch, index) for epoch in range(4) for index in range(len(dataset))]
+    banded = [dataset[key] for key in keys]
+    bands = []
+    real_content_rows = aug.content_rows
+    monkeypatch.setattr(aug, "content_rows", lambda *args: bands.append(real_content_rows(*args)))
+    whole = [dataset[key] for key in keys]
+    assert len(bands) == len(keys) and sum(b[1] - b[0] < 96 for b in bands) > len(keys) // 4
+    for key, a, b in zip(keys, banded, whole):
+        assert torch.equal(a["image"], b["image"]), key

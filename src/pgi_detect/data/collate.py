@@ -7,6 +7,7 @@ from typing import Any, NotRequired, TypedDict
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate
 
 
 class Batch(TypedDict):
@@ -35,7 +36,9 @@ def collate_detections(samples: list[dict[str, Any]]) -> Batch:
     shapes = {tuple(s["image"].shape) for s in samples}
     if len(shapes) != 1:
         raise ValueError(f"images in one batch differ in shape {sorted(shapes)}; rect batches need RectShardSampler")
-    images = torch.stack([s["image"] for s in samples])
+    # default_collate stacks straight into shared memory inside a DataLoader worker, so the batch is not stacked
+    # in the worker's heap and then copied again into shared memory to reach the main process.
+    images = default_collate([s["image"] for s in samples])
     height, width = images.shape[-2:]
     return {
         "images": images,

@@ -7,11 +7,8 @@ lives in shared memory so `set_mosaic` reaches running (persistent) worker proce
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -23,6 +20,7 @@ from pgi_detect.geometry import Letterbox
 
 from pgi_detect.data import augment as aug
 from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.data.heap import bound_heap_retention
 from pgi_detect.data.images import channels_first, decode_annotated_image, resize_long_side
 from pgi_detect.data.problems import DataError, check_policy
 from pgi_detect.data.records import DetectionSource, ImageRecord, RecordTable, box_polygon, clip_boxes_to_image
@@ -35,23 +33,6 @@ MIN_OUTPUT_BOX_SIZE = 1e-3
 # Slots of the shared skip counter: the main process uses slot 0, DataLoader worker w slot 1 + w (mod the size), so
 # each slot has one writer and no lock is needed.
 SKIP_COUNTER_SLOTS = 257
-# Every this many samples a process hands the memory it freed back to the system (glibc keeps freed image buffers
-# in its heap: without this, a DataLoader worker's private memory creeps up by hundreds of MB over an epoch).
-TRIM_EVERY_SAMPLES = 64
-
-
-@cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None (other C libraries return freed memory themselves or offer no such call)."""
-    name = ctypes.util.find_library("c")
-    library = ctypes.CDLL(name) if name else None
-    return getattr(library, "malloc_trim", None)
-
-
-def release_freed_memory() -> None:
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 class DetectionDataset(Dataset):
@@ -87,7 +68,6 @@ class DetectionDataset(Dataset):
         self.use_segments = train and self.records.any_segments
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
-        self._samples_since_trim = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -163,10 +143,7 @@ class DetectionDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.train:  # evaluation samples draw nothing
             self.rng = self.sample_rng(int(epoch), int(index))
-        self._samples_since_trim += 1
-        if self._samples_since_trim >= TRIM_EVERY_SAMPLES:
-            self._samples_since_trim = 0
-            release_freed_memory()
+        bound_heap_retention()  # once per process: keeps worker memory flat without trimming (data/heap.py)
         for _ in range(len(self)):
             if index not in self._bad:
                 try:
@@ -184,8 +161,9 @@ class DetectionDataset(Dataset):
         logger.warning("%s (skipped; %d bad image(s) so far in this process)", exc, len(self._bad))
 
     def _sample(self, index: int) -> dict[str, Any]:
+        content_rows = None  # rows outside which the image is padding grey only, when known (mosaic off)
         if not self.train:
-            image, boxes, classes, orig, gain, pad = self._letterboxed(index, self._eval_shape(index), scaleup=False)
+            image, boxes, classes, orig, gain, pad, _ = self._letterboxed(index, self._eval_shape(index), False)
             pipeline = "eval"
         elif self.mosaic_enabled and self.rng.random() < self.config.mosaic:
             image, boxes, classes, orig = self._mosaic(index)
@@ -198,11 +176,15 @@ class DetectionDataset(Dataset):
                 pipeline = "mosaic+mixup"
             gain, pad = (self.img_size / max(orig), self.img_size / max(orig)), (0.0, 0.0)
         else:
-            image, boxes, classes, orig, gain, pad = self._letterboxed(index, (self.img_size, self.img_size), True)
-            image, boxes, classes = aug.random_perspective(image, boxes, classes, self.config, self.rng, border=0)
+            image, boxes, classes, orig, gain, pad, content = self._letterboxed(index, (self.img_size,) * 2, True)
+            size = (image.shape[1], image.shape[0])
+            transform = aug.affine_matrix(self.rng, self.config, size, size)
+            image, boxes, classes = aug.random_perspective(image, boxes, classes, self.config, self.rng, border=0,
+                                                           transform=transform)
+            content_rows = aug.content_rows(content, transform[0], image.shape[0])
             pipeline = "letterbox"
         if self.train:
-            image, boxes = self._photometric_and_flips(image, boxes)
+            image, boxes = self._photometric_and_flips(image, boxes, content_rows)
         boxes, keep, _ = clip_boxes_to_image(boxes.reshape(-1, 4), image.shape[1], image.shape[0],
                                              min_size=MIN_OUTPUT_BOX_SIZE)
         return {
@@ -223,13 +205,14 @@ class DetectionDataset(Dataset):
         return self.img_size, self.img_size
 
     def _letterboxed(self, index: int, shape: tuple[int, int], scaleup: bool):
-        """load_image's result letterboxed to `shape`, with the placement relative to the original image."""
+        """load_image's result letterboxed to `shape`, with the placement relative to the original image and the
+        box of the letterboxed image's non-padding pixels."""
         image, orig, boxes, classes = self.load_image(index)
         letterbox = Letterbox.fit(image.shape[:2], shape, scaleup=scaleup)
         total = Letterbox.stretch(orig, image.shape[:2]).then(letterbox)
         image = letterbox.apply(image)
         boxes = letterbox.boxes_to_input(boxes) if len(boxes) else boxes
-        return image, boxes, classes, orig, total.gain, total.pad
+        return image, boxes, classes, orig, total.gain, total.pad, letterbox.content_box
 
     def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
         """Mosaic-4 of `index` and three random images, then random_perspective back to img_size."""
@@ -285,11 +268,14 @@ class DetectionDataset(Dataset):
             index = int(self.rng.integers(len(self)))
         raise DataError("every image of the dataset failed to load")
 
-    def _photometric_and_flips(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _photometric_and_flips(self, image: np.ndarray, boxes: np.ndarray,
+                               content_rows: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         if self.pixel_augmenter is not None:
-            image, _ = self.pixel_augmenter(image, self.rng)
+            image, applied = self.pixel_augmenter(image, self.rng)
+            if applied:  # blur and CLAHE reach into the padding rows
+                content_rows = None
         config = self.config
-        image = aug.augment_hsv(image, self.rng, (config.hsv_h, config.hsv_s, config.hsv_v))
+        image = aug.augment_hsv(image, self.rng, (config.hsv_h, config.hsv_s, config.hsv_v), content_rows)
         if self.rng.random() < config.flipud:
             image, boxes = aug.flip_up_down(image, boxes)
         if self.rng.random() < config.fliplr:

@@ -49,6 +49,13 @@ class Letterbox:
         """(h, w) of the resized image inside the padding."""
         return (max(1, round(self.source_shape[0] * self.gain[1])), max(1, round(self.source_shape[1] * self.gain[0])))
 
+    @property
+    def content_box(self) -> tuple[int, int, int, int]:
+        """(x1, y1, x2, y2) input pixels covered by the resized image; the rest of the input is padding."""
+        new_h, new_w = self.content_shape
+        left, top = int(self.pad[0]), int(self.pad[1])
+        return left, top, left + new_w, top + new_h
+
     def then(self, other: Letterbox) -> Letterbox:
         """This placement followed by `other` (whose source is this one's output), as one placement."""
         gain = (self.gain[0] * other.gain[0], self.gain[1] * other.gain[1])
@@ -57,11 +64,11 @@ class Letterbox:
 
     def apply(self, image: np.ndarray, pad_value: int = PAD_VALUE) -> np.ndarray:
         """Resize (bilinear) and pad an (h, w, C) image of `source_shape` to `shape`."""
-        new_h, new_w = self.content_shape
+        left, top, right_edge, bottom_edge = self.content_box
+        new_h, new_w = bottom_edge - top, right_edge - left
         if (new_h, new_w) != image.shape[:2]:
             image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        left, top = int(self.pad[0]), int(self.pad[1])
-        bottom, right = self.shape[0] - new_h - top, self.shape[1] - new_w - left
+        bottom, right = self.shape[0] - bottom_edge, self.shape[1] - right_edge
         if top or bottom or left or right:
             image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
         return image
