@@ -48,9 +48,11 @@ STAGES = {
     # the official utils/general.py replaces cv2.imread by its own imread (np.fromfile + cv2.imdecode)
     "decode": {"ours": [("images.py", "decode_image")], "official": [("general.py", "imread")]},
     "resize": {"ours": [("~", "resize")], "official": [("~", "resize")]},
-    "mosaic (tiles on canvas)": {"ours": [("augment.py", "mosaic4"), ("augment.py", "mosaic4_segments")],
+    "mosaic (tiles on canvas)": {"ours": [("augment.py", "paint_mosaic4"), ("augment.py", "mosaic4_boxes"),
+                                          ("augment.py", "mosaic4_segments")],
                                  "official": []},  # derived below
-    "copy-paste": {"ours": [("augment.py", "copy_paste")], "official": [("augmentations.py", "copy_paste")]},
+    "copy-paste": {"ours": [("augment.py", "choose_copy_paste"), ("augment.py", "paste_mirrored")],
+                   "official": [("augmentations.py", "copy_paste")]},
     "perspective": {"ours": [("augment.py", "random_perspective")],
                     "official": [("augmentations.py", "random_perspective")]},
     "mixup": {"ours": [("augment.py", "mixup")], "official": [("augmentations.py", "mixup")]},

@@ -96,20 +96,59 @@ def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
     `boxes` are xyxy pixels of each (already resized) image. Returns (canvas, boxes on canvas clipped to it,
     index of the source image per box).
     """
+    shapes = [image.shape[:2] for image in images]
+    return (paint_mosaic4(images, shapes, size, center), *mosaic4_boxes(shapes, boxes, size, center))
+
+
+def mosaic4_tile_rects(shapes: list[tuple[int, int]], size: int,
+                       center: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Canvas (x1, y1, x2, y2) each tile of (h, w) `shapes` covers, cropped to the canvas (empty when outside)."""
     canvas_size = 2 * size
-    canvas = np.full((canvas_size, canvas_size, 3), PAD_VALUE, np.uint8)
-    all_boxes, owners = [], []
-    for i, (image, image_boxes) in enumerate(zip(images, boxes)):
-        h, w = image.shape[:2]
+    rects = []
+    for i, (h, w) in enumerate(shapes):
         left, top = tile_origin(i, h, w, center)
-        x1, y1 = max(left, 0), max(top, 0)
-        x2, y2 = min(left + w, canvas_size), min(top + h, canvas_size)
-        if x2 > x1 and y2 > y1:
+        rects.append((max(left, 0), max(top, 0), min(left + w, canvas_size), min(top + h, canvas_size)))
+    return rects
+
+
+def mosaic4_content_box(rects: list[tuple[int, int, int, int]], pasted: list[np.ndarray],
+                        canvas_size: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) of a mosaic canvas outside which every pixel is PAD_VALUE grey: the tiles' `rects`
+    (mosaic4_tile_rects) and, after paste_mirrored of `pasted` polygons, the full width of the rows they span."""
+    shown = [r for r in rects if r[2] > r[0] and r[3] > r[1]]
+    if not shown:
+        return 0, 0, 0, 0
+    x1, y1 = min(r[0] for r in shown), min(r[1] for r in shown)
+    x2, y2 = max(r[2] for r in shown), max(r[3] for r in shown)
+    if pasted:
+        every = np.concatenate(pasted)
+        x1, x2 = 0, canvas_size
+        y1, y2 = min(y1, max(0, int(every[:, 1].min()))), max(y2, min(canvas_size, int(every[:, 1].max()) + 1))
+    return x1, y1, x2, y2
+
+
+def paint_mosaic4(images: list[np.ndarray | None], shapes: list[tuple[int, int]], size: int,
+                  center: tuple[int, int]) -> np.ndarray:
+    """mosaic4's canvas; a tile given as None (one no output pixel shows) is left grey."""
+    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, np.uint8)
+    for i, (image, (h, w), (x1, y1, x2, y2)) in enumerate(zip(images, shapes, mosaic4_tile_rects(shapes, size,
+                                                                                                   center))):
+        if image is not None and x2 > x1 and y2 > y1:
+            left, top = tile_origin(i, h, w, center)
             canvas[y1:y2, x1:x2] = image[y1 - top:y2 - top, x1 - left:x2 - left]
+    return canvas
+
+
+def mosaic4_boxes(shapes: list[tuple[int, int]], boxes: list[np.ndarray], size: int,
+                  center: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """mosaic4's boxes (shifted to the canvas and clipped to it) and the tile each comes from; pixels not needed."""
+    all_boxes, owners = [], []
+    for i, ((h, w), image_boxes) in enumerate(zip(shapes, boxes)):
+        left, top = tile_origin(i, h, w, center)
         all_boxes.append(image_boxes + np.asarray([left, top, left, top], np.float32))
         owners.append(np.full(len(image_boxes), i, np.int64))
-    merged = np.concatenate(all_boxes).clip(0, canvas_size) if all_boxes else np.zeros((0, 4), np.float32)
-    return canvas, merged.astype(np.float32), np.concatenate(owners)
+    merged = np.concatenate(all_boxes).clip(0, 2 * size) if all_boxes else np.zeros((0, 4), np.float32)
+    return merged.astype(np.float32), np.concatenate(owners)
 
 
 def mosaic4_segments(shapes: list[tuple[int, int]], segments: list[list[np.ndarray]], size: int,
@@ -140,10 +179,19 @@ def copy_paste(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, segmen
     flipped image, and the mirrored box, class and polygon are appended. `segments[i]` is object i's (k, 2) polygon
     in image pixels. Nothing is drawn from `rng` when fraction is 0 or there are no objects.
     """
+    boxes, classes, segments, pasted = choose_copy_paste(boxes, classes, segments, image.shape[1], fraction, rng,
+                                                         max_ioa)
+    return paste_mirrored(image, pasted), boxes, classes, segments
+
+
+def choose_copy_paste(boxes: np.ndarray, classes: np.ndarray, segments: list[np.ndarray], width: int,
+                      fraction: float, rng: np.random.Generator, max_ioa: float = COPY_PASTE_MAX_IOA
+                      ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """copy_paste's draws and labels, without pixels: (boxes, classes, segments with the pasted objects appended,
+    the original polygons (rounded, int32) whose mirrored pixels are to be pasted by `paste_mirrored`)."""
     n = len(segments)
     if not fraction or not n:
-        return image, boxes, classes, segments
-    height, width = image.shape[:2]
+        return boxes, classes, segments, []
     present = boxes.reshape(-1, 4)
     new_boxes, new_classes, new_segments, originals = [], [], [], []
     for j in rng.choice(n, size=min(n, round(fraction * n)), replace=False):
@@ -158,7 +206,17 @@ def copy_paste(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, segmen
         new_segments.append(np.stack([width - polygon[:, 0], polygon[:, 1]], 1))
         originals.append(np.round(polygon).astype(np.int32))
     if not new_boxes:
-        return image, boxes, classes, segments
+        return boxes, classes, segments, []
+    return (np.concatenate([boxes, np.stack(new_boxes)]).astype(np.float32),
+            np.concatenate([classes, np.asarray(new_classes, classes.dtype)]), list(segments) + new_segments, originals)
+
+
+def paste_mirrored(image: np.ndarray, originals: list[np.ndarray]) -> np.ndarray:
+    """copy_paste's pixels: inside each polygon of `originals` mirrored across the image width, the horizontally
+    flipped image (a copy; `image` itself when there is nothing to paste)."""
+    if not originals:
+        return image
+    height, width = image.shape[:2]
     # The original polygons are rasterised and the mask flipped: a pixel-exact mirror of the objects' pixels.
     # Only the band of rows they span is touched (a full-width band is contiguous, so OpenCV writes into it).
     every = np.concatenate(originals)
@@ -169,8 +227,7 @@ def copy_paste(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, segmen
         cv2.fillPoly(mask, originals, 1, offset=(0, -y1))
         band = image[y1:y2]
         band[:] = cv2.copyTo(cv2.flip(band, 1), cv2.flip(mask, 1), band)
-    return (image, np.concatenate([boxes, np.stack(new_boxes)]).astype(np.float32),
-            np.concatenate([classes, np.asarray(new_classes, classes.dtype)]), list(segments) + new_segments)
+    return image
 
 
 def affine_matrix(rng: np.random.Generator, config: AugmentationConfig, in_size: tuple[int, int],
@@ -281,6 +338,18 @@ def transform_segments(segments: list[np.ndarray], matrix: np.ndarray, out_size:
         out[crossing] = _resampled_boxes([vertices[i] for i in crossing], matrix, out_size, n)
     out[~np.isfinite(out).all(1)] = 0.0  # crossing polygons with no sampled point inside
     return out.astype(np.float32)
+
+
+def source_region(matrix: np.ndarray, out_size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """(x1, y1, x2, y2) of the input an affine warp (`matrix`, 3×3) to `out_size` (width, height) reads: the
+    output corners mapped back, grown by 2 px (bilinear sampling reads the next pixel; OpenCV rounds the sampled
+    point to 1/32 px). Input pixels outside it do not change the output. None for a projective matrix."""
+    if matrix[2, 0] or matrix[2, 1]:
+        return None
+    width, height = out_size
+    corners = np.asarray([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], np.float64)
+    xy = corners @ np.linalg.inv(matrix).T
+    return xy[:, 0].min() - 2, xy[:, 1].min() - 2, xy[:, 0].max() + 2, xy[:, 1].max() + 2
 
 
 def content_rows(box: tuple[float, float, float, float], matrix: np.ndarray, height: int) -> tuple[int, int] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from pgi_detect.geometry import Letterbox
 from pgi_detect.data import augment as aug
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.heap import bound_heap_retention
-from pgi_detect.data.images import channels_first, decode_annotated_image, resize_long_side
+from pgi_detect.data.images import channels_first, decode_annotated_image, long_side_shape, resize_long_side
 from pgi_detect.data.problems import DataError, check_policy
 from pgi_detect.data.records import DetectionSource, ImageRecord, RecordTable, box_polygon, clip_boxes_to_image
 
@@ -33,6 +33,18 @@ MIN_OUTPUT_BOX_SIZE = 1e-3
 # Slots of the shared skip counter: the main process uses slot 0, DataLoader worker w slot 1 + w (mod the size), so
 # each slot has one writer and no lock is needed.
 SKIP_COUNTER_SLOTS = 257
+
+
+class _Tile(NamedTuple):
+    """A mosaic tile: its resized image (None until decoded), resized and original (h, w), boxes in resized pixels,
+    classes, and the index it was loaded from."""
+
+    image: np.ndarray | None
+    shape: tuple[int, int]
+    orig: tuple[int, int]
+    boxes: np.ndarray
+    classes: np.ndarray
+    index: int
 
 
 class DetectionDataset(Dataset):
@@ -116,10 +128,8 @@ class DetectionDataset(Dataset):
                 self._cache[index] = (image, orig)
         else:
             image, orig = cached
-        boxes = record.boxes  # original pixels: the records of a RecordTable are sized
-        if len(boxes):
-            boxes = Letterbox.stretch(orig, image.shape[:2]).boxes_to_input(boxes)
-        return image, orig, boxes, record.classes
+        # boxes are in original pixels: the records of a RecordTable are sized
+        return image, orig, self._boxes_in(record.boxes, orig, image.shape[:2]), record.classes
 
     def cache_all(self, threads: int = 2) -> None:
         """Decode and keep every (resized) image in RAM; call before creating workers so they share it by fork."""
@@ -161,15 +171,16 @@ class DetectionDataset(Dataset):
         logger.warning("%s (skipped; %d bad image(s) so far in this process)", exc, len(self._bad))
 
     def _sample(self, index: int) -> dict[str, Any]:
-        content_rows = None  # rows outside which the image is padding grey only, when known (mosaic off)
+        content_rows = None  # rows outside which the image is padding grey only, when known
         if not self.train:
             image, boxes, classes, orig, gain, pad, _ = self._letterboxed(index, self._eval_shape(index), False)
             pipeline = "eval"
         elif self.mosaic_enabled and self.rng.random() < self.config.mosaic:
-            image, boxes, classes, orig = self._mosaic(index)
+            image, boxes, classes, orig, content_rows = self._mosaic(index)
             pipeline = "mosaic"
             if self.rng.random() < self.config.mixup:
-                other, other_boxes, other_classes, _ = self._mosaic(int(self.rng.integers(len(self))))
+                other, other_boxes, other_classes, _, _ = self._mosaic(int(self.rng.integers(len(self))))
+                content_rows = None  # the blend of two paddings need not be the padding grey
                 image = aug.mixup(image, other, self.rng, self.config.mixup_beta)
                 boxes = np.concatenate([boxes, other_boxes])
                 classes = np.concatenate([classes, other_classes])
@@ -214,33 +225,93 @@ class DetectionDataset(Dataset):
         boxes = letterbox.boxes_to_input(boxes) if len(boxes) else boxes
         return image, boxes, classes, orig, total.gain, total.pad, letterbox.content_box
 
-    def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-        """Mosaic-4 of `index` and three random images, then random_perspective back to img_size."""
+    def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int],
+                                           tuple[int, int] | None]:
+        """Mosaic-4 of `index` and three random images, then random_perspective back to img_size; returns the
+        image, boxes, classes, the main image's original (h, w) and the content rows (see augment.content_rows).
+
+        Decoding is ~60 % of a mosaic sample, so a tile no output pixel shows (~13 % of them at 640) is not decoded:
+        its labels come from the index, and the warp never reads its pixels. The draws and the sample are those of
+        decoding every tile first. If a tile to decode is bad (or known bad), the sample is built again from the
+        same generator state decoding every tile first, which replaces bad tiles as it always did; a bad file in a
+        tile nobody sees is found when it is shown, at the latest as its own sample's main tile."""
+        state = self.rng.bit_generator.state
+        try:
+            return self._build_mosaic(index, decode_all=False)
+        except DataError:
+            self.rng.bit_generator.state = state
+            return self._build_mosaic(index, decode_all=True)
+
+    def _build_mosaic(self, index: int, decode_all: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                   tuple[int, int], tuple[int, int] | None]:
         size = self.img_size
         indices = [index] + [int(i) for i in self.rng.integers(0, len(self), 3)]
         self.rng.shuffle(indices)
-        images, boxes, classes, segments, main_orig = [], [], [], [], (size, size)
-        for i in indices:
-            image, orig, image_boxes, image_classes, loaded = self._load_for_mosaic(i, required=(i == index))
-            images.append(image)
-            boxes.append(image_boxes)
-            classes.append(image_classes)
-            segments.append(self._tile_segments(loaded, orig, image.shape[:2], image_boxes))
-            if i == index:
-                main_orig = orig
+        if decode_all:
+            tiles = [self._load_for_mosaic(i, required=(i == index)) for i in indices]
+        elif self._bad.intersection(indices):
+            raise DataError("a mosaic tile is known to be bad")  # caught by _mosaic: decode_all replaces it
+        else:
+            tiles = [_Tile(None, *self._resized_labels(i), i) for i in indices]
+        shapes = [tile.shape for tile in tiles]
         center = (int(self.rng.uniform(size / 2, 3 * size / 2)), int(self.rng.uniform(size / 2, 3 * size / 2)))
-        canvas, canvas_boxes, _ = aug.mosaic4(images, boxes, size, center)
-        canvas_classes = np.concatenate(classes)
-        canvas_segments = None
+        canvas_boxes, _ = aug.mosaic4_boxes(shapes, [tile.boxes for tile in tiles], size, center)
+        canvas_classes = np.concatenate([tile.classes for tile in tiles])
+        segments = [self._tile_segments(tile.index, tile.orig, tile.shape, tile.boxes) for tile in tiles]
+        canvas_segments, pasted = None, []
         if any(s is not None for s in segments):  # tiles without polygons contribute their box rectangles
-            tiles = [s if s is not None else [box_polygon(b) for b in tile_boxes]
-                     for s, tile_boxes in zip(segments, boxes)]
-            canvas_segments = aug.mosaic4_segments([im.shape[:2] for im in images], tiles, size, center)
-            canvas, canvas_boxes, canvas_classes, canvas_segments = aug.copy_paste(
-                canvas, canvas_boxes, canvas_classes, canvas_segments, self.config.copy_paste, self.rng)
+            polygons = [s if s is not None else [box_polygon(b) for b in tile.boxes]
+                        for s, tile in zip(segments, tiles)]
+            canvas_segments = aug.mosaic4_segments(shapes, polygons, size, center)
+            canvas_boxes, canvas_classes, canvas_segments, pasted = aug.choose_copy_paste(
+                canvas_boxes, canvas_classes, canvas_segments, 2 * size, self.config.copy_paste, self.rng)
+        border = -size // 2
+        out_size = (2 * size + 2 * border,) * 2
+        transform = aug.affine_matrix(self.rng, self.config, (2 * size, 2 * size), out_size)
+        if not decode_all:
+            tiles = self._decode_shown_tiles(tiles, index, center, aug.source_region(transform[0], out_size),
+                                             mirrored=bool(pasted))
+        canvas = aug.paste_mirrored(aug.paint_mosaic4([tile.image for tile in tiles], shapes, size, center), pasted)
         image, out_boxes, out_classes = aug.random_perspective(canvas, canvas_boxes, canvas_classes, self.config,
-                                                               self.rng, border=-size // 2, segments=canvas_segments)
-        return image, out_boxes, out_classes, main_orig
+                                                               self.rng, border=border, segments=canvas_segments,
+                                                               transform=transform)
+        main_orig = next((tile.orig for i, tile in zip(reversed(indices), reversed(tiles)) if i == index),
+                         (size, size))
+        content = aug.mosaic4_content_box(aug.mosaic4_tile_rects(shapes, size, center), pasted, 2 * size)
+        return image, out_boxes, out_classes, main_orig, aug.content_rows(content, transform[0], out_size[1])
+
+    def _decode_shown_tiles(self, tiles: list[_Tile], index: int, center: tuple[int, int],
+                            seen: tuple[float, float, float, float] | None, mirrored: bool) -> list[_Tile]:
+        """Decode the main tile and every tile overlapping `seen` (the canvas region the warp reads; None: all), or
+        its mirror image when copy-paste pastes flipped pixels. Raises DataError for a bad one."""
+        canvas_size = 2 * self.img_size
+        regions = [] if seen is None else [seen]
+        if seen is not None and mirrored:
+            x1, y1, x2, y2 = seen
+            regions.append((canvas_size - 1 - x2, y1, canvas_size - 1 - x1, y2))
+        rects = aug.mosaic4_tile_rects([tile.shape for tile in tiles], self.img_size, center)
+        decoded = []
+        for tile, (x1, y1, x2, y2) in zip(tiles, rects):
+            shown = seen is None or any(x1 < rx2 and x2 > rx1 and y1 < ry2 and y2 > ry1
+                                        for rx1, ry1, rx2, ry2 in regions)
+            if tile.index == index or shown:
+                image, orig, _, _ = self.load_image(tile.index)
+                tile = tile._replace(image=image)
+            decoded.append(tile)
+        return decoded
+
+    def _resized_labels(self, index: int) -> tuple[tuple[int, int], tuple[int, int], np.ndarray, np.ndarray]:
+        """(resized (h, w), original (h, w), boxes in resized pixels, classes) of a record, from the index alone: the
+        same as load_image's, which checks the decoded image is the annotated size."""
+        record = self.records[index]
+        orig = (int(record.height), int(record.width))
+        shape = long_side_shape(*orig, self.img_size)
+        return shape, orig, self._boxes_in(record.boxes, orig, shape), record.classes
+
+    @staticmethod
+    def _boxes_in(boxes: np.ndarray, orig: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+        """Boxes in original pixels -> pixels of the image resized from `orig` to `shape`."""
+        return Letterbox.stretch(orig, shape).boxes_to_input(boxes) if len(boxes) else boxes
 
     def _tile_segments(self, index: int, orig: tuple[int, int], resized: tuple[int, int],
                        boxes: np.ndarray) -> list[np.ndarray] | None:
@@ -253,13 +324,13 @@ class DetectionDataset(Dataset):
         gain = np.asarray([resized[1] / orig[1], resized[0] / orig[0]], np.float32)
         return [p * gain for p in polygons]
 
-    def _load_for_mosaic(self, index: int, required: bool):
-        """Load a mosaic tile (load_image's result + the index actually loaded); in skip mode a bad extra tile is
-        replaced by another random image."""
+    def _load_for_mosaic(self, index: int, required: bool) -> _Tile:
+        """Load a mosaic tile; in skip mode a bad extra tile is replaced by another random image."""
         for _ in range(len(self)):
             if index not in self._bad:
                 try:
-                    return (*self.load_image(index), index)
+                    image, orig, boxes, classes = self.load_image(index)
+                    return _Tile(image, image.shape[:2], orig, boxes, classes, index)
                 except DataError as exc:
                     if required:
                         raise

@@ -136,13 +136,19 @@ def resize_long_side(image: np.ndarray, size: int, augment: bool) -> np.ndarray:
     INTER_LINEAR when augmenting or upscaling, INTER_AREA when downscaling for evaluation.
     """
     h0, w0 = image.shape[:2]
-    ratio = size / max(h0, w0)
-    if ratio == 1:
+    new_h, new_w = long_side_shape(h0, w0, size)
+    if (new_h, new_w) == (h0, w0):
         return image
-    interpolation = cv2.INTER_LINEAR if (augment or ratio > 1) else cv2.INTER_AREA
-    new_w = max(1, min(size, round(w0 * ratio)))
-    new_h = max(1, min(size, round(h0 * ratio)))
+    interpolation = cv2.INTER_LINEAR if (augment or size > max(h0, w0)) else cv2.INTER_AREA
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def long_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) that resize_long_side gives an image of (height, width), without the image."""
+    ratio = size / max(height, width)
+    if ratio == 1:
+        return height, width
+    return max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
 
 
 def channels_first(image: np.ndarray) -> np.ndarray:
