@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgi_detect.data.images import ImageDecodeError, decode_image, read_image_size, resize_long_side
+from pgi_detect.data.images import (ImageDecodeError, channels_first, decode_image, long_side_shape, read_image_size,
+                                    resize_long_side)
 
 
 def test_grayscale_png_becomes_rgb(tmp_path):
@@ -95,3 +96,24 @@ def test_resize_long_side_keeps_aspect():
     assert resize_long_side(image, 64, augment=False).shape == (64, 32, 3)
     assert resize_long_side(image, 200, augment=True).shape == (200, 100, 3)
     assert resize_long_side(image, 100, augment=False) is image
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.uint16])
+def test_channels_first_copies_every_layout_the_pipeline_makes(dtype):
+    """Contiguous images, the mirrored views the flips return, and other strided views all come out as the
+    contiguous (3, H, W) transpose."""
+    image = (np.random.default_rng(0).random((37, 53, 3)) * 200).astype(dtype)
+    for view in (image, image[:, ::-1], image[::-1], image[::-1, ::-1], image[:, ::2], image[1:, 2:]):
+        out = channels_first(view)
+        assert out.flags.c_contiguous and out.dtype == dtype
+        assert np.array_equal(out, view.transpose(2, 0, 1)), view.strides
+
+
+def test_long_side_shape_is_the_shape_resize_long_side_gives():
+    """Mosaic tiles nobody sees are placed by long_side_shape without being decoded and resized."""
+    rng = np.random.default_rng(0)
+    for height, width in [(480, 640), (640, 480), (1, 900), (333, 1), (640, 640), (2000, 1999)] + [
+            tuple(int(v) for v in rng.integers(1, 1500, 2)) for _ in range(40)]:
+        for size in (64, 320, 640, 641):
+            image = np.zeros((height, width, 3), np.uint8)
+            assert long_side_shape(height, width, size) == resize_long_side(image, size, augment=True).shape[:2]
