@@ -13,6 +13,7 @@ from PIL import Image
 
 from pgi_detect.data import (AugmentationConfig, DataError, DetectionDataModule, DetectionDataset, load_source,
                              make_synthetic_coco)
+from pgi_detect.data import augment as aug
 from pgi_detect.data.collate import collate_detections
 from helpers.datasets import datamodule, rectangles_coco
 
@@ -266,8 +267,6 @@ def test_coco128_training_batch(coco128_dir):
 def test_close_mosaic_samples_same_with_and_without_the_hsv_row_band(tmp_path, monkeypatch, blur):
     """Mosaic-off samples convert only the rows the warp can bring content into (augment.content_rows); they must
     equal samples converted whole, including when a pixel transform (blur) touched the padding rows."""
-    from pgi_detect.data import augment as aug
-
     rectangles_coco(tmp_path, num_images=6, sizes=((64, 96), (96, 48)))
     source = load_source(str(tmp_path / "ann.json"), str(tmp_path / "images"))
     dataset = DetectionDataset(source, 96, train=True, augmentation=AugmentationConfig(blur=blur))

@@ -340,31 +340,40 @@ def transform_segments(segments: list[np.ndarray], matrix: np.ndarray, out_size:
     return out.astype(np.float32)
 
 
+# Bilinear sampling reads the pixel after the sampled point, and OpenCV rounds the sampled point to 1/32 px: a region
+# grown by this many pixels holds every pixel a warp reads (source_region) or can write content into (content_rows).
+WARP_MARGIN = 2
+
+
+def _warped_bounds(box: tuple[float, float, float, float], matrix: np.ndarray) -> np.ndarray:
+    """(x1, y1, x2, y2) bounds of the 4 corners of `box` warped by an affine `matrix` (3×3)."""
+    x1, y1, x2, y2 = box
+    xy = _warp_points(np.asarray([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64), matrix)
+    return np.concatenate([xy.min(0), xy.max(0)])
+
+
 def source_region(matrix: np.ndarray, out_size: tuple[int, int]) -> tuple[float, float, float, float] | None:
     """(x1, y1, x2, y2) of the input an affine warp (`matrix`, 3×3) to `out_size` (width, height) reads: the
-    output corners mapped back, grown by 2 px (bilinear sampling reads the next pixel; OpenCV rounds the sampled
-    point to 1/32 px). Input pixels outside it do not change the output. None for a projective matrix."""
+    output corners mapped back, grown by WARP_MARGIN. Input pixels outside it do not change the output. None for a
+    projective matrix."""
     if matrix[2, 0] or matrix[2, 1]:
         return None
-    width, height = out_size
-    corners = np.asarray([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], np.float64)
-    xy = corners @ np.linalg.inv(matrix).T
-    return xy[:, 0].min() - 2, xy[:, 1].min() - 2, xy[:, 0].max() + 2, xy[:, 1].max() + 2
+    inverse = np.linalg.inv(matrix)
+    inverse[2] = (0.0, 0.0, 1.0)  # affine: only the top two rows matter
+    x1, y1, x2, y2 = _warped_bounds((0, 0, *out_size), inverse)
+    return x1 - WARP_MARGIN, y1 - WARP_MARGIN, x2 + WARP_MARGIN, y2 + WARP_MARGIN
 
 
 def content_rows(box: tuple[float, float, float, float], matrix: np.ndarray, height: int) -> tuple[int, int] | None:
     """Output rows [top, bottom) that an affine warp (`matrix`, 3×3) can bring image content into, when every input
     pixel outside `box` (x1, y1, x2, y2) is PAD_VALUE grey: outside them the warped image is PAD_VALUE exactly (the
-    warp's border is that grey too). None for a projective matrix (not needed by the recipe).
-
-    The box is grown by 2 px before its corners are warped: bilinear sampling reads the pixel after the sampled
-    point, and OpenCV rounds the sampled point to 1/32 px."""
+    warp's border is that grey too). The box is grown by WARP_MARGIN before its corners are warped. None for a
+    projective matrix (not needed by the recipe)."""
     if matrix[2, 0] or matrix[2, 1]:
         return None
     x1, y1, x2, y2 = box
-    corners = np.asarray([[x1 - 2, y1 - 2, 1], [x2 + 2, y1 - 2, 1], [x2 + 2, y2 + 2, 1], [x1 - 2, y2 + 2, 1]])
-    ys = (corners @ matrix.T)[:, 1]
-    top, bottom = max(0, math.floor(ys.min())), min(height, math.ceil(ys.max()) + 1)
+    _, low, _, high = _warped_bounds((x1 - WARP_MARGIN, y1 - WARP_MARGIN, x2 + WARP_MARGIN, y2 + WARP_MARGIN), matrix)
+    top, bottom = max(0, math.floor(low)), min(height, math.ceil(high) + 1)
     return (top, bottom) if bottom > top else (0, 0)
 
 

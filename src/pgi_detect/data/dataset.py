@@ -268,8 +268,9 @@ class DetectionDataset(Dataset):
         border = -size // 2
         out_size = (2 * size + 2 * border,) * 2
         transform = aug.affine_matrix(self.rng, self.config, (2 * size, 2 * size), out_size)
+        rects = aug.mosaic4_tile_rects(shapes, size, center)
         if not decode_all:
-            tiles = self._decode_shown_tiles(tiles, index, center, aug.source_region(transform[0], out_size),
+            tiles = self._decode_shown_tiles(tiles, rects, index, aug.source_region(transform[0], out_size),
                                              mirrored=bool(pasted))
         canvas = aug.paste_mirrored(aug.paint_mosaic4([tile.image for tile in tiles], shapes, size, center), pasted)
         image, out_boxes, out_classes = aug.random_perspective(canvas, canvas_boxes, canvas_classes, self.config,
@@ -277,19 +278,19 @@ class DetectionDataset(Dataset):
                                                                transform=transform)
         main_orig = next((tile.orig for i, tile in zip(reversed(indices), reversed(tiles)) if i == index),
                          (size, size))
-        content = aug.mosaic4_content_box(aug.mosaic4_tile_rects(shapes, size, center), pasted, 2 * size)
+        content = aug.mosaic4_content_box(rects, pasted, 2 * size)
         return image, out_boxes, out_classes, main_orig, aug.content_rows(content, transform[0], out_size[1])
 
-    def _decode_shown_tiles(self, tiles: list[_Tile], index: int, center: tuple[int, int],
+    def _decode_shown_tiles(self, tiles: list[_Tile], rects: list[tuple[int, int, int, int]], index: int,
                             seen: tuple[float, float, float, float] | None, mirrored: bool) -> list[_Tile]:
-        """Decode the main tile and every tile overlapping `seen` (the canvas region the warp reads; None: all), or
-        its mirror image when copy-paste pastes flipped pixels. Raises DataError for a bad one."""
+        """Decode the main tile and every tile whose canvas rectangle (`rects`, mosaic4_tile_rects) overlaps `seen`
+        (the canvas region the warp reads; None: all), or its mirror image when copy-paste pastes flipped pixels.
+        Raises DataError for a bad one."""
         canvas_size = 2 * self.img_size
         regions = [] if seen is None else [seen]
         if seen is not None and mirrored:
             x1, y1, x2, y2 = seen
             regions.append((canvas_size - 1 - x2, y1, canvas_size - 1 - x1, y2))
-        rects = aug.mosaic4_tile_rects([tile.shape for tile in tiles], self.img_size, center)
         decoded = []
         for tile, (x1, y1, x2, y2) in zip(tiles, rects):
             shown = seen is None or any(x1 < rx2 and x2 > rx1 and y1 < ry2 and y2 > ry1
