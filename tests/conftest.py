@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import os
 from types import ModuleType
 from pathlib import Path
@@ -54,7 +55,11 @@ def single_torch_thread():
 
 def load_script_module(name: str) -> ModuleType:
     """Import scripts/<name>.py (scripts are not a package), e.g. the naive loss reference in bench_loss.py."""
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module_name = f"scripts_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses (and pickling) look their module up there
     spec.loader.exec_module(module)
     return module

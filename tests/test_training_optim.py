@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pgi_detect.training.optim import (
+    AccumulationSchedule,
     RecipeSchedule,
     accumulate_steps,
     build_optimizer,
@@ -80,7 +82,7 @@ def test_warmup_iterations():
 
 
 def test_schedule_values_during_and_after_warmup():
-    schedule = RecipeSchedule(lr0=0.01, lrf=0.01, epochs=10, warmup_iters=200)
+    schedule = RecipeSchedule(lr0=0.01, lrf=0.01, epochs=10, warmup_iters=200, batches_per_epoch=150)
     # Iteration 0: bias lr starts at 0.1, the others at 0, momentum at 0.8.
     assert schedule.lr(0, 0, 0) == pytest.approx(0.1)
     assert schedule.lr(1, 0, 0) == 0.0 and schedule.lr(2, 0, 0) == 0.0
@@ -92,10 +94,11 @@ def test_schedule_values_during_and_after_warmup():
     # Warmup crossing into epoch 1 interpolates towards that epoch's lr: 0.01 * ((1 - 0.1) * 0.99 + 0.01).
     epoch1 = 0.01 * (0.9 * 0.99 + 0.01)
     assert schedule.lr(1, 150, 1) == pytest.approx(0.75 * epoch1)
-    # After warmup: every group at lr0 * lf(epoch), momentum back to 0.937.
+    # After warmup: every group at lr0 * lf(epoch) in the epoch where warmup ends, one epoch behind afterwards (the
+    # official lag), momentum back to 0.937.
     for group in range(3):
         assert schedule.lr(group, 201, 1) == pytest.approx(epoch1)
-        assert schedule.lr(group, 5000, 9) == pytest.approx(0.01 * (0.1 * 0.99 + 0.01))
+        assert schedule.lr(group, 5000, 9) == pytest.approx(0.01 * (0.2 * 0.99 + 0.01))
     assert schedule.momentum_at(201) == 0.937
 
 
@@ -107,6 +110,50 @@ def test_schedule_apply_writes_groups():
     assert lrs == pytest.approx([0.1 - 0.25 * 0.09, 0.0025, 0.0025])
     assert optimizer.param_groups[1]["momentum"] == pytest.approx(0.8 + 0.25 * 0.137)
     adamw = build_optimizer(model, "adamw", lr=1e-3)
-    RecipeSchedule(lr0=1e-3, epochs=10, warmup_iters=0, decay="cosine").apply(adamw, 0, 5)
+    RecipeSchedule(lr0=1e-3, epochs=10, warmup_iters=0, decay="cosine", lr_decay_lag=False).apply(adamw, 0, 5)
     assert adamw.param_groups[1]["lr"] == pytest.approx(1e-3 * (0.01 + 0.99 * (1 + math.cos(math.pi / 2)) / 2))
     assert adamw.param_groups[1]["betas"] == (0.937, 0.999)
+
+
+def test_lr_decay_lags_one_epoch_after_warmup_like_the_official_loop():
+    # The official loop resets its LambdaLR to last_epoch -1, so each epoch's end re-applies that epoch's factor.
+    schedule = RecipeSchedule(lr0=0.01, lrf=0.01, epochs=40, warmup_iters=15, batches_per_epoch=10)
+    lf = [lr_factor(e, 40, 0.01) for e in range(40)]
+    assert schedule.lr(1, 15, 1) == pytest.approx(0.01 * lf[1])  # the last warmup batch reaches lr0 * lf(1)
+    assert schedule.lr(1, 16, 1) == pytest.approx(0.01 * lf[1])  # the rest of that epoch stays there
+    assert schedule.lr(1, 25, 2) == pytest.approx(0.01 * lf[1])  # the next epoch still runs at lf(1)
+    assert schedule.lr(1, 35, 3) == pytest.approx(0.01 * lf[2])
+    assert schedule.lr(0, 395, 39) == pytest.approx(0.01 * lf[38])
+    as_written = RecipeSchedule(lr0=0.01, lrf=0.01, epochs=40, warmup_iters=15, batches_per_epoch=10,
+                                lr_decay_lag=False)
+    assert as_written.lr(1, 25, 2) == pytest.approx(0.01 * lf[2])
+    # Without warmup: epochs 0 and 1 both at lf(0), then one behind.
+    no_warmup = RecipeSchedule(lr0=0.01, lrf=0.01, epochs=40, warmup_iters=0, batches_per_epoch=10)
+    assert [no_warmup.lr(1, 10 * e, e) for e in range(3)] == pytest.approx([0.01 * lf[0], 0.01 * lf[0], 0.01 * lf[1]])
+
+
+def official_steps(ratio: float, warmup: int, batches: int) -> list[int]:
+    """The official loop's rule written out: `accumulate` re-set during warmup, a step when ni - last >= it."""
+    steps, last, accumulate = [], -1, max(round(ratio), 1)
+    for ni in range(batches):
+        if ni <= warmup:
+            accumulate = max(1, np.interp(ni, [0, warmup], [1, ratio]).round())
+        if ni - last >= accumulate:
+            steps.append(ni)
+            last = ni
+    return steps
+
+
+@pytest.mark.parametrize(("ratio", "warmup"), [(4.0, 300), (64 / 24, 100), (0.5, 100), (8.0, 0), (1.0, 50)])
+def test_accumulation_schedule_steps_where_the_official_loop_does(ratio, warmup):
+    schedule = AccumulationSchedule(ratio, warmup)
+    expected = official_steps(ratio, warmup, 1000)
+    last, steps = -1, []
+    for ni in range(1000):
+        if schedule.steps_at(ni, last):
+            steps.append(ni)
+            last = ni
+    assert steps == expected
+    # A resume without the saved position recovers it from the iteration alone.
+    for ni in (0, 1, 7, warmup, warmup + 1, warmup + 2, 999):
+        assert schedule.last_step_before(ni) == max([s for s in expected if s < ni], default=-1)

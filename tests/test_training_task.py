@@ -15,26 +15,37 @@ from pgi_detect.training import DetectionTask, ModelEMA
 from pgi_detect.training.optim import parameter_groups, warmup_iterations
 
 
+class StepLog(pl.Callback):
+    """global_step and the group-1 lr after every training batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.lrs: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(trainer.global_step)
+        self.lrs.append(trainer.optimizers[0].param_groups[1]["lr"])
+
+
 def test_recipe_wiring_accumulation_weight_decay_and_schedule(tmp_path):
     pl.seed_everything(0)
     task = make_task(optim={"nominal_batch_size": 8})  # the 64-image rule scaled down to keep the test small
-    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False)
-    trainer.fit(task, datamodule=SquaresDataModule(train=8, batch_size=2))
-    # Batch 2 on one device -> max(round(8 / 2), 1) = 4 batches per optimizer step.
-    assert trainer.accumulate_grad_batches == 4
-    assert trainer.global_step == 1
+    log = StepLog()
+    trainer = make_trainer(tmp_path, [log], max_steps=6, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(task, datamodule=SquaresDataModule(train=16, batch_size=2))
     optimizer = trainer.optimizers[0]
     groups = optimizer.param_groups
     assert isinstance(optimizer, torch.optim.SGD) and groups[0]["nesterov"]
     assert [len(g["params"]) for g in groups] == [len(group) for group in parameter_groups(task.detector)]
-    # Weight decay 5e-4 * batch 2 * accumulate 4 / nominal 8 = 5e-4 on group 1 only.
+    # Weight decay 5e-4 * batch 2 * accumulate max(round(8 / 2), 1) = 4 / nominal 8 = 5e-4, on group 1 only.
     assert [g["weight_decay"] for g in groups] == pytest.approx([0.0, 5e-4, 0.0])
-    # The step happened after batch index 3 of 4 in epoch 0; warmup = max(round(1 epoch * 4), 2) = 4 batches,
-    # so the lrs are 3/4 of the way from their warmup start (bias 0.1, others 0) to lr0 * lf(0) = 0.01.
-    assert warmup_iterations(1.0, 4, 2) == 4
-    assert groups[0]["lr"] == pytest.approx(0.1 + 3 / 4 * (0.01 - 0.1))
-    assert groups[1]["lr"] == pytest.approx(3 / 4 * 0.01)
-    assert groups[1]["momentum"] == pytest.approx(0.8 + 3 / 4 * (0.937 - 0.8))
+    # The official accumulation: over the warmup of max(round(1 epoch * 8), 2) = 8 batches, batches per step ramp
+    # round(interp(ni, [0, 8], [1, 4])) = 1 1 2 2 2 3 3 4 4, a step when ni - last step >= that: steps after
+    # batches 0, 1, 3 and 6. Epoch 1 starts by clearing batch 7's gradients; then 4 per step: after 10 and 14.
+    assert warmup_iterations(1.0, 8, 2) == 8
+    assert log.steps == [1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6]
+    # Per batch, the lrs rise from 0 to lr0 * lf(epoch) over the warmup: batch ni at ni/8 of the way.
+    assert log.lrs[:8] == pytest.approx([ni / 8 * 0.01 for ni in range(8)])
 
 
 def test_loss_is_float32_under_bf16_autocast(tmp_path):
@@ -78,10 +89,11 @@ def test_nonfinite_loss_skips_step_then_stops(tmp_path):
     snapshots = SnapshotWeights()
     trainer = make_trainer(tmp_path, [snapshots], max_steps=3, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(task, datamodule=SquaresDataModule(train=16))
-    assert calls["n"] == 3 and task.nonfinite_guard.total_skipped == 1
-    # The NaN batch (the 2nd) left the weights untouched; the others changed them.
-    first, second, third = snapshots.weights
-    assert torch.equal(first, second) and not torch.equal(second, third)
+    # The NaN batch (the 2nd) is not a step: three steps take four batches.
+    assert calls["n"] == 4 and task.nonfinite_guard.total_skipped == 1 and trainer.global_step == 3
+    # The NaN batch left the weights untouched; the others changed them.
+    first, second, third, fourth = snapshots.weights
+    assert torch.equal(first, second) and not torch.equal(second, third) and not torch.equal(third, fourth)
     for parameter in task.parameters():
         assert torch.isfinite(parameter).all()
 

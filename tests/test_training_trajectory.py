@@ -1,4 +1,4 @@
-"""Refactoring guard: 20 optimizer steps of gelan-t and yolov9-t through the CLI with the shipped COCO configs on
+"""Refactoring guard: 24 optimizer steps of gelan-t and yolov9-t through the CLI with the shipped COCO configs on
 coco128 (full recipe, deterministic CPU) reproduce the recorded loss items and final raw / EMA weight checksums.
 
 A deliberate change of the training numbers re-records tests/data/trajectory.json (tests/helpers/trajectory.py
@@ -20,7 +20,7 @@ def test_training_trajectory_is_reproduced(model, coco128_dir, tmp_path):
     expected = json.loads(RECORD.read_text())[model]
     actual = run_trajectory(model, coco128_dir, tmp_path)
     assert actual["accumulate"] == expected["accumulate"] == 2
-    assert len(actual["items"]) == OPTIMIZER_STEPS * 2
+    assert OPTIMIZER_STEPS == 24 and len(actual["items"]) == len(expected["items"]) == 40
     # The recipe really ran: mosaic everywhere and some mixups (copy-paste runs inside the mosaics).
     assert actual["pipelines"] == expected["pipelines"] and expected["pipelines"]["mosaic+mixup"] > 0
     for step, (got, want) in enumerate(zip(actual["items"], expected["items"])):

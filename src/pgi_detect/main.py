@@ -115,6 +115,7 @@ class DetectionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self._get(self.config, "trainer")
+        self._recipe_owns_the_step(trainer, self._get(self.config, "model"))
         if trainer.get("sync_batchnorm") and not _uses_cuda(trainer.get("accelerator")):
             trainer["sync_batchnorm"] = False
             rank_zero_info("SyncBatchNorm needs CUDA: running DDP with per-process BatchNorm on this accelerator")
@@ -128,6 +129,25 @@ class DetectionCLI(LightningCLI):
             init_args = spec.get("init_args") if hasattr(spec, "get") else None
             if init_args is not None and "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
                 init_args["name"] = name  # a logger switched on the command line names the run after the experiment
+
+    @staticmethod
+    def _recipe_owns_the_step(trainer: Any, model: Any) -> None:
+        """DetectionTask steps its optimizer itself (the official accumulation and clipping), so the Trainer's own
+        clipping and accumulation options are taken over or refused instead of failing deep inside Lightning."""
+        clip = trainer.get("gradient_clip_val")
+        if clip:
+            if trainer.get("gradient_clip_algorithm") not in (None, "norm"):
+                raise SystemExit("pgi-detect: the recipe clips the gradient norm; --trainer.gradient_clip_algorithm "
+                                 f"{trainer.get('gradient_clip_algorithm')} is not supported (use "
+                                 "--model.optim.gradient_clip_norm)")
+            model["optim.gradient_clip_norm"] = float(clip)
+            trainer["gradient_clip_val"] = None
+            rank_zero_info(f"--trainer.gradient_clip_val {clip} -> --model.optim.gradient_clip_norm {clip}")
+        accumulate = trainer.get("accumulate_grad_batches")
+        if accumulate not in (None, 1):
+            raise SystemExit(f"pgi-detect: --trainer.accumulate_grad_batches {accumulate} is not used: batches per "
+                             "optimizer step follow the recipe, round(--model.optim.nominal_batch_size / global "
+                             "batch); set the nominal batch, or --model.optim.auto_accumulate false for one batch")
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -22,9 +22,11 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 RECORD = REPO / "tests" / "data" / "trajectory.json"
 MODELS = ("gelan-t", "yolov9-t")
-OPTIMIZER_STEPS = 20
+OPTIMIZER_STEPS = 24
 BATCH_SIZE = 4
-NOMINAL_BATCH = 8  # accumulate 2: 40 batches for 20 optimizer steps, across the 32-batch epoch boundary
+# Accumulate 2, ramped from 1 over the 16 warmup batches (the official rule): steps after batches 0-7, then after
+# every second batch; 24 steps take 40 batches, across the 32-batch epoch boundary.
+NOMINAL_BATCH = 8
 CHECKSUM_SEED = 1234
 
 
@@ -86,8 +88,8 @@ def run_trajectory(model: str, coco128: Path, output: Path) -> dict:
         torch.set_num_threads(threads)
     assert cli.trainer.global_step == OPTIMIZER_STEPS and recorder.raw is not None
     # The EMA callback copies the average into the detector when training ends.
-    return {"accumulate": cli.trainer.accumulate_grad_batches, "pipelines": recorder.pipelines, "items": recorder.items, "raw": recorder.raw,
-            "ema": weight_checksums(cli.model.detector.state_dict())}
+    return {"accumulate": cli.model.accumulation.final, "pipelines": recorder.pipelines, "items": recorder.items,
+            "raw": recorder.raw, "ema": weight_checksums(cli.model.detector.state_dict())}
 
 
 def main(argv: list[str] | None = None) -> int:

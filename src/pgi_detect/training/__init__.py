@@ -5,6 +5,7 @@ from pgi_detect.training.data_monitor import DataMonitor
 from pgi_detect.training.lightning_module import DetectionTask
 from pgi_detect.training.reports import EvaluationReports, report_dir
 from pgi_detect.training.optim import (
+    AccumulationSchedule,
     DivergenceGuard,
     GuardSettings,
     NonFiniteLossGuard,
@@ -21,6 +22,7 @@ from pgi_detect.training.preemption import Preempted, Preemption
 from pgi_detect.training.progress import DetectionProgressBar
 
 __all__ = [
+    "AccumulationSchedule",
     "CloseMosaic",
     "DataMonitor",
     "DetectionDataSource",

@@ -83,9 +83,11 @@ class ModelEMA(WeightAveraging):
         self._average_model.n_averaged.fill_(1)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # `setup` runs before the strategy moves the module to its device; keep the average next to the weights.
-        if self._device is None and self._average_model is not None:
-            self._average_model.to(pl_module.device)
+        # `setup` runs before the strategy moves the module to its device and precision; keep the average next to
+        # the weights, in float32 at least (float64 under 64-true), like the reference's FP32 EMA.
+        if self._average_model is not None:
+            dtype = torch.promote_types(pl_module.dtype, torch.float32)
+            self._average_model.to(device=self._device or pl_module.device, dtype=dtype)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -7,6 +7,7 @@ datamodule is used through the `DetectionDataSource` protocol.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, is_dataclass
 from typing import Any, Literal, TypeVar
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
@@ -36,6 +38,7 @@ from pgi_detect.models import (
 from pgi_detect.training.contracts import DetectionDataSource, EvalStage
 from pgi_detect.training.derived import DerivedModels
 from pgi_detect.training.optim import (
+    AccumulationSchedule,
     DivergenceGuard,
     GuardSettings,
     NonFiniteLossGuard,
@@ -54,6 +57,7 @@ EVAL_METRICS = {
     "mAP_large": "APl",
 }
 STATE_PREFIX = "detector."  # the detector's keys in this module's state dict
+LAST_STEP_KEY = "pgi_detect_last_step"  # the recipe iteration of the latest optimizer step (exact resume)
 Settings = TypeVar("Settings")
 
 
@@ -147,12 +151,28 @@ class DetectionTask(pl.LightningModule):
         self.nonfinite_guard = NonFiniteLossGuard(self.guard.max_nonfinite_steps)
         self.divergence_guard = DivergenceGuard(self.guard.divergence_factor, self.guard.divergence_patience,
                                                 self.guard.divergence_window)
+        # The official loop's optimisation is reproduced step by step (scripts/trajectory_vs_official.py), including its
+        # accumulation, which ramps during warmup and counts across epochs: Lightning's automatic accumulation (a
+        # fixed count per epoch, a step forced at every epoch end) cannot express it, so the task steps itself.
+        self.automatic_optimization = False
         self.schedule: RecipeSchedule | None = None
+        self.accumulation: AccumulationSchedule | None = None
+        self.last_step_iteration: int | None = None  # the batch (recipe `ni`) of the latest optimizer step
         self.metric = CocoDetectionMetric(eval_backend)
         self.last_eval: dict[str, Any] = {}
         self.derived = DerivedModels()
-        if img_size:
-            self.example_input_array = torch.zeros(1, 3, img_size, img_size)
+        self._summary_size = img_size
+
+    @property
+    def example_input_array(self) -> Tensor | None:
+        """One image at the training size in the weights' dtype, so the model summary reports real FLOPs (also under
+        64-true or half-precision weights)."""
+        size = self._summary_size
+        return None if not size else torch.zeros(1, 3, size, size, dtype=self.dtype, device=self.device)
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        raise AttributeError("DetectionTask.example_input_array follows model.img_size; set that instead")
 
     # ------------------------------------------------------------------ contracts
 
@@ -188,8 +208,9 @@ class DetectionTask(pl.LightningModule):
         return self.derived.compiled(self.detector, self.hparams.compile)
 
     def _network_input(self, images: Tensor) -> Tensor:
-        """uint8 batch -> float in [0, 1], in the detector's memory format."""
-        return (images.float() / 255.0).contiguous(memory_format=self.memory_format)
+        """uint8 batch -> float in [0, 1] of the weights' dtype (float32 under mixed precision), in the detector's
+        memory format."""
+        return (images.to(self.dtype) / 255.0).contiguous(memory_format=self.memory_format)
 
     # ------------------------------------------------------------------ recipe: batch size, optimizer, schedule
 
@@ -204,21 +225,23 @@ class DetectionTask(pl.LightningModule):
         return int(size) * self.trainer.world_size
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.optim.auto_accumulate and self.trainer.accumulate_grad_batches == 1:
-            global_batch = self.global_batch_size()
-            steps = self.optim.accumulation(global_batch)
-            self.trainer.accumulate_grad_batches = steps
-            rank_zero_info(f"DetectionTask: global batch {global_batch} -> accumulate_grad_batches={steps} "
-                           f"(nominal batch {self.optim.nominal_batch_size})")
+        if stage == "fit":
+            self.last_step_iteration = None  # before a checkpoint is restored (on_load_checkpoint sets it)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optim.build_optimizer(self.detector, self.global_batch_size(),
-                                          self.trainer.accumulate_grad_batches)
+        global_batch = self.global_batch_size()
+        return self.optim.build_optimizer(self.detector, global_batch, self.optim.accumulation(global_batch))
 
     def on_train_start(self) -> None:
         batches = self.trainer.num_training_batches
         self.schedule = self.optim.schedule(self.trainer.max_epochs or 1,
                                             int(batches) if np.isfinite(batches) else 1000)
+        global_batch = self.global_batch_size()
+        self.accumulation = self.optim.accumulation_schedule(global_batch, self.schedule.warmup_iters)
+        if self.accumulation.final > 1:
+            rank_zero_info(f"DetectionTask: global batch {global_batch} -> {self.accumulation.final} batches per "
+                           f"optimizer step (nominal batch {self.optim.nominal_batch_size}), ramped from 1 over the "
+                           f"{self.schedule.warmup_iters} warmup batches")
 
     def training_iteration(self, batch_idx: int) -> int:
         """Batches seen since training began (the recipe's `ni`), consistent across resume."""
@@ -226,24 +249,25 @@ class DetectionTask(pl.LightningModule):
         batches = int(batches) if np.isfinite(batches) else 0
         return self.trainer.current_epoch * batches + batch_idx
 
+    def on_train_epoch_start(self) -> None:
+        # The official loop clears the gradients when an epoch starts: what was accumulated after the previous
+        # epoch's last step does not reach a step.
+        self.optimizers(use_pl_optimizer=False).zero_grad()
+
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         if self.schedule is not None:
             optimizer = self.optimizers(use_pl_optimizer=False)
             self.schedule.apply(optimizer, self.training_iteration(batch_idx), self.trainer.current_epoch)
 
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        if gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
-        elif self.optim.gradient_clip_norm:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called inside the step, after AMP's unscaling: the official loop clips the unscaled gradients' norm.
+        if self.optim.gradient_clip_norm:
             self.clip_gradients(optimizer, self.optim.gradient_clip_norm, "norm")
 
     def backward_scale(self) -> float:
         """Factor that makes the gradient equal the reference's: its loss is summed over accumulated batches and
-        multiplied by WORLD_SIZE, while Lightning divides by accumulate_grad_batches and DDP averages ranks."""
-        return float(self.trainer.accumulate_grad_batches * self.trainer.world_size)
+        multiplied by WORLD_SIZE, while DDP averages the ranks' gradients."""
+        return float(self.trainer.world_size)
 
     # ------------------------------------------------------------------ training
 
@@ -255,6 +279,10 @@ class DetectionTask(pl.LightningModule):
             return self.criterion(branches, batch["targets"].float())
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        iteration = self.training_iteration(batch_idx)
+        accumulation = self.accumulation or AccumulationSchedule()
+        if self.last_step_iteration is None:  # a fresh run, or a checkpoint written before this was recorded
+            self.last_step_iteration = accumulation.last_step_before(iteration)
         loss, items = self.compute_loss(batch)
         batch_size = batch["images"].shape[0]
         # The step's one device -> host copy: the loss per image (box + cls + dfl, what the logs show).
@@ -262,9 +290,18 @@ class DetectionTask(pl.LightningModule):
         if diverged:
             raise diverged
         if self.nonfinite_guard.should_skip(not nonfinite):
+            # Nothing of this batch reaches the gradients; a step due now waits for the next batch.
             rank_zero_warn(f"non-finite loss at step {self.global_step} (batch {batch_idx}); step skipped")
             self.log("train/nonfinite_skipped", float(self.nonfinite_guard.total_skipped), on_step=True)
             return None
+        stepping = accumulation.steps_at(iteration, self.last_step_iteration)
+        with self._gradient_sync(stepping):
+            self.manual_backward(loss * self.backward_scale())
+        if stepping:
+            optimizer = self.optimizers()
+            optimizer.step()
+            optimizer.zero_grad()
+            self.last_step_iteration = iteration
         box, cls, dfl = items.float()
         self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
         self.log_dict({"train/box_loss": box, "train/cls_loss": cls, "train/dfl_loss": dfl},
@@ -272,7 +309,14 @@ class DetectionTask(pl.LightningModule):
         groups = self.optimizers(use_pl_optimizer=False).param_groups
         self.log_dict({"train/lr_bias": groups[0]["lr"], "train/lr": groups[1]["lr"]}, on_step=True,
                       on_epoch=False, batch_size=batch_size)
-        return loss * self.backward_scale()
+        return loss.detach()
+
+    def _gradient_sync(self, stepping: bool) -> Any:
+        """DDP all-reduces gradients only on the batch that steps (the sum over batches is the same either way)."""
+        strategy = self.trainer.strategy
+        if not stepping and isinstance(strategy, ParallelStrategy) and self.trainer.world_size > 1:
+            return strategy.block_backward_sync()
+        return contextlib.nullcontext()
 
     def _loss_health(self, loss: float) -> tuple[bool, FloatingPointError | None]:
         """(non-finite, divergence error) of this step's loss, agreed by every rank in one all-reduce: all ranks skip
@@ -372,6 +416,7 @@ class DetectionTask(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another architecture or class count is an error naming both, not a key mismatch."""
+        self.last_step_iteration = checkpoint.get(LAST_STEP_KEY)
         record = checkpoint.get(CHECKPOINT_RECORD)
         if record is None:
             return
@@ -388,6 +433,8 @@ class DetectionTask(pl.LightningModule):
         """Every checkpoint records the detector spec and class table, so loaders need nothing else."""
         checkpoint[CHECKPOINT_RECORD] = checkpoint_record(self.spec, STATE_PREFIX, self.class_names,
                                                           self.category_ids)
+        if self.last_step_iteration is not None:
+            checkpoint[LAST_STEP_KEY] = self.last_step_iteration
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and hparams.get("weights"):
             # The state dict replaces the initial weights: `load_from_checkpoint` must not re-read that file.

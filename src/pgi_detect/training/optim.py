@@ -1,6 +1,7 @@
 """The optimisation side of the official YOLOv9 recipe, in pure PyTorch (no Lightning): its settings, parameter
-groups, weight-decay scaling with the nominal batch of 64, gradient accumulation, the per-iteration warmup followed
-by a per-epoch linear or cosine decay, and the guard that skips steps with a non-finite loss.
+groups, weight-decay scaling with the nominal batch of 64, gradient accumulation (ramped during warmup, as the
+official loop does), the per-iteration warmup followed by a per-epoch linear or cosine decay, and the guard that
+skips steps with a non-finite loss.
 """
 from __future__ import annotations
 
@@ -118,8 +119,11 @@ class RecipeSchedule:
 
     `iteration` counts training batches since the start of training (not optimizer steps), like the reference's
     `ni`. During the first `warmup_iters` batches the bias lr falls from `warmup_bias_lr` and the other lrs rise from
-    0 to the epoch's lr, and momentum rises from `warmup_momentum`; afterwards lr = lr0 · lr_factor(epoch). Being
-    stateless, it resumes exactly from a checkpoint's epoch and step without a scheduler state.
+    0 to the epoch's lr, and momentum rises from `warmup_momentum`; afterwards lr = lr0 · lr_factor(epoch), or, with
+    `lr_decay_lag` (the official loop), lr0 · lr_factor(epoch - 1) from the epoch after the one in which warmup ends:
+    the official loop sets its LambdaLR back to `last_epoch = -1` after building it, so every epoch's step at its end
+    re-applies the factor of the epoch just finished. Being stateless, it resumes exactly from a checkpoint's epoch
+    and step without a scheduler state.
     """
 
     lr0: float = 0.01
@@ -130,6 +134,8 @@ class RecipeSchedule:
     warmup_iters: int = 0
     warmup_bias_lr: float = 0.1
     warmup_momentum: float = 0.8
+    batches_per_epoch: int = 0
+    lr_decay_lag: bool = True
 
     def epoch_lr(self, epoch: int) -> float:
         return self.lr0 * lr_factor(epoch, self.epochs, self.lrf, self.decay)
@@ -137,12 +143,18 @@ class RecipeSchedule:
     def in_warmup(self, iteration: int) -> bool:
         return self.warmup_iters > 0 and iteration <= self.warmup_iters
 
+    def decay_epoch(self, epoch: int) -> int:
+        """The epoch whose factor the lr follows after warmup (see the class docstring)."""
+        if not self.lr_decay_lag:
+            return epoch
+        warmup_end_epoch = self.warmup_iters // self.batches_per_epoch if self.batches_per_epoch > 0 else 0
+        return epoch if epoch <= warmup_end_epoch else epoch - 1
+
     def lr(self, group_index: int, iteration: int, epoch: int) -> float:
-        target = self.epoch_lr(epoch)
         if not self.in_warmup(iteration):
-            return target
+            return self.epoch_lr(self.decay_epoch(epoch))
         start = self.warmup_bias_lr if group_index == 0 else 0.0
-        return float(np.interp(iteration, [0, self.warmup_iters], [start, target]))
+        return float(np.interp(iteration, [0, self.warmup_iters], [start, self.epoch_lr(epoch)]))
 
     def momentum_at(self, iteration: int) -> float:
         if not self.in_warmup(iteration):
@@ -161,6 +173,48 @@ class RecipeSchedule:
 
 
 @dataclass(frozen=True)
+class AccumulationSchedule:
+    """Which batches end with an optimizer step, as in the official loop.
+
+    During warmup the number of batches per step ramps: accumulate(ni) = max(1, round(interp(ni, [0, nw], [1,
+    nominal / global batch]))), then stays at max(round(nominal / global batch), 1). Batch `ni` ends with a step when
+    ni - last_step >= accumulate(ni), counted across epoch boundaries; the loop clears the gradients at the start of
+    every epoch, so batches accumulated after an epoch's last step do not reach a step (the task does the same).
+    """
+
+    nominal_ratio: float = 1.0  # nominal batch / global batch (1: a step after every batch)
+    warmup_iters: int = 0
+
+    @property
+    def final(self) -> int:
+        return max(round(self.nominal_ratio), 1)
+
+    def accumulate_at(self, iteration: int) -> int:
+        if self.warmup_iters > 0 and iteration <= self.warmup_iters:
+            ramp = np.interp(iteration, [0, self.warmup_iters], [1.0, self.nominal_ratio])
+            return max(1, int(np.round(ramp)))
+        return self.final
+
+    def steps_at(self, iteration: int, last_step: int) -> bool:
+        """Whether batch `iteration` ends with a step, the previous step having been at batch `last_step`."""
+        return iteration - last_step >= self.accumulate_at(iteration)
+
+    def last_step_before(self, iteration: int) -> int:
+        """The batch of the last step before batch `iteration` (-1: none yet), for a resume that lacks it."""
+        last = -1
+        ramp_end = min(iteration, self.warmup_iters + 1)
+        for n in range(ramp_end):
+            if self.steps_at(n, last):
+                last = n
+        if iteration <= ramp_end:
+            return last
+        first = max(ramp_end, last + self.final)  # after the ramp the steps are `final` batches apart
+        if first > iteration - 1:
+            return last
+        return first + (iteration - 1 - first) // self.final * self.final
+
+
+@dataclass(frozen=True)
 class OptimizerSettings:
     """The recipe's optimizer, schedule and batch-size rules (`--model.optim.<field>` on the command line).
 
@@ -169,8 +223,11 @@ class OptimizerSettings:
     warmup_epochs, min_warmup_iters: warmup length max(round(warmup_epochs * batches), min_warmup_iters) batches;
         the bias lr falls from warmup_bias_lr and momentum rises from warmup_momentum during it.
     nominal_batch_size: images per optimizer step the recipe is tuned for; with `auto_accumulate` gradient
-        accumulation is max(round(64 / global batch), 1), and weight decay is scaled by global·accumulate/64.
-    gradient_clip_norm: clip the gradient norm before each step (recipe 10; `Trainer(gradient_clip_val)` wins).
+        accumulation is max(round(64 / global batch), 1), ramped from 1 during warmup as the official loop does,
+        and weight decay is scaled by global·accumulate/64.
+    gradient_clip_norm: clip the gradient norm before each step (recipe 10; null: no clipping).
+    lr_decay_lag: after warmup, each epoch runs at the previous epoch's decay factor, as the official loop does
+        (its LambdaLR is reset to last_epoch -1); false: lr0 · lf(epoch), the schedule as written.
     """
 
     optimizer: OptimizerName = "sgd"
@@ -186,9 +243,15 @@ class OptimizerSettings:
     nominal_batch_size: int = NOMINAL_BATCH_SIZE
     auto_accumulate: bool = True
     gradient_clip_norm: float | None = 10.0
+    lr_decay_lag: bool = True
 
     def accumulation(self, global_batch_size: int) -> int:
-        return accumulate_steps(global_batch_size, self.nominal_batch_size)
+        """Batches per optimizer step after warmup (1 without `auto_accumulate`)."""
+        return accumulate_steps(global_batch_size, self.nominal_batch_size) if self.auto_accumulate else 1
+
+    def accumulation_schedule(self, global_batch_size: int, warmup_iters: int) -> AccumulationSchedule:
+        ratio = self.nominal_batch_size / global_batch_size if self.auto_accumulate else 1.0
+        return AccumulationSchedule(nominal_ratio=ratio, warmup_iters=warmup_iters)
 
     def build_optimizer(self, model: nn.Module, global_batch_size: int, accumulate: int) -> torch.optim.Optimizer:
         """The three-group optimizer with the weight decay scaled for this global batch and accumulation."""
@@ -200,6 +263,7 @@ class OptimizerSettings:
             lr0=self.lr0, lrf=self.lrf, epochs=max(int(epochs), 1), decay=self.lr_decay, momentum=self.momentum,
             warmup_iters=warmup_iterations(self.warmup_epochs, batches_per_epoch, self.min_warmup_iters),
             warmup_bias_lr=self.warmup_bias_lr, warmup_momentum=self.warmup_momentum,
+            batches_per_epoch=max(int(batches_per_epoch), 0), lr_decay_lag=self.lr_decay_lag,
         )
 
 

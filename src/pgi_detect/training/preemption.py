@@ -36,6 +36,7 @@ class Preemption(Callback):
         self.requeue = requeue
         self.requested = False
         self._previous: Any = None
+        self._steps_before_batch = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self._previous is None:
@@ -52,9 +53,16 @@ class Preemption(Callback):
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = True
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._steps_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not _at_optimizer_step(trainer, batch_idx):  # the same answer on every rank: no collective needed
+        # At a step boundary no gradients are held back; after an epoch's last batch neither (the next epoch starts by
+        # clearing them, as the official loop does). The same answer on every rank: no collective needed.
+        stepped = trainer.global_step > self._steps_before_batch
+        if not (stepped or batch_idx + 1 == trainer.num_training_batches):
             return
         requested = self.requested
         if trainer.world_size > 1:  # the signal reaches the ranks at slightly different times: agree first
@@ -70,12 +78,6 @@ class Preemption(Callback):
             requeue_slurm_job()
         self.requested = False
         raise Preempted(message)
-
-
-def _at_optimizer_step(trainer: pl.Trainer, batch_idx: int) -> bool:
-    """Whether the batch just trained on ended with an optimizer step (no gradients are held back)."""
-    done = batch_idx + 1
-    return done % trainer.accumulate_grad_batches == 0 or done == trainer.num_training_batches
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
