@@ -234,3 +234,17 @@ def test_killed_run_resumes_to_the_same_state(tmp_path):
     raw_b = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["current_model_state"]
     for name, value in raw_a.items():
         torch.testing.assert_close(raw_b[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_float64_weights_train_with_the_model_summary_and_a_float64_ema(tmp_path):
+    """64-true converts the weights: the images, the summary's example input and the EMA follow their dtype (the
+    summary used to fail on a float32 example input, and the EMA stayed float32)."""
+    pl.seed_everything(0)
+    task = make_task(optim={"auto_accumulate": False}, img_size=64)
+    ema = ModelEMA()
+    trainer = make_trainer(tmp_path, [ema], max_steps=1, limit_val_batches=0, enable_checkpointing=False,
+                           precision="64-true", enable_model_summary=True)
+    trainer.fit(task, datamodule=SquaresDataModule(train=4, batch_size=2))
+    assert trainer.global_step == 1
+    assert next(task.detector.parameters()).dtype == torch.float64
+    assert next(ema.averaged_module.parameters()).dtype == torch.float64
