@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[key] = score(args, model, weights, out / "score")
                 results_path.write_text(json.dumps(results, indent=1))
                 print(f"{key}: mAP {results[key][0]:.3f} mAP50 {results[key][1]:.3f}", flush=True)
-    print(f"\n| model | seed | official mAP / mAP50 | ours mAP / mAP50 | ours / official |\n|---|---|---|---|---|")
+    print("\n| model | seed | official mAP / mAP50 | ours mAP / mAP50 | ours / official |\n|---|---|---|---|---|")
     for model in args.models:
         ratios = []
         for seed in args.seeds:
