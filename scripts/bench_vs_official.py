@@ -48,7 +48,7 @@ from bench_train_step import (
 from pgi_detect.models import inference_copy
 from pgi_detect.loss import DetectionLoss
 from pgi_detect.models import build_model
-from pgi_detect.models.official import load_official_state_dict
+from pgi_detect.weights.official import load_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO.parent / "shared" / "docs" / "yolov9-reference.md"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert official YOLOv9 / GELAN weights into a file pgi_detect loads (`pgi_detect.models.load_detector`).
+"""Convert official YOLOv9 / GELAN weights into a file pgi_detect loads (`pgi_detect.weights.load_detector`).
 
     python scripts/convert_official.py --weights yolov9-c.pt --strip --output gelan-c.pt
 
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from pgi_detect.models import count_parameters, list_models
-from pgi_detect.models import WeightsError, convert_official, identify_zoo_model, save_detector
-from pgi_detect.models.official import read_official_file
+from pgi_detect.weights import WeightsError, convert_official, identify_zoo_model, save_detector
+from pgi_detect.weights.official import read_official_file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = official.class_names  # kept when they still describe the output classes
     save_detector(detector, args.output, class_names=names if names and len(names) == detector.num_classes else None)
     print(
-        f"wrote {args.output}: {detector.name} (from {detector.source_name}), nc={detector.num_classes}, "
+        f"wrote {args.output}: {detector.name} (from {model}), nc={detector.num_classes}, "
         f"{count_parameters(detector):,} params"
     )
     return 0

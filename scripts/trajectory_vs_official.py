@@ -117,7 +117,7 @@ def keyed_initial_state(detector: nn.Module, seed: int) -> dict[str, Tensor]:
     are built in: every conv weight and conv bias drawn like PyTorch's default init, U(-1/sqrt(fan_in), +), from a
     generator keyed on its official name; the detect heads' output biases at the recipe's constants and everything
     else (BatchNorm, the DFL bins) as built."""
-    from pgi_detect.models.official import official_key_map
+    from pgi_detect.weights.official import official_key_map
 
     fan_in: dict[str, int] = {}
     head_biases: set[int] = set()
@@ -147,7 +147,7 @@ def official_group_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
 
 
 def our_group_names(optimizer: torch.optim.Optimizer, detector: nn.Module) -> list[set[str]]:
-    from pgi_detect.models.official import official_key_map
+    from pgi_detect.weights.official import official_key_map
 
     mapping = official_key_map(detector)
     names = {id(p): mapping[n] for n, p in detector.named_parameters()}
@@ -279,7 +279,7 @@ class Lockstep(pl.Callback):
         self._pending: dict[str, Any] = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
-        from pgi_detect.models import to_official_state_dict
+        from pgi_detect.weights import to_official_state_dict
 
         self.group_names = [sorted(names) for names in our_group_names(trainer.optimizers[0], pl_module.detector)]
         self.initial_checksums = weight_checksums(to_official_state_dict(pl_module.detector))
@@ -292,7 +292,7 @@ class Lockstep(pl.Callback):
                                     for g in optimizer.param_groups]}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from pgi_detect.models import to_official_state_dict
+        from pgi_detect.weights import to_official_state_dict
 
         ni = trainer.current_epoch * int(trainer.num_training_batches) + batch_idx
         self.batch_checksums.append(batch_checksum(batch))
@@ -324,7 +324,7 @@ class Lockstep(pl.Callback):
         """Teacher forcing: our weights, BatchNorm buffers, momentum buffers and EMA become the official ones, so
         the next step compares one step of each loop from the same state (training is chaotic: a 1e-7 relative
         perturbation of the official loop's own weights grows to O(1) differences within 5 steps)."""
-        from pgi_detect.models.official import load_official_state_dict, official_key_map
+        from pgi_detect.weights.official import load_official_state_dict, official_key_map
 
         loop = self.official
         load_official_state_dict(pl_module.detector, loop.model.state_dict(), source="official state")
@@ -390,7 +390,7 @@ def run(protocol: Protocol, data: Path, official: dict[str, ModuleType] | None =
         official_root: Path | None = None, init: str = "keyed", sync: bool = False) -> Lockstep:
     """Train `protocol.model` through the CLI (and the official loop beside it); returns one record per step."""
     from pgi_detect.main import build_cli
-    from pgi_detect.models.official import load_official_state_dict
+    from pgi_detect.weights.official import load_official_state_dict
 
     with tempfile.TemporaryDirectory() as output:
         cli = build_cli(cli_arguments(protocol, data, Path(output)), run=False)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, load_script_module, shared_path
-from pgi_detect.models.configs import MODEL_TABLES
+from pgi_detect.models import ZOO_MODELS, DetectorSpec, architecture_of
 
 OFFICIAL_NAME = {"Upsample": "nn.Upsample", "DetectHead": "DDetect", "DualDetectHead": "DualDDetect"}
 
@@ -27,12 +27,12 @@ def bench_module():
         sys.path.remove(str(REPO_ROOT / "scripts"))
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_TABLES))
+@pytest.mark.parametrize("name", sorted(ZOO_MODELS))
 def test_spec_tables_give_the_official_yaml_of_our_tables(bench_module, name):
     spec_text = shared_path("docs", "yolov9-reference.md").read_text()
     model_dict = bench_module.yaml_from_spec(name, spec_text, elan1_takes_c1=True)
     rows = model_dict["backbone"] + model_dict["head"]
-    table = MODEL_TABLES[name]
+    table = architecture_of(DetectorSpec(name)).table
     assert len(rows) == len(table)
     for index, ((source, repeats, module, args), layer) in enumerate(zip(rows, table)):
         block = layer.block.__name__

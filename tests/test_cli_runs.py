@@ -17,7 +17,8 @@ import torch
 
 from helpers.runs import DEMO_CONFIG, demo_overrides, run_cli, tiny_data
 from pgi_detect.main import build_cli, main, run
-from pgi_detect.models import WeightsError, build_model, save_detector
+from pgi_detect.models import build_model
+from pgi_detect.weights import WeightsError, save_detector
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -70,7 +71,8 @@ def test_a_resumed_fit_says_which_hyperparameters_changed(data, trained, caplog)
 
 def test_a_checkpoint_of_another_architecture_is_an_error(data, trained, tmp_path):
     run_dir, _ = trained
-    with pytest.raises(SystemExit, match="holds model.model='gelan-t', but the config/command line asks for 'gelan-s'"):
+    with pytest.raises(SystemExit, match=r"holds another architecture than the config/command line asks for "
+                                         r"\(model 'gelan-t' vs 'gelan-s': checkpoint vs asked\)"):
         main(["validate", *cli_args(data, tmp_path), "--model.model=gelan-s",
               f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
 

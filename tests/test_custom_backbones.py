@@ -10,31 +10,11 @@ from torch import Tensor, nn
 
 from pgi_detect.inference import Predictor
 from pgi_detect.loss import DetectionLoss
-from pgi_detect.models import Backbone, Detector, TimmBackbone
+from helpers.backbones import TinyBackbone
+from pgi_detect.models import Detector, TimmBackbone
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-class TinyBackbone(Backbone):
-    """The docs/inference.md example: three maps at strides 8, 16, 32 with widths `out_channels`."""
-
-    out_channels = (32, 48, 64)
-
-    def __init__(self) -> None:
-        super().__init__()
-
-        def down(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU())
-
-        self.stem = nn.Sequential(down(3, 16), down(16, 24), down(24, 32))  # stride 8
-        self.stage4 = down(32, 48)  # stride 16
-        self.stage5 = down(48, 64)  # stride 32
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        p3 = self.stem(images)
-        p4 = self.stage4(p3)
-        return [p3, p4, self.stage5(p4)]
 
 
 def train_one_step(detector: Detector, size: int = 64) -> tuple[float, dict[str, Tensor]]:
@@ -93,7 +73,7 @@ def test_custom_backbone_trains_one_step_and_predicts(make_backbone, neck: str) 
 def test_checkpoint_with_backbone_spec_rebuilds(tmp_path) -> None:
     """A version-0.1 DetectionTask checkpoint (no spec record) whose hyperparameters hold a LightningCLI backbone
     spec loads for inference."""
-    from pgi_detect.models import read_weights
+    from pgi_detect.weights import read_weights
 
     spec = {"class_path": "pgi_detect.models.TimmBackbone",
             "init_args": {"model_name": "test_efficientnet", "pretrained": True}}  # no download on rebuild

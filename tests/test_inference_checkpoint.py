@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pgi_detect.inference import Predictor
-from pgi_detect.models import read_weights
+from pgi_detect.weights import read_weights
 from pgi_detect.training import DetectionTask
 
 
@@ -92,7 +92,8 @@ def test_write_task_predictions_matches_predict_step_format(tmp_path: Path) -> N
 
 
 def test_converted_official_file_loads(tmp_path: Path) -> None:
-    from pgi_detect.models import build_model, save_detector
+    from pgi_detect.models import build_model
+    from pgi_detect.weights import save_detector
 
     torch.manual_seed(1)
     detector = build_model("gelan-t", num_classes=4).eval()

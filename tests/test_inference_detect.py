@@ -16,7 +16,8 @@ from pgi_detect.inference import Predictor, iter_frames, run_prediction
 from pgi_detect.inference.cli import detect
 from pgi_detect.inference.inputs import UnreadableInput
 from pgi_detect.inference.runner import Progress
-from pgi_detect.models import build_model, save_detector
+from pgi_detect.models import build_model
+from pgi_detect.weights import save_detector
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

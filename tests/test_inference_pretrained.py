@@ -15,8 +15,8 @@ from helpers.official import official_release_file
 from helpers.weights_server import serve_weights
 from pgi_detect.inference import Predictor
 from pgi_detect.main import main
-from pgi_detect.models import WeightsError
-from pgi_detect.models.hub import HOME_ENV, URL_ENV
+from pgi_detect.weights import WeightsError
+from pgi_detect.weights.hub import HOME_ENV, URL_ENV
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 NAME = "yolov9-t-converted"

@@ -9,9 +9,10 @@ import torch
 
 from conftest import load_script_module
 from helpers.official import write_official_checkpoint
-from pgi_detect.models import build_model, load_detector
-from pgi_detect.models import WeightsError
-from pgi_detect.models.official import (
+from pgi_detect.models import build_model
+from pgi_detect.weights import load_detector
+from pgi_detect.weights import WeightsError
+from pgi_detect.weights.official import (
     PickleStub,
     convert_official,
     load_official_state_dict,
@@ -197,7 +198,7 @@ def test_cli_strips_a_pickled_yolov9_checkpoint(tmp_path):
     write_official_checkpoint(weights, to_official_state_dict(source))
     assert run_cli("--weights", str(weights), "--model", "yolov9-t", "--strip", "--output", str(output)) == 0
     model = load_detector(output)
-    assert (model.name, model.source_name, model.stripped, model.num_classes) == ("gelan-t", "yolov9-t", True, 4)
+    assert (model.name, model.num_branches, model.num_classes) == ("gelan-t", 1, 4)
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected = source(images)[-1]
@@ -211,7 +212,7 @@ def test_cli_reads_the_architecture_and_class_names_from_the_file(tmp_path):
     write_official_checkpoint(weights, to_official_state_dict(build_model("yolov9-t", num_classes=2)), ["cat", "dog"])
     assert run_cli("--weights", str(weights), "--strip", "--output", str(output)) == 0
     saved = torch.load(output, weights_only=True)
-    assert (saved["spec"]["model"], saved["source_name"], saved["class_names"]) == ("gelan-t", "yolov9-t", ["cat", "dog"])
+    assert (saved["spec"]["model"], saved["spec"]["auxiliary"], saved["class_names"]) == ("gelan-t", None, ["cat", "dog"])
     assert run_cli("--weights", str(weights), "--num-classes", "3", "--output", str(output)) == 0
     assert torch.load(output, weights_only=True)["class_names"] is None  # 2 names no longer describe 3 classes
 
@@ -225,7 +226,7 @@ def test_cli_reports_a_wrong_architecture(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["gelan-t", "yolov9-t"])
 def test_cls_width_override_survives_save_and_load(tmp_path, name):
-    from pgi_detect.models import save_detector
+    from pgi_detect.weights import save_detector
 
     torch.manual_seed(0)
     source = build_model(name, num_classes=3, cls_width=80).eval()
@@ -234,7 +235,7 @@ def test_cls_width_override_survives_save_and_load(tmp_path, name):
     save_detector(source, tmp_path / "model.pt")
     assert torch.load(tmp_path / "model.pt", weights_only=True)["spec"]["cls_width"] == 80
     model = load_detector(tmp_path / "model.pt")
-    assert (model.name, model.source_name, model.cls_width, model.num_classes) == ("gelan-t", name, 80, 3)
+    assert (model.name, model.cls_width, model.num_classes, model.num_branches) == ("gelan-t", 80, 3, 1)
     assert model.main_head.cls[0][0].conv.out_channels == 80
     assert model.state_dict().keys() == source.state_dict().keys()
     source_state = source.state_dict()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pgi_detect.models import Detector, build_model, freeze_layers
-from pgi_detect.models.configs import MODEL_TABLES
+from pgi_detect.models import ZOO_MODELS
 from pgi_detect.models.freeze import backbone_rows, format_rows, frozen_rows
 from pgi_detect.training.optim import build_optimizer
 
@@ -19,7 +19,7 @@ BACKBONES = {
 }
 
 
-@pytest.mark.parametrize("name", list(MODEL_TABLES))
+@pytest.mark.parametrize("name", list(ZOO_MODELS))
 def test_backbone_rows_of_every_zoo_model(name):
     with torch.device("meta"):
         detector = build_model(name)

@@ -8,7 +8,7 @@ import torch
 
 from pgi_detect.models import Detector, build_model, count_parameters
 from pgi_detect.models.blocks import Silence
-from pgi_detect.models.configs import MODEL_TABLES
+from pgi_detect.models import DetectorSpec, architecture_of
 
 # reference section 1.1: gelan-x training parameter counts (nc = 80)
 GELAN_PARAMS = {"t": 2_442_640, "s": 7_226_208, "m": 20_124_000, "c": 25_498_752, "e": 58_114_432}
@@ -36,10 +36,9 @@ def official_source_row(size: str, index: int, head_row: int) -> int:
 def test_stripped_model_has_the_gelan_table_and_size(size):
     with torch.device("meta"):  # shapes only: no weight init cost
         stripped = build_model(f"yolov9-{size}").strip_auxiliary()
-    assert stripped.table == MODEL_TABLES[f"gelan-{size}"]
+    assert stripped.table == architecture_of(DetectorSpec(f"gelan-{size}")).table
     assert count_parameters(stripped) == GELAN_PARAMS[size]
-    assert stripped.name == f"gelan-{size}" and stripped.source_name == f"yolov9-{size}"
-    assert stripped.stripped and stripped.num_branches == 1
+    assert stripped.spec == DetectorSpec(f"gelan-{size}") and stripped.num_branches == 1
 
 
 @pytest.mark.parametrize("size", ["t", "c"])

@@ -6,13 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pgi_detect.models import (
+from pgi_detect.models import Backbone, DetectorSpec, build_detector, build_model
+from pgi_detect.weights import (
     CHECKPOINT_RECORD,
-    Backbone,
-    DetectorSpec,
     WeightsError,
-    build_detector,
-    build_model,
     checkpoint_record,
     load_weights_into,
     read_weights,

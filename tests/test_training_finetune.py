@@ -13,7 +13,7 @@ import torch
 from helpers.official import official_release_file
 from helpers.weights_server import serve_weights
 from pgi_detect.main import build_cli, run
-from pgi_detect.models.hub import HOME_ENV, URL_ENV
+from pgi_detect.weights.hub import HOME_ENV, URL_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 REPO = Path(__file__).resolve().parents[1]

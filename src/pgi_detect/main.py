@@ -23,8 +23,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from pgi_detect.data import DetectionDataModule
 from pgi_detect.training import DetectionTask
 from pgi_detect.training.preemption import Preempted
+from pgi_detect.models import DetectorSpec
+from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.training.checkpoints import (
-    ARCHITECTURE_KEYS,
     CHECKPOINT_DIR,
     changed_values,
     checkpoint_hyperparameters,
@@ -74,10 +75,9 @@ class DetectionCLI(LightningCLI):
         if subcommand is None or not isinstance(args, (list, tuple)):
             return
         ckpt_path = self._checkpoint_file(self.config[subcommand])
-        saved = checkpoint_hyperparameters(ckpt_path) if ckpt_path else None
+        saved, held = checkpoint_hyperparameters(ckpt_path) if ckpt_path else ({}, None)
         if not saved:
             return
-        given = self.config[subcommand]["model"].clone()
         at = list(args).index(subcommand) + 1
         super().parse_arguments(parser, [*args[:at], "--model", json.dumps(saved), *args[at:]])
         final = self.config[subcommand]["model"]
@@ -86,7 +86,8 @@ class DetectionCLI(LightningCLI):
             rank_zero_info(f"{subcommand}: model.weights={final['weights']!r} not applied; the weights come from "
                            f"{ckpt_path}")
             final["weights"] = None
-        self._check_architecture(ckpt_path, saved, given, subcommand)
+        if held is not None:
+            check_architecture(ckpt_path, DetectorSpec.from_dict(held), final, subcommand)
         changes = changed_values(saved, final.as_dict())
         if changes:
             rank_zero_info(f"{subcommand}: options that differ from {ckpt_path}'s hyperparameters (yours are used): "
@@ -102,16 +103,6 @@ class DetectionCLI(LightningCLI):
         if ckpt_path == "last":
             return newest_last_checkpoint(Path(config["trainer"].get("default_root_dir") or "."))
         return Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
-
-    def _check_architecture(self, ckpt_path: Path, saved: dict, given: Any, subcommand: str) -> None:
-        """A config that asks for another architecture than the checkpoint holds is an error, not a late
-        state-dict mismatch."""
-        defaults = self._parser(subcommand).get_defaults()["model"]
-        for key in ARCHITECTURE_KEYS:
-            asked, held = given.get(key), saved.get(key)
-            if key in saved and asked != defaults.get(key) and asked != held:
-                raise SystemExit(f"pgi-detect {subcommand}: {ckpt_path} holds model.{key}={held!r}, but the "
-                                 f"config/command line asks for {asked!r}; use the checkpoint's architecture")
 
     def before_instantiate_classes(self) -> None:
         trainer = self._get(self.config, "trainer")
@@ -159,6 +150,23 @@ class DetectionCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, CHECKPOINT_DIR)
+
+
+def check_architecture(ckpt_path: Path, held: DetectorSpec, model: Any, subcommand: str) -> None:
+    """A config that asks for another architecture than the checkpoint holds is an error naming both, not a late
+    state-dict mismatch (the class count comes from the data and is checked when the checkpoint is loaded)."""
+    try:
+        wanted = DetectorSpec(model.get("model"), held.num_classes, model.get("cls_width"),
+                              as_plain_dict(model.get("backbone")), as_plain_dict(model.get("neck") or "gelan-s"),
+                              model.get("auxiliary"), aux_widths=model.get("aux_widths"))
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"pgi-detect {subcommand}: {ckpt_path} holds {held.model}, but the config/command line "
+                         f"asks for an invalid model ({error})") from None
+    differences = held.architecture_difference(wanted)
+    if differences:
+        raise SystemExit(f"pgi-detect {subcommand}: {ckpt_path} holds another architecture than the config/command "
+                         f"line asks for ({'; '.join(differences)}: checkpoint vs asked); use the checkpoint's "
+                         "architecture")
 
 
 def _uses_cuda(accelerator: Any) -> bool:

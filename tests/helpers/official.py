@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pgi_detect.models import build_model, to_official_state_dict
+from pgi_detect.models import build_model
+from pgi_detect.weights import to_official_state_dict
 
 
 class OfficialNode(nn.Module):

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, nms
 
 from pgi_detect.geometry import NMS_DETECT
-from pgi_detect.models import WeightsError, build_model, inference_copy, read_weights
+from pgi_detect.models import build_model, inference_copy
+from pgi_detect.weights import WeightsError, read_weights
 
 DEFAULT_OPSET = 17
 

@@ -16,7 +16,8 @@ from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess,
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.inputs import (ErrorHandler, Frame, Source, batched, is_image_file, iter_frames,
                                         to_rgb_array)
-from pgi_detect.models import PRETRAINED, WeightsError, inference_copy, read_weights
+from pgi_detect.models import inference_copy
+from pgi_detect.weights import PRETRAINED, WeightsError, read_weights
 
 
 class Predictor:
@@ -84,7 +85,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, name: str, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
         """A Predictor on official pretrained weights by name (gelan-c, yolov9-c, yolov9-c-converted, ...;
-        `pgi_detect.models.list_pretrained()`), downloaded once into the cache (`pgi_detect.models.hub`)."""
+        `pgi_detect.weights.list_pretrained()`), downloaded once into the cache (`pgi_detect.weights.hub`)."""
         if name not in PRETRAINED:
             raise WeightsError(f"{name!r} is not a pretrained name; available: {', '.join(PRETRAINED)}")
         return cls.from_checkpoint(name, device=device, **kwargs)

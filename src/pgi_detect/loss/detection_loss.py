@@ -1,12 +1,15 @@
 """YOLOv9 / GELAN training loss (box CIoU + DFL + BCE) over one or several head branches.
 
-Numerically equal to the official `loss_tal.ComputeLoss` (one branch) and `loss_tal_dual.ComputeLoss`
-(two branches, [aux, main]); see docs/loss.md for the formulas and the batch-size scaling of the result.
+Numerically equal to the official `loss_tal.ComputeLoss` (one branch), `loss_tal_dual.ComputeLoss` (two branches,
+[aux, main], each assigned on its own predictions: `assignment="independent"`) and `loss_tal_dual.ComputeLossLH`
+(one assignment from the main branch serves both: `assignment="lead"`); see docs/loss.md for the formulas and the
+batch-size scaling of the result.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,7 @@ from torch import Tensor
 from pgi_detect.geometry import anchor_grid, bbox2dist, ciou, dist2bbox, map_shapes
 from pgi_detect.loss.assigner import Assignment, TaskAlignedAssigner
 
+AssignmentMode = Literal["independent", "lead"]
 BOX_GAIN = 7.5
 CLS_GAIN = 0.5
 DFL_GAIN = 1.5
@@ -113,8 +117,11 @@ class DetectionLoss:
     """Task-aligned YOLO loss for `[main]` (GELAN) or `[aux, main]` (YOLOv9 PGI) head outputs.
 
     `__call__` returns `(total * batch_size, items[box, cls, dfl].detach())` with the gains (7.5, 0.5, 1.5)
-    already applied to the items. Each branch is assigned independently with its own predictions and is
-    normalised by its own target-score sum; branches are combined with `branch_weights`.
+    already applied to the items. Branches are combined with `branch_weights` (a detector's own:
+    `Detector.branch_weights`; default (1,) or (0.25, 1) like the official losses). `assignment="independent"`
+    assigns each branch on its own predictions and normalises it by its own target-score sum (clamped to 1);
+    `"lead"` assigns once, on the main (last) branch's predictions, and both branches use that assignment and its
+    score sum, which the official lead-guided loss does not clamp (here an all-empty batch divides by 1 instead of 0).
     """
 
     def __init__(
@@ -123,11 +130,15 @@ class DetectionLoss:
         strides: Sequence[float] = (8, 16, 32),
         reg_max: int = 16,
         branch_weights: Sequence[float] | None = None,
+        assignment: AssignmentMode = "independent",
     ) -> None:
+        if assignment not in ("independent", "lead"):
+            raise ValueError(f"assignment={assignment!r}: use 'independent' or 'lead'")
         self.num_classes = num_classes
         self.strides = tuple(float(s) for s in strides)
         self.reg_max = reg_max
         self.branch_weights = None if branch_weights is None else tuple(float(w) for w in branch_weights)
+        self.assignment = assignment
         self.assigner = TaskAlignedAssigner(topk=10, alpha=0.5, beta=6.0, eps=1e-9)
 
     def weights_for(self, num_branches: int) -> tuple[float, ...]:
@@ -156,8 +167,12 @@ class DetectionLoss:
             gts = pad_targets(targets.to(first_maps[0].device), batch_size, image_size)
 
             items = torch.zeros(3, device=first_maps[0].device)
+            lead = None
+            if self.assignment == "lead":
+                lead = self.assign(branches[-1], anchor_points, stride_tensor, gts, anchor_pixels)
             for weight, maps in zip(weights, branches):
-                items = items + weight * self.branch_items(maps, anchor_points, stride_tensor, anchor_pixels, gts)
+                items = items + weight * self.branch_items(maps, anchor_points, stride_tensor, anchor_pixels, gts,
+                                                           lead)
             items = torch.stack((items[0] * BOX_GAIN, items[1] * CLS_GAIN, items[2] * DFL_GAIN))
         return items.sum() * batch_size, items.detach()
 
@@ -193,10 +208,16 @@ class DetectionLoss:
         stride_tensor: Tensor,
         anchor_pixels: Tensor,
         gts: PaddedTargets,
+        lead: Assignment | None = None,
     ) -> Tensor:
-        """Un-gained (box, cls, dfl) of one branch, as a (3,) tensor carrying gradients."""
-        assignment = self.assign(maps, anchor_points, stride_tensor, gts, anchor_pixels)
-        score_sum = assignment.scores.sum().clamp(min=1)
+        """Un-gained (box, cls, dfl) of one branch, as a (3,) tensor carrying gradients; `lead`: the main branch's
+        assignment, used instead of one on this branch's own predictions."""
+        if lead is None:
+            assignment = self.assign(maps, anchor_points, stride_tensor, gts, anchor_pixels)
+            score_sum = assignment.scores.sum().clamp(min=1)
+        else:
+            assignment, total = lead, lead.scores.sum()
+            score_sum = torch.where(total > 0, total, torch.ones_like(total))
         image, anchor = assignment.fg_mask.nonzero(as_tuple=True)
         weight = assignment.scores[image, anchor]
         box_channels = 4 * self.reg_max

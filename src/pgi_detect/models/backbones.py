@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pgi_detect.models.blocks import AConv, Concat, RepNCSPELAN4, SPPELAN, Upsample
-from pgi_detect.models.graph import Layer
+from pgi_detect.models.graph import Layer, MainTable
 from pgi_detect.models.heads import STRIDES, DetectHead
 
 
@@ -100,8 +100,9 @@ NECKS: dict[str, NeckSpec] = {
 }
 
 
-def gelan_neck_table(backbone: nn.Module, neck: str | NeckSpec = "gelan-s") -> tuple[Layer, ...]:
-    """Layer table: backbone, SPPELAN, top-down and bottom-up RepNCSPELAN4 path (as in gelan-t/s), head."""
+def gelan_neck_table(backbone: nn.Module, neck: str | NeckSpec = "gelan-s") -> MainTable:
+    """Layer table: backbone, SPPELAN, top-down and bottom-up RepNCSPELAN4 path (as in gelan-t/s), head; tagged
+    like the zoo tables, so every auxiliary form attaches to it."""
     out_channels = getattr(backbone, "out_channels", None)
     if out_channels is None or len(tuple(out_channels)) != 3:
         raise ValueError(
@@ -113,23 +114,23 @@ def gelan_neck_table(backbone: nn.Module, neck: str | NeckSpec = "gelan-s") -> t
         neck = NECKS[neck]
     p3, p4, p5 = neck.widths
     depth = neck.depth
-    return (
+    return MainTable((
         Layer(-1, backbone),                                   # 0  (P3, P4, P5)
-        Layer(0, Pick, (0,)),                                  # 1  P3
-        Layer(0, Pick, (1,)),                                  # 2  P4
-        Layer(0, Pick, (2,)),                                  # 3  P5
-        Layer(-1, SPPELAN, (p5, p5 // 2)),                     # 4
+        Layer(0, Pick, (0,), tag="backbone.p3"),               # 1  P3
+        Layer(0, Pick, (1,), tag="backbone.p4"),               # 2  P4
+        Layer(0, Pick, (2,), tag="backbone.p5"),               # 3  P5
+        Layer(-1, SPPELAN, (p5, p5 // 2), tag="neck.sppelan"), # 4
         Layer(-1, Upsample),                                   # 5
         Layer((-1, 2), Concat),                                # 6
-        Layer(-1, RepNCSPELAN4, (p4, p4, p4 // 2, depth)),     # 7
+        Layer(-1, RepNCSPELAN4, (p4, p4, p4 // 2, depth), tag="neck.top_down_p4"),  # 7
         Layer(-1, Upsample),                                   # 8
         Layer((-1, 1), Concat),                                # 9
-        Layer(-1, RepNCSPELAN4, (p3, p3, p3 // 2, depth)),     # 10 P3 out
+        Layer(-1, RepNCSPELAN4, (p3, p3, p3 // 2, depth), tag="neck.p3"),  # 10 P3 out
         Layer(-1, AConv, (p4 // 2,)),                          # 11
         Layer((-1, 7), Concat),                                # 12
-        Layer(-1, RepNCSPELAN4, (p4, p4, p4 // 2, depth)),     # 13 P4 out
+        Layer(-1, RepNCSPELAN4, (p4, p4, p4 // 2, depth), tag="neck.p4"),  # 13 P4 out
         Layer(-1, AConv, (p5 // 2,)),                          # 14
         Layer((-1, 4), Concat),                                # 15
-        Layer(-1, RepNCSPELAN4, (p5, p5, p5 // 2, depth)),     # 16 P5 out
+        Layer(-1, RepNCSPELAN4, (p5, p5, p5 // 2, depth), tag="neck.p5"),  # 16 P5 out
         Layer((10, 13, 16), DetectHead),                       # 17
-    )
+    ))

@@ -1,9 +1,10 @@
-"""The ten model tables (gelan-t/s/m/c/e, yolov9-t/s/m/c/e) in official row order.
+"""The zoo: the five GELAN tables (gelan-t/s/m/c/e) in official row order, and the yolov9 names, each a GELAN table
+with the official auxiliary form of its size (models/auxiliary.py assembles the yolov9 tables from these).
 
 Row i is official `model.i`. Args follow the input channels, as in the yaml: Conv(c_out, kernel, stride),
 RepNCSPELAN4(c_out, c_split, c_stage, depth), ELAN1(c_out, c_split, c_stage), AConv/ADown(c_out),
 SPPELAN(c_out, c_hidden), CBLinear(splits), CBFuse(picks). Heads get their input channels and the class
-count from the builder. `aux(...)` rows are the PGI auxiliary branch that `strip_auxiliary` removes.
+count from the builder. Tags name the rows the auxiliary branch reads (`graph.MainTable`).
 """
 from __future__ import annotations
 
@@ -20,22 +21,28 @@ from pgi_detect.models.blocks import (
     SPPELAN,
     Upsample,
 )
-from pgi_detect.models.graph import Layer
-from pgi_detect.models.heads import DetectHead, DualDetectHead
+from pgi_detect.models.graph import Layer, MainTable
+from pgi_detect.models.heads import DetectHead
 
-Table = tuple[Layer, ...]
+Rows = tuple[Layer, ...]
+# Rows of gelan-t/s/m/c that the auxiliary forms and the neck name.
+GELAN_TAGS = {4: "backbone.p3", 6: "backbone.p4", 8: "backbone.p5", 9: "neck.sppelan", 12: "neck.top_down_p4",
+              15: "neck.p3", 18: "neck.p4", 21: "neck.p5"}
+# gelan-e: backbone 1 (rows 1-9) feeds backbone 2 (15-28), which feeds the neck.
+GELAN_E_TAGS = {5: "first_backbone.p3", 7: "first_backbone.p4", 9: "first_backbone.p5", 22: "backbone.p3",
+                25: "backbone.p4", 28: "backbone.p5", 29: "neck.sppelan", 32: "neck.top_down_p4", 35: "neck.p3",
+                38: "neck.p4", 41: "neck.p5"}
 
 
 def main(source, block, *args) -> Layer:
-    """A main-branch row."""
+    """A row of the main network."""
     return Layer(source, block, tuple(args))
 
 
-def aux(source, block, *args) -> Layer:
-    """An auxiliary-branch row (PGI; removed by `strip_auxiliary`)."""
-    return Layer(source, block, tuple(args), auxiliary=True)
+def tagged(rows: Rows, tags: dict[int, str]) -> Rows:
+    return tuple(Layer(row.source, row.block, row.args, tag=tags.get(index)) for index, row in enumerate(rows))
 
-GELAN_T: Table = (
+GELAN_T = MainTable(tagged((
     main(-1, Conv, 16, 3, 2),                       # 0  P1/2
     main(-1, Conv, 32, 3, 2),                       # 1  P2/4
     main(-1, ELAN1, 32, 32, 16),                    # 2
@@ -59,9 +66,9 @@ GELAN_T: Table = (
     main((-1, 9), Concat),                          # 20
     main(-1, RepNCSPELAN4, 128, 128, 64, 3),        # 21 P5 out
     main((15, 18, 21), DetectHead),                 # 22
-)
+), GELAN_TAGS))
 
-GELAN_S: Table = (
+GELAN_S = MainTable(tagged((
     main(-1, Conv, 32, 3, 2),                       # 0
     main(-1, Conv, 64, 3, 2),                       # 1
     main(-1, ELAN1, 64, 64, 32),                    # 2
@@ -85,9 +92,9 @@ GELAN_S: Table = (
     main((-1, 9), Concat),                          # 20
     main(-1, RepNCSPELAN4, 256, 256, 128, 3),       # 21 P5 out
     main((15, 18, 21), DetectHead),                 # 22
-)
+), GELAN_TAGS))
 
-GELAN_M: Table = (
+GELAN_M = MainTable(tagged((
     main(-1, Conv, 32, 3, 2),                       # 0
     main(-1, Conv, 64, 3, 2),                       # 1
     main(-1, RepNCSPELAN4, 128, 128, 64, 1),        # 2
@@ -111,9 +118,9 @@ GELAN_M: Table = (
     main((-1, 9), Concat),                          # 20
     main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 21 P5 out
     main((15, 18, 21), DetectHead),                 # 22
-)
+), GELAN_TAGS))
 
-GELAN_C: Table = (
+GELAN_C = MainTable(tagged((
     main(-1, Conv, 64, 3, 2),                       # 0
     main(-1, Conv, 128, 3, 2),                      # 1
     main(-1, RepNCSPELAN4, 256, 128, 64, 1),        # 2
@@ -137,10 +144,10 @@ GELAN_C: Table = (
     main((-1, 9), Concat),                          # 20
     main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 21 P5 out
     main((15, 18, 21), DetectHead),                 # 22
-)
+), GELAN_TAGS))
 
 # gelan-e keeps the CBNet dual backbone: backbone 1 (1-9) feeds backbone 2 (15-28) through CBLinear/CBFuse.
-GELAN_E: Table = (
+GELAN_E = MainTable(tagged((
     main(-1, Silence),                              # 0  image router
     main(-1, Conv, 64, 3, 2),                       # 1
     main(-1, Conv, 128, 3, 2),                      # 2
@@ -184,164 +191,37 @@ GELAN_E: Table = (
     main((-1, 29), Concat),                         # 40
     main(-1, RepNCSPELAN4, 512, 1024, 512, 2),      # 41 P5 out
     main((35, 38, 41), DetectHead),                 # 42
-)
+), GELAN_E_TAGS), fpn_taps="first_backbone", fpn_before_neck=True)
 
-# yolov9-t/s: the auxiliary branch is a second top-down FPN on the same backbone (no CBLinear/CBFuse).
-YOLOV9_T: Table = GELAN_T[:22] + (
-    aux(8, SPPELAN, 128, 64),                       # 22
-    aux(-1, Upsample),                              # 23
-    aux((-1, 6), Concat),                           # 24
-    aux(-1, RepNCSPELAN4, 96, 96, 48, 3),           # 25 aux P4
-    aux(-1, Upsample),                              # 26
-    aux((-1, 4), Concat),                           # 27
-    aux(-1, RepNCSPELAN4, 64, 64, 32, 3),           # 28 aux P3
-    main((28, 25, 22, 15, 18, 21), DualDetectHead), # 29
-)
-
-YOLOV9_S: Table = GELAN_S[:22] + (
-    aux(8, SPPELAN, 256, 128),                      # 22
-    aux(-1, Upsample),                              # 23
-    aux((-1, 6), Concat),                           # 24
-    aux(-1, RepNCSPELAN4, 192, 192, 96, 3),         # 25 aux P4
-    aux(-1, Upsample),                              # 26
-    aux((-1, 4), Concat),                           # 27
-    aux(-1, RepNCSPELAN4, 128, 128, 64, 3),         # 28 aux P3
-    main((28, 25, 22, 15, 18, 21), DualDetectHead), # 29
-)
-
-# yolov9-m/c: main network at rows 1-22 (gelan row i = row i+1 here); an auxiliary reversible backbone
-# (26-37) reads the image and the main backbone's P3-P5 through CBLinear 23-25.
-YOLOV9_M: Table = (
-    main(-1, Silence),                              # 0
-    main(-1, Conv, 32, 3, 2),                       # 1
-    main(-1, Conv, 64, 3, 2),                       # 2
-    main(-1, RepNCSPELAN4, 128, 128, 64, 1),        # 3
-    main(-1, AConv, 240),                           # 4
-    main(-1, RepNCSPELAN4, 240, 240, 120, 1),       # 5  B3
-    main(-1, AConv, 360),                           # 6
-    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 7  B4
-    main(-1, AConv, 480),                           # 8
-    main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 9  B5
-    main(-1, SPPELAN, 480, 240),                    # 10
-    main(-1, Upsample),                             # 11
-    main((-1, 7), Concat),                          # 12
-    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 13
-    main(-1, Upsample),                             # 14
-    main((-1, 5), Concat),                          # 15
-    main(-1, RepNCSPELAN4, 240, 240, 120, 1),       # 16 P3 out
-    main(-1, AConv, 184),                           # 17
-    main((-1, 13), Concat),                         # 18
-    main(-1, RepNCSPELAN4, 360, 360, 180, 1),       # 19 P4 out
-    main(-1, AConv, 240),                           # 20
-    main((-1, 10), Concat),                         # 21
-    main(-1, RepNCSPELAN4, 480, 480, 240, 1),       # 22 P5 out
-    aux(5, CBLinear, (240,)),                       # 23
-    aux(7, CBLinear, (240, 360)),                   # 24
-    aux(9, CBLinear, (240, 360, 480)),              # 25
-    aux(0, Conv, 32, 3, 2),                         # 26
-    aux(-1, Conv, 64, 3, 2),                        # 27
-    aux(-1, RepNCSPELAN4, 128, 128, 64, 1),         # 28
-    aux(-1, AConv, 240),                            # 29
-    aux((23, 24, 25, -1), CBFuse, (0, 0, 0)),       # 30
-    aux(-1, RepNCSPELAN4, 240, 240, 120, 1),        # 31 aux P3
-    aux(-1, AConv, 360),                            # 32
-    aux((24, 25, -1), CBFuse, (1, 1)),              # 33
-    aux(-1, RepNCSPELAN4, 360, 360, 180, 1),        # 34 aux P4
-    aux(-1, AConv, 480),                            # 35
-    aux((25, -1), CBFuse, (2,)),                    # 36
-    aux(-1, RepNCSPELAN4, 480, 480, 240, 1),        # 37 aux P5
-    main((31, 34, 37, 16, 19, 22), DualDetectHead), # 38
-)
-
-YOLOV9_C: Table = (
-    main(-1, Silence),                              # 0
-    main(-1, Conv, 64, 3, 2),                       # 1
-    main(-1, Conv, 128, 3, 2),                      # 2
-    main(-1, RepNCSPELAN4, 256, 128, 64, 1),        # 3
-    main(-1, ADown, 256),                           # 4
-    main(-1, RepNCSPELAN4, 512, 256, 128, 1),       # 5  B3
-    main(-1, ADown, 512),                           # 6
-    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 7  B4
-    main(-1, ADown, 512),                           # 8
-    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 9  B5
-    main(-1, SPPELAN, 512, 256),                    # 10
-    main(-1, Upsample),                             # 11
-    main((-1, 7), Concat),                          # 12
-    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 13
-    main(-1, Upsample),                             # 14
-    main((-1, 5), Concat),                          # 15
-    main(-1, RepNCSPELAN4, 256, 256, 128, 1),       # 16 P3 out
-    main(-1, ADown, 256),                           # 17
-    main((-1, 13), Concat),                         # 18
-    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 19 P4 out
-    main(-1, ADown, 512),                           # 20
-    main((-1, 10), Concat),                         # 21
-    main(-1, RepNCSPELAN4, 512, 512, 256, 1),       # 22 P5 out
-    aux(5, CBLinear, (256,)),                       # 23
-    aux(7, CBLinear, (256, 512)),                   # 24
-    aux(9, CBLinear, (256, 512, 512)),              # 25
-    aux(0, Conv, 64, 3, 2),                         # 26
-    aux(-1, Conv, 128, 3, 2),                       # 27
-    aux(-1, RepNCSPELAN4, 256, 128, 64, 1),         # 28
-    aux(-1, ADown, 256),                            # 29
-    aux((23, 24, 25, -1), CBFuse, (0, 0, 0)),       # 30
-    aux(-1, RepNCSPELAN4, 512, 256, 128, 1),        # 31 aux P3
-    aux(-1, ADown, 512),                            # 32
-    aux((24, 25, -1), CBFuse, (1, 1)),              # 33
-    aux(-1, RepNCSPELAN4, 512, 512, 256, 1),        # 34 aux P4
-    aux(-1, ADown, 512),                            # 35
-    aux((25, -1), CBFuse, (2,)),                    # 36
-    aux(-1, RepNCSPELAN4, 512, 512, 256, 1),        # 37 aux P5
-    main((31, 34, 37, 16, 19, 22), DualDetectHead), # 38
-)
-
-# yolov9-e: rows 0-28 are gelan-e's dual backbone; the auxiliary branch is an FPN on backbone 1 (29-35),
-# the main neck sits on backbone 2 (36-48).
-YOLOV9_E: Table = GELAN_E[:29] + (
-    aux(9, SPPELAN, 512, 256),                      # 29 aux P5
-    aux(-1, Upsample),                              # 30
-    aux((-1, 7), Concat),                           # 31
-    aux(-1, RepNCSPELAN4, 512, 512, 256, 2),        # 32 aux P4
-    aux(-1, Upsample),                              # 33
-    aux((-1, 5), Concat),                           # 34
-    aux(-1, RepNCSPELAN4, 256, 256, 128, 2),        # 35 aux P3
-    main(28, SPPELAN, 512, 256),                    # 36
-    main(-1, Upsample),                             # 37
-    main((-1, 25), Concat),                         # 38
-    main(-1, RepNCSPELAN4, 512, 512, 256, 2),       # 39
-    main(-1, Upsample),                             # 40
-    main((-1, 22), Concat),                         # 41
-    main(-1, RepNCSPELAN4, 256, 256, 128, 2),       # 42 P3 out
-    main(-1, ADown, 256),                           # 43
-    main((-1, 39), Concat),                         # 44
-    main(-1, RepNCSPELAN4, 512, 512, 256, 2),       # 45 P4 out
-    main(-1, ADown, 512),                           # 46
-    main((-1, 36), Concat),                         # 47
-    main(-1, RepNCSPELAN4, 512, 1024, 512, 2),      # 48 P5 out
-    main((35, 32, 29, 42, 45, 48), DualDetectHead), # 49
-)
-
-MODEL_TABLES: dict[str, Table] = {
+MAIN_TABLES: dict[str, MainTable] = {
     "gelan-t": GELAN_T,
     "gelan-s": GELAN_S,
     "gelan-m": GELAN_M,
     "gelan-c": GELAN_C,
     "gelan-e": GELAN_E,
-    "yolov9-t": YOLOV9_T,
-    "yolov9-s": YOLOV9_S,
-    "yolov9-m": YOLOV9_M,
-    "yolov9-c": YOLOV9_C,
-    "yolov9-e": YOLOV9_E,
 }
+# The yolov9 models: a GELAN table and its official auxiliary form (paper: "multi-level auxiliary information" for
+# t/s, the "auxiliary reversible branch" for m/c, an auxiliary FPN on the first CBNet backbone for e).
+YOLOV9_MODELS: dict[str, tuple[str, str]] = {
+    "yolov9-t": ("gelan-t", "fpn"),
+    "yolov9-s": ("gelan-s", "fpn"),
+    "yolov9-m": ("gelan-m", "reversible"),
+    "yolov9-c": ("gelan-c", "reversible"),
+    "yolov9-e": ("gelan-e", "fpn"),
+}
+ZOO_MODELS: tuple[str, ...] = (*MAIN_TABLES, *YOLOV9_MODELS)
 
 
 def inference_name(name: str) -> str:
     """Zoo name of the architecture left after `strip_auxiliary` (yolov9-x -> gelan-x)."""
-    return name.replace("yolov9-", "gelan-", 1) if name.startswith("yolov9-") else name
+    return YOLOV9_MODELS[name][0] if name in YOLOV9_MODELS else name
 
 
-def get_table(name: str) -> Table:
-    try:
-        return MODEL_TABLES[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODEL_TABLES)}") from None
+def zoo_parts(name: str) -> tuple[MainTable, str | None]:
+    """The GELAN table of a zoo name and its official auxiliary form (None for gelan models)."""
+    if name in MAIN_TABLES:
+        return MAIN_TABLES[name], None
+    if name in YOLOV9_MODELS:
+        table, form = YOLOV9_MODELS[name]
+        return MAIN_TABLES[table], form
+    raise KeyError(f"unknown model {name!r}; available: {', '.join(ZOO_MODELS)}")

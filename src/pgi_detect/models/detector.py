@@ -1,72 +1,72 @@
-"""The Detector: a layer table executed in order, plus decoding, auxiliary-branch removal and fusion."""
+"""The Detector: an assembled layer table executed in order, plus decoding, auxiliary-branch removal and fusion."""
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from pgi_detect.geometry import anchor_grid
-from pgi_detect.models.backbones import gelan_neck_table
-from pgi_detect.models.blocks import Conv, RepConvN, Silence
-from pgi_detect.models.configs import MODEL_TABLES, inference_name
-from pgi_detect.models.graph import IMAGE, Layer, Routing, build_layers, resolve, run_layers
+from pgi_detect.models.auxiliary import AUX_WEIGHT, Architecture
+from pgi_detect.models.backbones import NeckSpec
+from pgi_detect.models.blocks import Conv, RepConvN
+from pgi_detect.models.graph import MainTable, Routing, build_layers, run_layers
 from pgi_detect.models.heads import REG_MAX, STRIDES, DetectHead, DualDetectHead, decode_maps
+from pgi_detect.models.spec import DetectorSpec, architecture_of
 
 
 class Detector(nn.Module):
-    """A GELAN / YOLOv9 detector (pure PyTorch).
+    """A GELAN / YOLOv9 detector (pure PyTorch), with or without the PGI auxiliary branch.
 
     `forward(images)` returns the raw per-level maps of every branch, main branch last (`[main]` or
     `[aux, main]`), in train and eval mode alike; `decode` turns one branch into `(B, 4 + nc, N)`.
-    State-dict keys are `layers.<official idx>.<our submodule names>` (see `convert.py`).
+    State-dict keys are `layers.<official idx>.<our submodule names>` (see models/official.py).
 
-    `cls_width` overrides the class-branch width of every detect head (None: the official
-    `max(ch0, min(2 nc, 128))`); 80 on gelan-t / yolov9-t gives the official README's 2.0M / 7.7G
-    (reference section 1.3). When `layers` is given it must already have been built with that width.
+    `spec` is the detector's one record (what files store and loaders rebuild); `architecture` the assembled rows
+    and where its main network sits in them; `branch_weights` the loss weight of each branch the head returns.
+    When `layers` is given they must have been built from `architecture` and `spec` (`strip_auxiliary` does).
     """
 
     reg_max: int = REG_MAX
     strides: tuple[int, int, int] = STRIDES
 
-    def __init__(
-        self,
-        table: Sequence[Layer],
-        num_classes: int = 80,
-        name: str = "custom",
-        layers: nn.ModuleList | None = None,
-        stripped: bool = False,
-        source_name: str | None = None,
-        cls_width: int | None = None,
-    ) -> None:
+    def __init__(self, architecture: Architecture, spec: DetectorSpec, layers: nn.ModuleList | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.table: tuple[Layer, ...] = tuple(table)
-        if layers is None:
-            layers = build_layers(self.table, num_classes, cls_width=cls_width)
-        self.layers = layers
+        if spec.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {spec.num_classes}")
+        self.architecture = architecture
+        self.spec = spec
+        self.table = architecture.table
+        self.layers = layers if layers is not None else build_layers(self.table, spec.num_classes,
+                                                                     cls_width=spec.cls_width)
         if not isinstance(self.layers[-1], (DetectHead, DualDetectHead)):
             raise ValueError("the last layer of a detector table must be a DetectHead or DualDetectHead")
         self.routing = Routing(self.table)
-        self.num_classes = num_classes
-        self.cls_width = cls_width  # class-branch width override (None: official formula)
-        self.name = name
-        self.source_name = source_name or name  # zoo name this model was built or stripped from
-        self.stripped = stripped  # True when made by strip_auxiliary from a model that had an aux branch
         self.fused = False
-        self.describe_backbone(None, "gelan-s")
-        self.num_branches = 2 if isinstance(self.layers[-1], DualDetectHead) else 1
         self._anchor_cache: dict = {}
 
-    def describe_backbone(self, backbone_spec: Any, neck: str) -> None:
-        """Record how a custom backbone is specified (`{class_path, init_args}` dict, or the module itself) and its
-        neck, for `spec_of`. Written into `__dict__`: a module here is `layers[0]` itself and must not be
-        registered a second time."""
-        self.__dict__["backbone_spec"] = backbone_spec
-        self.__dict__["neck"] = neck
+    @property
+    def name(self) -> str:
+        return self.spec.model
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def cls_width(self) -> int | None:
+        return self.spec.cls_width
+
+    @property
+    def num_branches(self) -> int:
+        return 2 if isinstance(self.layers[-1], DualDetectHead) else 1
+
+    @property
+    def branch_weights(self) -> tuple[float, ...]:
+        """Loss weight per branch, in the order `forward` returns them: `(aux, main)` or `(main,)`."""
+        return self.architecture.branch_weights
 
     # ------------------------------------------------------------------ forward / decode
     def forward(self, images: Tensor) -> list[list[Tensor]]:
@@ -104,77 +104,21 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------ conversion to inference form
     def strip_auxiliary(self) -> Detector:
-        """A new Detector with only the main branch (yolov9-x -> gelan-x), sharing no tensors with this one.
+        """A new Detector with only the main network (yolov9-x -> gelan-x), sharing no tensors with this one.
 
-        Drops auxiliary rows, an unreferenced Silence and the aux head, and renumbers sources; the kept
-        modules are copied unchanged, so main-branch outputs are bit-identical.
-        """
-        new_index = self._kept_rows()
-        rows: list[Layer] = []
+        The kept rows are the main table's, wherever the assembly put them (`architecture.main_rows`); their modules
+        are copied unchanged, the dual head's main half becomes the head, so main-branch outputs are bit-identical."""
         modules = nn.ModuleList()
-        for index, row in enumerate(self.table):
-            if index not in new_index:
-                continue
-            sources, module, block = row.sources, self.layers[index], row.block
-            if isinstance(module, DualDetectHead):
-                sources, module, block = sources[module.num_levels :], module.main, DetectHead
-            new_sources = [self._renumbered(source, index, new_index) for source in sources]
-            source = new_sources[0] if isinstance(row.source, int) else tuple(new_sources)
-            module = copy.deepcopy(module)
-            if isinstance(block, nn.Module):  # a prebuilt row (custom backbone): the row names the copy
-                block = module
-            rows.append(Layer(source, block, row.args))
-            modules.append(module)
-
-        stripped = Detector(
-            rows,
-            self.num_classes,
-            name=inference_name(self.name),
-            layers=modules,
-            stripped=self.stripped or self.num_branches == 2,
-            source_name=self.source_name,
-            cls_width=self.cls_width,
-        )
+        for position in self.architecture.main_rows:
+            module = self.layers[position]
+            modules.append(copy.deepcopy(module.main if isinstance(module, DualDetectHead) else module))
+        main = _with_prebuilt(self.architecture.main, modules)
+        spec = self.spec.main_spec()
+        if isinstance(spec.backbone, nn.Module):  # the spec names the module this model holds
+            spec = replace(spec, backbone=modules[0])
+        stripped = Detector(Architecture.assemble(main), spec, layers=modules)
         stripped.fused = self.fused
-        stripped.describe_backbone(self.backbone_spec, self.neck)
         return stripped.train(self.training)
-
-    def _kept_rows(self) -> dict[int, int]:
-        """Old row index -> new row index of the rows `strip_auxiliary` keeps: main-branch rows, without a Silence
-        that no kept row names explicitly."""
-        dropped = [row.auxiliary for row in self.table]
-        for index, row in enumerate(self.table):
-            if row.block is Silence and not self._explicitly_referenced(index, dropped):
-                dropped[index] = True
-        kept = [index for index, gone in enumerate(dropped) if not gone]
-        return {old: new for new, old in enumerate(kept)}
-
-    def _renumbered(self, source: int, consumer: int, new_index: dict[int, int]) -> int:
-        """A row's source after stripping: relative sources that still point at the same row stay relative."""
-        absolute = self._kept_source(resolve(source, consumer), consumer, new_index)
-        at = new_index[consumer]
-        return source if source < 0 and absolute == at + source else absolute
-
-    def _kept_source(self, absolute: int, consumer: int, new_index: dict[int, int]) -> int:
-        """New index of the row that `absolute` resolves to once dropped rows are gone (a dropped Silence is an
-        identity: it stands for what it read)."""
-        if absolute == IMAGE:
-            return IMAGE
-        if absolute in new_index:
-            return new_index[absolute]
-        if self.table[absolute].block is Silence:
-            return self._kept_source(resolve(self.table[absolute].sources[0], absolute), consumer, new_index)
-        raise ValueError(f"cannot strip {self.name}: main layer {consumer} reads auxiliary layer {absolute}")
-
-    def _explicitly_referenced(self, index: int, dropped: list[bool]) -> bool:
-        """Whether a kept row names row `index` other than as its implicit previous layer (-1)."""
-        for consumer, row in enumerate(self.table):
-            if dropped[consumer]:
-                continue
-            for source in row.sources:
-                if source != -1 and resolve(source, consumer) == index:
-                    return True
-        return False
 
     def inference_copy(self) -> Detector:
         """The deployable form, leaving this model untouched: main branch only, BN folded, RepConvN merged,
@@ -197,16 +141,28 @@ class Detector(nn.Module):
         cls,
         backbone: nn.Module,
         num_classes: int = 80,
-        neck="gelan-s",
+        neck: str | NeckSpec = "gelan-s",
         name: str = "custom",
         cls_width: int | None = None,
+        auxiliary: str | None = None,
+        aux_weight: float = AUX_WEIGHT,
+        aux_widths: tuple[int, int, int] | None = None,
     ) -> Detector:
         """A detector on any backbone returning (P3, P4, P5) maps at strides 8/16/32 and exposing
-        `out_channels`, with a GELAN neck (`neck`: "gelan-t", "gelan-s" or a `NeckSpec`) and a DetectHead
-        (`cls_width`: optional class-branch width override)."""
-        detector = cls(gelan_neck_table(backbone, neck), num_classes, name=name, cls_width=cls_width)
-        detector.describe_backbone(backbone, neck)
-        return detector
+        `out_channels`, with a GELAN neck (`neck`: "gelan-t", "gelan-s" or a `NeckSpec`), a DetectHead
+        (`cls_width`: optional class-branch width override) and, with `auxiliary`, a PGI auxiliary branch ("fpn",
+        "reversible" or "deep_supervision", models/auxiliary.py) that `strip_auxiliary` removes. The module is
+        used as is (not copied); a spec with a `{class_path, init_args}` backbone (`build_detector`) gives files
+        that rebuild without it."""
+        spec = DetectorSpec(name, num_classes, cls_width, backbone, neck, auxiliary, aux_weight, aux_widths)
+        return cls(architecture_of(spec, backbone), spec)
+
+
+def _with_prebuilt(main: MainTable, modules: nn.ModuleList) -> MainTable:
+    """`main` whose prebuilt rows (a custom backbone module) name the given copies."""
+    rows = tuple(replace(row, block=modules[index]) if isinstance(row.block, nn.Module) else row
+                 for index, row in enumerate(main.rows))
+    return replace(main, rows=rows)
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
@@ -215,8 +171,3 @@ def inference_copy(model: nn.Module) -> nn.Module:
     if isinstance(model, Detector):
         return model.inference_copy()
     return copy.deepcopy(model).eval()
-
-
-def list_models() -> list[str]:
-    """Names of the zoo models."""
-    return list(MODEL_TABLES)

@@ -1,8 +1,10 @@
 """Layer tables and their execution.
 
-A table is a tuple of `Layer(source, block, args, auxiliary)` rows in the official parse order, so the row
+A table is a tuple of `Layer(source, block, args, auxiliary, tag)` rows in the official parse order, so the row
 index is the official `model.<idx>` index. `source` uses the yaml convention: -1 is the previous layer (the
-image for row 0), other values are absolute row indices; a tuple gathers several outputs into a list.
+image for row 0), other values are absolute row indices; a tuple gathers several outputs into a list. A `tag` says
+what a row is ("backbone.p3", "neck.p5", ...): the auxiliary branch (models/auxiliary.py) names the rows it reads by
+tag, and its own rows may be named by tags in their sources until the tables are assembled.
 """
 from __future__ import annotations
 
@@ -16,19 +18,55 @@ from pgi_detect.models.heads import DetectHead, DualDetectHead
 IMAGE = -1  # resolved index of the network input
 
 
+Source = int | str  # a row index (yaml convention), or a tag before assembly
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One row: where its input comes from, which block, the block's args after the input channels, and
-    whether it belongs to the PGI auxiliary branch (dropped by `strip_auxiliary`)."""
+    """One row: where its input comes from, which block, the block's args after the input channels, whether it
+    belongs to the PGI auxiliary branch (dropped by `strip_auxiliary`), and what it is (`tag`)."""
 
-    source: int | tuple[int, ...]
+    source: Source | tuple[Source, ...]
     block: type[nn.Module] | nn.Module
     args: tuple = ()
     auxiliary: bool = False
+    tag: str | None = None
 
     @property
-    def sources(self) -> tuple[int, ...]:
+    def sources(self) -> tuple[Source, ...]:
         return self.source if isinstance(self.source, tuple) else (self.source,)
+
+
+@dataclass(frozen=True)
+class MainTable:
+    """A single-branch detector table (head last) and where the auxiliary forms attach to it.
+
+    Tags every main table carries: `backbone.p3/p4/p5` (the maps the neck reads at strides 8/16/32),
+    `neck.sppelan`, `neck.top_down_p4` and `neck.p3/p4/p5` (the neck's outputs). `fpn_taps` is the backbone the
+    auxiliary FPN reads ("backbone", or "first_backbone" for gelan-e's CBNet), `fpn_before_neck` whether its rows go
+    right after the backbone (the official yolov9-e order) instead of after the neck (yolov9-t/s).
+    """
+
+    rows: tuple[Layer, ...]
+    fpn_taps: str = "backbone"
+    fpn_before_neck: bool = False
+
+    def index(self, tag: str) -> int:
+        for index, row in enumerate(self.rows):
+            if row.tag == tag:
+                return index
+        raise KeyError(f"no row tagged {tag!r} in this table (tags: {', '.join(self.tags)})")
+
+    def row(self, tag: str) -> Layer:
+        return self.rows[self.index(tag)]
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.rows if row.tag]
+
+    @property
+    def head(self) -> Layer:
+        return self.rows[-1]
 
 
 def resolve(source: int, index: int) -> int:

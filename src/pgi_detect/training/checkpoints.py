@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from pgi_detect.weights.checkpoint import read_checkpoint_record
+
 CHECKPOINT_DIR = "checkpoints"  # under trainer.default_root_dir, unless a ModelCheckpoint names its own dirpath
-# DetectionTask arguments that define the architecture: a checkpoint's values cannot be changed by a config.
-ARCHITECTURE_KEYS = ("model", "backbone", "neck", "cls_width")
 # DetectionTask arguments the CLI links from the datamodule; never taken from a checkpoint's hyperparameters.
 LINKED_KEYS = ("num_classes", "class_names", "category_ids", "batch_size", "img_size")
 # How the run's weights were initialised: the checkpoint's own weights replace them, so they are not re-applied
@@ -25,16 +25,19 @@ def newest_last_checkpoint(default_root_dir: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
-def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
+def checkpoint_hyperparameters(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The DetectionTask hyperparameters a checkpoint was trained with, as the CLI can parse them (without the
-    values the CLI links from the datamodule and without Lightning's private keys)."""
+    values the CLI links from the datamodule and without Lightning's private keys), and the detector spec its
+    record holds (None for checkpoints without one)."""
     try:  # memory-mapped: only the small hyperparameter dict is read, not the weights and optimizer state
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         raise SystemExit(f"{path}: cannot read its hyperparameters without running code from the file (it pickles "
                          f"Python objects, e.g. a custom backbone built in Python): {error}") from None
     saved = dict(payload.get("hyper_parameters") or {})
-    return {k: v for k, v in saved.items() if not k.startswith("_") and k not in LINKED_KEYS + INITIAL_KEYS}
+    record = read_checkpoint_record(payload)
+    hparams = {k: v for k, v in saved.items() if not k.startswith("_") and k not in LINKED_KEYS + INITIAL_KEYS}
+    return hparams, None if record is None else dict(record["spec"])
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

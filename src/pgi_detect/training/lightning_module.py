@@ -24,17 +24,10 @@ from pgi_detect.data import Batch
 from pgi_detect.evaluation import CocoDetectionMetric, fitness, write_detections_json
 from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, NMSSettings, postprocess
 from pgi_detect.inference import Detections
-from pgi_detect.loss import DetectionLoss
-from pgi_detect.models import (
-    CHECKPOINT_RECORD,
-    Backbone,
-    DetectorSpec,
-    build_detector,
-    checkpoint_record,
-    freeze_layers,
-    load_weights_into,
-    spec_of,
-)
+from pgi_detect.loss import AssignmentMode, DetectionLoss
+from pgi_detect.models import AUX_WEIGHT, Backbone, DetectorSpec, build_detector, freeze_layers
+from pgi_detect.models.spec import as_plain_dict
+from pgi_detect.weights import CHECKPOINT_RECORD, checkpoint_record, load_weights_into
 from pgi_detect.training.contracts import DetectionDataSource, EvalStage
 from pgi_detect.training.derived import DerivedModels
 from pgi_detect.training.optim import (
@@ -73,13 +66,20 @@ class DetectionTask(pl.LightningModule):
         model: zoo name (`gelan-{t,s,m,c,e}`, `yolov9-{t,s,m,c,e}`), or a free label when `backbone` is given.
         backbone: optional custom backbone (any `pgi_detect.models.Backbone`, e.g. `TimmBackbone`), joined to a GELAN
             `neck` ("gelan-t" or "gelan-s") and a detect head instead of a zoo model.
+        auxiliary: the PGI auxiliary branch, trained beside the main one and removed for evaluation and export:
+            null, "fpn", "reversible" or "deep_supervision" (docs/pgi.md); the yolov9 zoo names carry their own.
+        aux_weight: loss weight of the auxiliary branch (official 0.25; the main branch weighs 1).
+        aux_widths: P3/P4/P5 widths of the reversible form's auxiliary backbone on a custom backbone (default: the
+            neck's).
+        assignment: "independent" (each branch assigned on its own predictions: the official ComputeLoss) or "lead"
+            (one assignment from the main branch's predictions serves both: the official ComputeLossLH).
         num_classes, class_names, category_ids: linked from the datamodule by the CLI; `category_ids` maps a
             contiguous class index to the dataset category id written into COCO results.
         cls_width: optional width of the detect heads' class branches (None: the official formula; 80 on gelan-t /
             yolov9-t gives the official README's 2.0M params / 7.7 GFLOPs inference model, docs/models.md).
         weights: a file to initialise the detector from (training checkpoint, detector file, official weights or a
             state dict), or a pretrained name (gelan-c, yolov9-c, yolov9-c-converted, ...: downloaded once and
-            cached, `pgi_detect.models.hub`). Every tensor must fit except the class branch, which is re-initialised
+            cached, `pgi_detect.weights.hub`). Every tensor must fit except the class branch, which is re-initialised
             for another class count (reported); `partial_weights` loads only what fits and reports the rest.
         freeze: layers to keep fixed while fine-tuning (official `--freeze`): N freezes the first N rows of the layer
             table, a list the rows it names, "backbone" the rows ahead of the neck (`pgi_detect.models.freeze`).
@@ -105,6 +105,10 @@ class DetectionTask(pl.LightningModule):
         model: str = "gelan-c",
         backbone: Backbone | None = None,
         neck: str = "gelan-s",
+        auxiliary: Literal["fpn", "reversible", "deep_supervision"] | None = None,
+        aux_weight: float = AUX_WEIGHT,
+        aux_widths: list[int] | None = None,
+        assignment: AssignmentMode = "independent",
         num_classes: int = 80,
         cls_width: int | None = None,
         class_names: list[str] | None = None,
@@ -134,14 +138,15 @@ class DetectionTask(pl.LightningModule):
         self.eval_nms = as_settings(eval_nms, NMSSettings)
         self.predict_nms = as_settings(predict_nms, NMSSettings)
         self.guard = as_settings(guard, GuardSettings)
-        # Built from the backbone as given (a module the CLI instantiated keeps, e.g., its pretrained weights). The
-        # spec records it as the hyperparameters hold it: {class_path, init_args} under the LightningCLI (portable),
-        # the module itself from Python.
-        self.detector = build_detector(DetectorSpec(model, num_classes, cls_width, backbone, neck))
-        self.detector.describe_backbone(self.hparams.get("backbone"), neck)
-        self.spec = spec_of(self.detector)
-        self.criterion = DetectionLoss(num_classes, strides=tuple(self.detector.strides),
-                                       reg_max=self.detector.reg_max)
+        # The spec records the backbone as the hyperparameters hold it: {class_path, init_args} under the LightningCLI
+        # (portable), the module itself from Python; the detector is built on the module as given (one the CLI
+        # instantiated keeps, e.g., its pretrained weights).
+        recorded = self.hparams.get("backbone")
+        self.spec = DetectorSpec(model, num_classes, cls_width, as_plain_dict(recorded), neck, auxiliary, aux_weight,
+                                 None if aux_widths is None else tuple(aux_widths))
+        self.detector = build_detector(self.spec, backbone=backbone)
+        self.criterion = DetectionLoss(num_classes, strides=tuple(self.detector.strides), reg_max=self.detector.reg_max,
+                                       branch_weights=self.detector.branch_weights, assignment=assignment)
         if weights:
             rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights, partial=partial_weights)}")
         if freeze is not None:
@@ -421,12 +426,11 @@ class DetectionTask(pl.LightningModule):
         if record is None:
             return
         saved = DetectorSpec.from_dict(record["spec"])
-        if (saved.model, saved.num_classes, saved.cls_width) != (self.spec.model, self.spec.num_classes,
-                                                                  self.spec.cls_width):
+        differences = saved.architecture_difference(self.spec)
+        if differences:
             raise ValueError(
-                f"the checkpoint holds {saved.model} with {saved.num_classes} classes (cls_width {saved.cls_width}), "
-                f"but this run builds {self.spec.model} with {self.spec.num_classes} classes (cls_width "
-                f"{self.spec.cls_width}); the data's class list or the model options differ from the checkpoint's"
+                f"the checkpoint holds another detector than this run builds ({'; '.join(differences)}, checkpoint "
+                "vs run); the data's class list or the model options differ from the checkpoint's"
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -22,10 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pgi_detect.models.configs import get_table
-from pgi_detect.models.detector import Detector
-from pgi_detect.models.errors import StateFit, WeightsError, branch_hint, shapes
-from pgi_detect.models.spec import build_model
+from pgi_detect.models import Detector, DetectorSpec, build_model
+from pgi_detect.weights.errors import StateFit, WeightsError, branch_hint, shapes
 
 
 # ---------------------------------------------------------------------- key translation
@@ -113,7 +111,7 @@ def convert_official(
     the rest of a class branch where its width depends on nc (t/s); everything else is loaded.
     `strip=True` returns the inference form (yolov9-x -> gelan-x).
     """
-    get_table(model)  # early, clear error for unknown names
+    DetectorSpec(model)  # early, clear error for unknown names
     checkpoint_classes = official_num_classes(official, source)
     num_classes = num_classes or checkpoint_classes
     detector = build_model(model, num_classes)

@@ -32,10 +32,10 @@ import torch
 from filelock import FileLock
 from tqdm import tqdm
 
-from pgi_detect.models.detector_file import save_detector
-from pgi_detect.models.errors import WeightsError
-from pgi_detect.models.identify import identify_zoo_model
-from pgi_detect.models.official import convert_official, read_official_file
+from pgi_detect.weights.detector_file import save_detector
+from pgi_detect.weights.errors import WeightsError
+from pgi_detect.weights.identify import identify_zoo_model
+from pgi_detect.weights.official import convert_official, read_official_file
 
 RELEASE_URL = "https://github.com/WongKinYiu/yolov9/releases/download/v0.1/{name}.pt"
 URL_ENV = "PGI_DETECT_WEIGHTS_URL"
@@ -46,7 +46,8 @@ CHUNK_BYTES = 1 << 20
 @dataclass(frozen=True)
 class PretrainedWeights:
     """A named release asset: the zoo model its tensors must be (`architecture`), the model it was trained as
-    (`source_name`, e.g. yolov9-c for the stripped gelan-c of yolov9-c-converted) and, where known, its SHA-256
+    (`source_name`, e.g. yolov9-c for the gelan-c of yolov9-c-converted: what `list_pretrained` tells users) and,
+    where known, its SHA-256
     (the official release publishes none, so the official entries rely on the size check and the model check)."""
 
     architecture: str
@@ -249,8 +250,6 @@ def _convert_release_asset(name: str, official: Path, converted: Path) -> None:
         official.unlink()
         raise WeightsError(f"{error}\nThe file was deleted from the cache; {weights_url(name)} is fetched again on "
                            f"the next use.") from None
-    detector.source_name = entry.source_name
-    detector.stripped = entry.source_name != entry.architecture
     scratch = converted.with_name(converted.name + ".tmp")
     save_detector(detector, scratch, class_names=weights.class_names)
     os.replace(scratch, converted)

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgi_detect.models.detector import Detector
-from pgi_detect.models.detector_file import detector_from_file, file_spec, is_detector_file
-from pgi_detect.models.errors import StateFit, WeightsError, branch_hint, shapes
-from pgi_detect.models.hub import resolve_weights
-from pgi_detect.models.identify import identify_zoo_model, is_official_state
-from pgi_detect.models.official import (
+from pgi_detect.models import Detector, DetectorSpec, build_detector, build_model
+from pgi_detect.weights.checkpoint import prefixed_state, read_checkpoint_record
+from pgi_detect.weights.detector_file import detector_from_file, file_spec, is_detector_file
+from pgi_detect.weights.errors import StateFit, WeightsError, branch_hint, shapes
+from pgi_detect.weights.hub import resolve_weights
+from pgi_detect.weights.identify import identify_zoo_model, is_official_state
+from pgi_detect.weights.official import (
     CLASS_BRANCH_KEYS,
     PickleStub,
     convert_official,
@@ -38,21 +39,6 @@ from pgi_detect.models.official import (
     official_key_map,
     official_weights,
 )
-from pgi_detect.models.spec import DetectorSpec, build_detector, build_model, spec_of
-
-CHECKPOINT_RECORD = "pgi_detect"
-
-
-def checkpoint_record(spec: DetectorSpec, state_prefix: str, class_names: Sequence[str] | None,
-                      category_ids: Sequence[int] | None) -> dict[str, Any]:
-    """What a training checkpoint stores under `CHECKPOINT_RECORD` so that loaders need nothing else."""
-    return {
-        "spec": spec.to_dict(),
-        "state_prefix": state_prefix,
-        "class_names": None if class_names is None else [str(n) for n in class_names],
-        "category_ids": None if category_ids is None else [int(i) for i in category_ids],
-    }
-
 
 @dataclass
 class LoadedDetector:
@@ -75,7 +61,7 @@ def read_weights(path: str | Path) -> LoadedDetector:
         return LoadedDetector(detector, _optional_list(payload.get("class_names")),
                               _optional_list(payload.get("category_ids")), file_spec(payload), "detector file")
     state, _ = _file_state(payload, path)
-    record = _checkpoint_record(payload)
+    record = read_checkpoint_record(payload)
     if record is not None:
         spec = DetectorSpec.from_dict(record["spec"])
         detector = build_detector(spec)
@@ -122,7 +108,7 @@ def _read_payload(path: Path) -> Any:
     whose record holds pickled objects (a custom backbone module given from Python is pickled whole) is read a
     second time with full unpickling: its record cannot be rebuilt from the inert stubs."""
     payload = load_untrusted(path)
-    record = _checkpoint_record(payload)
+    record = read_checkpoint_record(payload)
     if record is not None and _holds_stubs(record):
         return torch.load(path, map_location="cpu", weights_only=False)
     return payload
@@ -139,38 +125,18 @@ def _holds_stubs(value: Any) -> bool:
     return False
 
 
-def _checkpoint_record(payload: Any) -> dict[str, Any] | None:
-    """The record of a training checkpoint; for checkpoints of version 0.1 (no record) one is derived from the
-    DetectionTask hyperparameters they stored."""
-    if not isinstance(payload, Mapping) or "state_dict" not in payload:
-        return None
-    if CHECKPOINT_RECORD in payload:
-        return payload[CHECKPOINT_RECORD]
-    hparams = payload.get("hyper_parameters")
-    if not isinstance(hparams, Mapping) or "model" not in hparams:
-        return None
-    spec = DetectorSpec(str(hparams["model"]), int(hparams.get("num_classes", 80)), hparams.get("cls_width"),
-                        hparams.get("backbone"), hparams.get("neck", "gelan-s"))
-    return checkpoint_record(spec, "detector.", hparams.get("class_names"), hparams.get("category_ids"))
-
-
-def _prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The entries under `prefix`, without it (a LightningModule's state dict holds more than the detector)."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def _file_state(payload: Any, path: Path) -> tuple[dict[str, Tensor], bool]:
     """The detector weights a loaded file holds, and whether they are under official key names (`model.<idx>.…`):
     a training checkpoint's (under its record's prefix), a detector file's, or an official file's or plain state
     dict's (a DDP `module.` or Lightning `detector.` prefix removed)."""
-    record = _checkpoint_record(payload)
+    record = read_checkpoint_record(payload)
     if record is not None:
-        return _prefixed(payload["state_dict"], record["state_prefix"]), False
+        return prefixed_state(payload["state_dict"], record["state_prefix"]), False
     if is_detector_file(payload):
         return dict(payload["state_dict"]), False
     state = official_weights(payload, source=str(path)).state
     if any(k.startswith("detector.") for k in state):
-        state = _prefixed(state, "detector.")
+        state = prefixed_state(state, "detector.")
     return state, is_official_state(state)
 
 
@@ -192,7 +158,7 @@ def _rebuild_zoo_model(state: dict[str, Tensor], class_names: list[str] | None, 
     else:
         detector = build_model(match.model, match.num_classes)
         detector.load_state_dict(state, strict=True)
-    return LoadedDetector(detector, class_names, None, spec_of(detector),
+    return LoadedDetector(detector, class_names, None, detector.spec,
                           "official" if match.official_keys else "state dict")
 
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pgi_detect.models.configs import MODEL_TABLES
-from pgi_detect.models.errors import StateFit, WeightsError, shapes
-from pgi_detect.models.official import official_key_map, official_num_classes
-from pgi_detect.models.spec import build_model
+from pgi_detect.models import ZOO_MODELS, DetectorSpec, architecture_of, build_model
+from pgi_detect.weights.errors import StateFit, WeightsError, shapes
+from pgi_detect.weights.official import official_key_map, official_num_classes
 
 Shapes = dict[str, tuple[int, ...]]
 OUR_CLASS_CONV = re.compile(r"^layers\.\d+\.(?:main\.)?cls\.0\.2\.weight$")
@@ -55,19 +54,25 @@ def identify_zoo_model(state: Mapping[str, Tensor], source: str = "weights") -> 
     actual = shapes(state)
     rows = 1 + max((int(m.group(1)) for m in map(ROW_INDEX.match, state) if m), default=-1)
     # Only tables with as many rows can match; the others are compared only to name the closest one in an error.
-    candidates = [name for name, table in MODEL_TABLES.items() if len(table) == rows] or list(MODEL_TABLES)
+    candidates = [name for name in ZOO_MODELS if zoo_rows(name) == rows] or list(ZOO_MODELS)
     differences = {name: _differences(actual, expected_shapes(name, num_classes, official)) for name in candidates}
     matches = [name for name, (count, _) in differences.items() if count == 0]
     if len(matches) == 1:
         return ZooMatch(matches[0], num_classes, official)
     differences.update({name: _differences(actual, expected_shapes(name, num_classes, official))
-                        for name in MODEL_TABLES if name not in differences})
+                        for name in ZOO_MODELS if name not in differences})
     if len(matches) > 1:
         raise WeightsError(f"{source}: the weights fit several zoo models ({', '.join(matches)}); convert them with "
                            "scripts/convert_official.py --model NAME")
     closest = min(differences, key=lambda name: differences[name][0])
     raise WeightsError(f"{source}: the weights ({len(state)} tensors, {num_classes} classes) are none of the zoo "
-                       f"models {', '.join(MODEL_TABLES)}; closest is {closest}:{differences[closest][1]}")
+                       f"models {', '.join(ZOO_MODELS)}; closest is {closest}:{differences[closest][1]}")
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_rows(name: str) -> int:
+    """Rows of a zoo model's assembled table."""
+    return len(architecture_of(DetectorSpec(name)).table)
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,5 +1,5 @@
-"""Our own weight file (`save_detector` / `load_detector`): a detector's spec, provenance, optional class table and
-state dict, loadable with `torch.load(weights_only=True)`. scripts/convert_official.py writes it."""
+"""Our own weight file (`save_detector` / `load_detector`): a detector's spec, optional class table and state dict,
+loadable with `torch.load(weights_only=True)`. scripts/convert_official.py writes it."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -8,10 +8,8 @@ from typing import Any
 
 import torch
 
-from pgi_detect.models.configs import get_table
-from pgi_detect.models.detector import Detector
-from pgi_detect.models.errors import WeightsError
-from pgi_detect.models.spec import DetectorSpec, build_detector, spec_of
+from pgi_detect.models import Detector, DetectorSpec, build_detector
+from pgi_detect.weights.errors import WeightsError
 
 FILE_FORMAT = "pgi_detect.detector/2"
 LEGACY_FORMATS = ("pgi_detect.converted/1",)  # files of version 0.1: no spec, zoo models only
@@ -22,17 +20,13 @@ def save_detector(detector: Detector, path: str | Path, class_names: Sequence[st
     """Write the unfused weights, the spec that rebuilds the architecture, and optionally the class table."""
     if detector.fused:
         raise ValueError("save the unfused model; fuse() after load_detector instead")
-    spec = spec_of(detector)
-    if spec.backbone is None:
-        get_table(spec.model)  # only zoo names (or backbone specs) can be rebuilt
-    elif not isinstance(spec.backbone, Mapping):
+    spec = detector.spec
+    if spec.backbone is not None and not isinstance(spec.backbone, Mapping):
         raise ValueError("this detector's backbone is a module object; build it from a DetectorSpec with a "
-                         "{class_path, init_args} backbone to save it in a portable file")
+                         "{class_path, init_args} backbone (build_detector) to save it in a portable file")
     torch.save({
         "format": FILE_FORMAT,
         "spec": spec.to_dict(),
-        "source_name": detector.source_name,
-        "stripped": detector.stripped,
         "class_names": None if class_names is None else list(class_names),
         "category_ids": None if category_ids is None else [int(i) for i in category_ids],
         "state_dict": detector.state_dict(),
@@ -57,8 +51,6 @@ def detector_from_file(payload: Mapping[str, Any], source: str = "detector file"
         raise WeightsError(f"{source}: not a pgi_detect detector file")
     detector = build_detector(file_spec(payload))
     detector.load_state_dict(payload["state_dict"])
-    detector.stripped = bool(payload.get("stripped", False))
-    detector.source_name = payload.get("source_name") or detector.name
     return detector
 
 
