@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pgi_detect.inference import Predictor
 from pgi_detect.loss import DetectionLoss

@@ -19,6 +19,8 @@ from pgi_detect.models.configs import GELAN_E, GELAN_S, GELAN_T
 from pgi_detect.models.graph import Layer
 from pgi_detect.models.heads import DualDetectHead
 
+Table = tuple[Layer, ...]
+
 
 def main(source, block, *args) -> Layer:
     return Layer(source, block, tuple(args))

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pgi_detect.models.blocks import AConv, CBFuse, CBLinear, Concat, Conv, RepNCSPELAN4, Silence, SPPELAN, Upsample
+from pgi_detect.models.blocks import AConv, CBFuse, CBLinear, Concat, Conv, RepNCSPELAN4, Silence, Upsample
 from pgi_detect.models.graph import IMAGE, Layer, MainTable, resolve
 from pgi_detect.models.heads import DualDetectHead
 
