@@ -2,12 +2,15 @@
 Predictor (strip + fuse must work on them too). Example code matches docs/inference.md."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import copy
 
 import pytest
 import torch
 from torch import Tensor
 
+from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.inference import Predictor
 from pgi_detect.loss import DetectionLoss
 from helpers.backbones import TinyBackbone
@@ -64,7 +67,7 @@ def test_custom_backbone_trains_one_step_and_predicts(make_backbone, neck: str) 
     images = torch.rand(1, 3, 96, 64)
     with torch.no_grad():
         expected = copy.deepcopy(detector).predict_raw(images)
-    predictor = Predictor(detector, ["a", "b", "c"], img_size=64, conf=1e-4)
+    predictor = Predictor(detector, ["a", "b", "c"], img_size=64, nms=replace(NMS_DETECT, conf_thres=1e-4))
     assert torch.allclose(predictor.raw_predictions(images), expected, atol=1e-4, rtol=1e-4)
     result = predictor(torch.randint(0, 255, (50, 70, 3), dtype=torch.uint8).numpy())
     assert result.image_shape == (50, 70)

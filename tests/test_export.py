@@ -1,6 +1,8 @@
 """ONNX export checked with onnxruntime against PyTorch: raw output (dynamic batch, dynamic H/W), NMS inside, CLI."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from torch import Tensor, nn
 
 from pgi_detect.inference.export import NMSOutput, export_main, export_onnx, run_onnx
 from pgi_detect.models import build_model
-from pgi_detect.geometry import non_max_suppression
+from pgi_detect.geometry import NMS_DETECT, NMSSettings, non_max_suppression
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -78,13 +80,13 @@ def test_nms_export_matches_non_max_suppression(
     golden_dir: Path, tmp_path: Path, multi_label: bool, conf: float, iou: float
 ) -> None:
     planted = PlantedPredictions(torch.load(golden_dir / "nms_golden.pt", weights_only=True)["pred"])
-    path = export_onnx(planted, tmp_path / "nms.onnx", 64, nms=True, prepare=False, conf=conf, iou=iou,
-                       max_det=15, multi_label=multi_label)
+    path = export_onnx(planted, tmp_path / "nms.onnx", 64, nms=True, prepare=False,
+                       nms_settings=NMSSettings(conf, iou, multi_label, 15))
     images = torch.rand(3, 3, 64, 64)
     images[:, 0, 0, 0] = torch.tensor([1.0, 0.9, 0.6])
     rows = run_onnx(path, images)
     expected = non_max_suppression(planted.predict_raw(images), conf, iou, multi_label, max_det=15)
-    assert torch.equal(rows, NMSOutput(planted, conf, iou, 15, multi_label)(images))  # eager == runtime
+    assert torch.equal(rows, NMSOutput(planted, NMSSettings(conf, iou, multi_label, 15))(images))  # eager == runtime
     for index, image_rows in enumerate(expected):
         assert len(image_rows) > 0
         assert torch.allclose(rows[rows[:, 0] == index, 1:], image_rows, atol=1e-5)
@@ -93,7 +95,8 @@ def test_nms_export_matches_non_max_suppression(
 def test_nms_export_of_real_model_runs_with_dynamic_batch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     detector = build_model("gelan-t", num_classes=2)
-    path = export_onnx(detector, tmp_path / "gelan_nms.onnx", 64, nms=True, conf=1e-6, max_det=7)
+    path = export_onnx(detector, tmp_path / "gelan_nms.onnx", 64, nms=True,
+                       nms_settings=replace(NMS_DETECT, conf_thres=1e-6, max_det=7))
     images = torch.rand(2, 3, 64, 64)
     rows = run_onnx(path, images)
     expected = non_max_suppression(reference(detector, images), 1e-6, 0.45, False, max_det=7)
@@ -123,7 +126,8 @@ def output_dims(path: Path) -> list[int | str]:
 @pytest.mark.parametrize(("dynamic_shape", "nms"), [(False, False), (True, False), (False, True)])
 def test_output_declares_its_fixed_dimensions(yolov9_t: nn.Module, tmp_path: Path, dynamic_shape: bool,
                                               nms: bool) -> None:
-    path = export_onnx(yolov9_t, tmp_path / "model.onnx", (64, 96), dynamic_shape=dynamic_shape, nms=nms, conf=0.01)
+    path = export_onnx(yolov9_t, tmp_path / "model.onnx", (64, 96), dynamic_shape=dynamic_shape, nms=nms,
+                       nms_settings=replace(NMS_DETECT, conf_thres=0.01))
     declared = output_dims(path)
     if nms:
         assert declared[1] == 7 and isinstance(declared[0], str)

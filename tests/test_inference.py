@@ -2,6 +2,8 @@
 so letterboxing and the mapping back to original pixels are checked end to end; gelan-t covers the real model."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.inference import Detections, Predictor, draw_detections, iter_frames, run_prediction
 from pgi_detect.inference import inputs
 from pgi_detect.models import build_model
@@ -84,11 +87,11 @@ def test_single_inputs_return_one_detections(square_predictor: Predictor, tmp_pa
 
 def test_conf_threshold_and_class_filter() -> None:
     image = image_with_square(64, 64, (8, 8, 40, 40))
-    low = Predictor(WhiteSquareDetector(), NAMES, img_size=64, conf=0.05)(image)
+    low = Predictor(WhiteSquareDetector(), NAMES, img_size=64, nms=replace(NMS_DETECT, conf_thres=0.05))(image)
     assert sorted(low.class_ids.tolist()) == [0, 1]
-    only_cats = Predictor(WhiteSquareDetector(), NAMES, img_size=64, conf=0.05, classes=[0])(image)
+    only_cats = Predictor(WhiteSquareDetector(), NAMES, img_size=64, nms=replace(NMS_DETECT, conf_thres=0.05), classes=[0])(image)
     assert only_cats.class_ids.tolist() == [0]
-    none = Predictor(WhiteSquareDetector(), NAMES, img_size=64, conf=0.95)(image)
+    none = Predictor(WhiteSquareDetector(), NAMES, img_size=64, nms=replace(NMS_DETECT, conf_thres=0.95))(image)
     assert len(none) == 0 and none.boxes.shape == (0, 4)
 
 
@@ -189,7 +192,8 @@ def test_run_prediction_expands_its_source_once(square_predictor: Predictor, tmp
 def test_gelan_predictor_batches_match_single_images() -> None:
     torch.manual_seed(0)
     detector = build_model("gelan-t", num_classes=3)
-    predictor = Predictor(detector, NAMES, img_size=64, conf=1e-6, max_det=20, batch_size=2)
+    predictor = Predictor(detector, NAMES, img_size=64, nms=replace(NMS_DETECT, conf_thres=1e-6, max_det=20),
+                          batch_size=2)
     assert not detector.fused and predictor.model.fused  # the caller's model is untouched
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((48, 64, 3), (70, 40, 3), (64, 64, 3))]
@@ -201,6 +205,7 @@ def test_gelan_predictor_batches_match_single_images() -> None:
         assert (result.boxes[:, [0, 2]] <= w).all() and (result.boxes[:, [1, 3]] <= h).all()
         assert (result.boxes >= 0).all()
         assert torch.allclose(result.scores, single.scores, atol=1e-5)
-    nhwc = Predictor(detector, NAMES, img_size=64, conf=1e-6, max_det=20, channels_last=True)
+    nhwc = Predictor(detector, NAMES, img_size=64, nms=replace(NMS_DETECT, conf_thres=1e-6, max_det=20),
+                     channels_last=True)
     batch, _ = predictor.preprocess(images)
     assert torch.allclose(nhwc.raw_predictions(batch), predictor.raw_predictions(batch), atol=1e-4, rtol=1e-4)

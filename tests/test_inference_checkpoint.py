@@ -1,6 +1,8 @@
 """Predictor.from_checkpoint on a real DetectionTask checkpoint: same weights, class names, stripped and fused."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.inference import Predictor
 from pgi_detect.weights import read_weights
 from pgi_detect.training import DetectionTask
@@ -48,7 +51,7 @@ def test_checkpoint_loads_weights_and_names(yolov9_checkpoint: tuple[DetectionTa
 
 def test_predictor_runs_stripped_fused_main_branch(yolov9_checkpoint: tuple[DetectionTask, Path]) -> None:
     task, path = yolov9_checkpoint
-    predictor = Predictor.from_checkpoint(path, conf=0.3, iou=0.5, img_size=64)
+    predictor = Predictor.from_checkpoint(path, nms=replace(NMS_DETECT, conf_thres=0.3, iou_thres=0.5), img_size=64)
     assert predictor.class_names == ["ball", "cup"]
     assert predictor.nms.conf_thres == 0.3 and predictor.nms.iou_thres == 0.5
     assert predictor.model.num_branches == 1 and predictor.model.fused and not predictor.model.training

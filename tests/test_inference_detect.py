@@ -2,6 +2,8 @@
 keeps a valid predictions.json), dataset category ids from the checkpoint, progress without a terminal."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import io
 import json
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.data import DataError
 from pgi_detect.inference import Predictor, iter_frames, run_prediction
 from pgi_detect.inference.cli import detect
@@ -76,7 +79,8 @@ def test_an_unreadable_image_raises_the_documented_unreadable_input(checkpoint, 
 
 def test_a_crash_keeps_everything_written_so_far(checkpoint, tmp_path, monkeypatch):
     source = folder_with_truncated_jpeg(tmp_path / "in", count=6, bad=5)
-    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, conf=1e-6, max_det=3, batch_size=2)
+    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, nms=replace(NMS_DETECT, conf_thres=1e-6, max_det=3),
+                                          batch_size=2)
     real = predictor.predict_arrays
     calls = []
 
@@ -101,7 +105,7 @@ def test_dataset_category_ids_everywhere(checkpoint, tmp_path):
     records = json.loads(run.json_path.read_text())
     assert records and all(r["category_id"] == CATEGORY_IDS[r["class_index"]] for r in records)
     assert all(r["category_name"] == ["ball", "cup"][r["class_index"]] for r in records)
-    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, conf=1e-6, max_det=3)
+    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, nms=replace(NMS_DETECT, conf_thres=1e-6, max_det=3))
     detections = predictor(source / "im1.jpg")
     assert detections.category_ids == CATEGORY_IDS and detections.image_id == 0
     assert detections.to_coco() == [{k: v for k, v in r.items() if k != "file_name"} for r in records]

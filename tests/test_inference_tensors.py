@@ -2,10 +2,13 @@
 point in [0, 1] give what the same RGB arrays give; anything else is a clear error."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.inference import Detections, Predictor
 from pgi_detect.models import build_model
 
@@ -15,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     torch.manual_seed(0)
-    return Predictor(build_model("gelan-t", num_classes=3), ["a", "b", "c"], img_size=64, conf=1e-6, max_det=20)
+    return Predictor(build_model("gelan-t", num_classes=3), ["a", "b", "c"], img_size=64,
+                     nms=replace(NMS_DETECT, conf_thres=1e-6, max_det=20))
 
 
 def images(*shape: int, count: int = 2) -> list[np.ndarray]:

@@ -150,3 +150,17 @@ def test_spec_round_trips_through_its_dict_form():
     assert DetectorSpec.from_dict(spec.to_dict()) == spec
     assert spec.main_spec() == DetectorSpec("tiny", 3, backbone=TINY, neck="gelan-t", aux_weight=0.3)
     assert DetectorSpec("yolov9-c").main_spec() == DetectorSpec("gelan-c")
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_a_custom_backbone_with_pgi_round_trips_through_a_detector_file(tmp_path, strip):
+    from pgi_detect.weights import load_detector, save_detector
+
+    source = detector("tiny", "reversible").eval()
+    source = source.strip_auxiliary() if strip else source
+    save_detector(source, tmp_path / "tiny.pt", class_names=["a", "b", "c"])
+    loaded = load_detector(tmp_path / "tiny.pt")
+    assert loaded.spec == source.spec and loaded.num_branches == source.num_branches
+    images, _ = batch()
+    with torch.no_grad():
+        assert torch.equal(loaded.predict_raw(images), source.predict_raw(images))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pgi_detect.geometry import NMS_DETECT
+from pgi_detect.inference.options import add_nms_arguments, nms_settings
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.runner import PredictionRun, run_prediction
 
@@ -20,10 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", nargs="+", required=True, help="image files, folders and/or video files")
     parser.add_argument("--output", default="runs/detect", help="folder for predictions.json, images/, videos/")
     parser.add_argument("--img-size", type=int, default=640)
-    parser.add_argument("--conf", type=float, default=NMS_DETECT.conf_thres)
-    parser.add_argument("--iou", type=float, default=NMS_DETECT.iou_thres)
-    parser.add_argument("--max-det", type=int, default=NMS_DETECT.max_det)
-    parser.add_argument("--multi-label", action="store_true")
+    add_nms_arguments(parser)
     parser.add_argument("--classes", type=int, nargs="+", help="keep only these class ids")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
@@ -41,8 +38,8 @@ def detect(argv: Sequence[str] | None = None) -> PredictionRun:
     """Parse `detect` arguments, predict, write the outputs and return what was written."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, device=args.device, img_size=args.img_size, conf=args.conf, iou=args.iou,
-        max_det=args.max_det, multi_label=args.multi_label, classes=args.classes, batch_size=args.batch_size,
+        args.checkpoint, device=args.device, img_size=args.img_size, nms=nms_settings(args),
+        classes=args.classes, batch_size=args.batch_size,
         half=args.half, channels_last=args.channels_last,
     )
     run = run_prediction(

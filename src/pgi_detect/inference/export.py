@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, nms
 
-from pgi_detect.geometry import NMS_DETECT
+from pgi_detect.geometry import NMS_DETECT, NMSSettings
+from pgi_detect.inference.options import add_nms_arguments, nms_settings
 from pgi_detect.models import build_model, inference_copy
 from pgi_detect.weights import WeightsError, read_weights
 
@@ -84,24 +85,25 @@ class NMSOutput(nn.Module):
     """Export wrapper: images -> (K, 7) detections `[batch_index, x1, y1, x2, y2, score, class]`.
 
     Same selection rule as `postprocess.non_max_suppression`: single-label keeps each anchor's best class only,
-    multi-label every (anchor, class) pair above `conf`; per-class NMS at `iou`; first `max_det` per image by
-    score. Unlike it there is no `max_nms` pre-cap of 30000 candidates (irrelevant at detection thresholds).
+    multi-label every (anchor, class) pair above `conf_thres`; per-class NMS at `iou_thres`; first `max_det` per
+    image by score. Unlike it there is no `max_nms` pre-cap of 30000 candidates (irrelevant at detection thresholds).
     """
 
-    def __init__(self, detector: nn.Module, conf: float, iou: float, max_det: int, multi_label: bool) -> None:
+    def __init__(self, detector: nn.Module, settings: NMSSettings) -> None:
         super().__init__()
         self.detector = detector
-        self.conf, self.iou, self.max_det, self.multi_label = float(conf), float(iou), int(max_det), multi_label
+        self.settings = settings
 
     def forward(self, images: Tensor) -> Tensor:
         pred = self.detector.predict_raw(images)
         boxes_xywh, scores = pred[:, :4].transpose(1, 2), pred[:, 4:]  # (B, N, 4), (B, C, N)
-        if not self.multi_label:
+        settings = self.settings
+        if not settings.multi_label:
             best = scores.argmax(1, keepdim=True)
             classes = torch.arange(scores.shape[1], device=scores.device)[None, :, None]
             scores = scores * (classes == best).to(scores.dtype)
-        selected = OnnxNonMaxSuppression.apply(boxes_xywh.contiguous(), scores.contiguous(), self.max_det,
-                                               self.iou, self.conf)
+        selected = OnnxNonMaxSuppression.apply(boxes_xywh.contiguous(), scores.contiguous(), int(settings.max_det),
+                                               float(settings.iou_thres), float(settings.conf_thres))
         batch_index, class_index, box_index = selected[:, 0], selected[:, 1], selected[:, 2]
         score = scores[batch_index, class_index, box_index]
         xywh = boxes_xywh[batch_index, box_index]
@@ -114,7 +116,7 @@ class NMSOutput(nn.Module):
         per_image = (batch_index[:, None] == images_in_batch[None, :]).to(torch.long).sum(0)
         first_row = torch.cumsum(per_image, 0) - per_image
         rank = torch.arange(batch_index.shape[0], device=images.device) - first_row[batch_index]
-        keep = rank < self.max_det
+        keep = rank < settings.max_det
         rows = torch.cat(
             (batch_index[:, None].to(score.dtype), xyxy, score[:, None], class_index[:, None].to(score.dtype)), 1
         )
@@ -136,10 +138,7 @@ def export_onnx(
     batch_size: int = 1,
     opset: int = DEFAULT_OPSET,
     nms: bool = False,
-    conf: float = NMS_DETECT.conf_thres,
-    iou: float = NMS_DETECT.iou_thres,
-    max_det: int = NMS_DETECT.max_det,
-    multi_label: bool = False,
+    nms_settings: NMSSettings = NMS_DETECT,
     class_names: Sequence[str] | None = None,
     prepare: bool = True,
 ) -> Path:
@@ -154,7 +153,7 @@ def export_onnx(
     model = inference_copy(detector) if prepare else detector.eval()
     stride = int(max(getattr(model, "strides", (32,))))
     height, width = _image_shape(img_size, stride)
-    wrapper = (NMSOutput(model, conf, iou, max_det, multi_label) if nms else RawOutput(model)).eval()
+    wrapper = (NMSOutput(model, nms_settings) if nms else RawOutput(model)).eval()
     output_name = "detections" if nms else "predictions"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,10 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dynamic-shape", action="store_true", help="symbolic height and width")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--nms", action="store_true", help="include NMS; output (K, 7) detections")
-    parser.add_argument("--conf", type=float, default=NMS_DETECT.conf_thres)
-    parser.add_argument("--iou", type=float, default=NMS_DETECT.iou_thres)
-    parser.add_argument("--max-det", type=int, default=NMS_DETECT.max_det)
-    parser.add_argument("--multi-label", action="store_true")
+    add_nms_arguments(parser)
     parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch (raw export)")
     return parser
 
@@ -295,8 +291,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     model = inference_copy(detector)  # stripped + fused once, for both the export and the check
     path = export_onnx(
         model, output, img_size, prepare=False, dynamic_batch=not args.static_batch, dynamic_shape=args.dynamic_shape,
-        batch_size=args.batch_size, opset=args.opset, nms=args.nms, conf=args.conf, iou=args.iou,
-        max_det=args.max_det, multi_label=args.multi_label, class_names=names,
+        batch_size=args.batch_size, opset=args.opset, nms=args.nms, nms_settings=nms_settings(args),
+        class_names=names,
     )
     print(f"exported {path} ({'NMS inside' if args.nms else 'raw predictions'}, opset {args.opset})")
     if args.verify and not args.nms:

@@ -30,8 +30,9 @@ class Predictor:
         category_ids: class index -> dataset category id (checkpoints carry it); the `Detections` carry it, so
             their COCO records hold dataset category ids.
         img_size: square network input side; rounded up to a multiple of the largest stride (32).
-        conf, iou, max_det, multi_label, classes: NMS settings; the defaults are detect.py's (0.25 / 0.45 /
-            single label), with at most 300 boxes per image.
+        nms: the NMS settings (`geometry.NMSSettings`: conf_thres, iou_thres, multi_label, max_det); the default
+            is detect.py's (`NMS_DETECT`: 0.25 / 0.45 / single label), with at most 300 boxes per image.
+        classes: keep only these class ids.
         batch_size: images per forward pass when a list or a folder is predicted.
         device: where the model runs ("cpu", "cuda", "cuda:1", ...).
         half: run the network in float16 (CUDA only); NMS always runs in float32.
@@ -46,10 +47,7 @@ class Predictor:
         *,
         category_ids: Sequence[int] | None = None,
         img_size: int = 640,
-        conf: float = NMS_DETECT.conf_thres,
-        iou: float = NMS_DETECT.iou_thres,
-        max_det: int = NMS_DETECT.max_det,
-        multi_label: bool = NMS_DETECT.multi_label,
+        nms: NMSSettings = NMS_DETECT,
         classes: Sequence[int] | None = None,
         batch_size: int = 8,
         device: str | torch.device = "cpu",
@@ -68,7 +66,7 @@ class Predictor:
         self.img_size = math.ceil(img_size / self.stride) * self.stride
         self.class_names = list(class_names) if class_names is not None else None
         self.category_ids = [int(c) for c in category_ids] if category_ids is not None else None
-        self.nms = NMSSettings(float(conf), float(iou), bool(multi_label), int(max_det))
+        self.nms = nms
         self.classes = list(classes) if classes is not None else None
         self.batch_size = int(batch_size)
 
@@ -76,7 +74,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Predictor":
         """Load a `DetectionTask` Lightning checkpoint (EMA weights, class names from its record), a detector file, an
         official YOLOv9 / GELAN `.pt` (its model read from the weights) or a pretrained name (`from_pretrained`);
-        keyword arguments go to the constructor (conf, iou, img_size, ...)."""
+        keyword arguments go to the constructor (nms, img_size, ...)."""
         loaded = read_weights(path)
         kwargs.setdefault("class_names", loaded.class_names)
         kwargs.setdefault("category_ids", loaded.category_ids)
