@@ -387,7 +387,8 @@ def synthetic_data(root: Path, protocol: Protocol) -> Path:
 
 
 def run(protocol: Protocol, data: Path, official: dict[str, ModuleType] | None = None,
-        official_root: Path | None = None, init: str = "keyed", sync: bool = False) -> Lockstep:
+        official_root: Path | None = None, init: str = "keyed", sync: bool = False,
+        save: Path | None = None) -> Lockstep:
     """Train `protocol.model` through the CLI (and the official loop beside it); returns one record per step."""
     from pgi_detect.main import build_cli
     from pgi_detect.weights.official import load_official_state_dict
@@ -414,7 +415,30 @@ def run(protocol: Protocol, data: Path, official: dict[str, ModuleType] | None =
         if loop is not None:
             report_setup(cli, loop)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        if save is not None:  # the final EMA weights of both loops (official keys), for `validate --model.weights`
+            from pgi_detect.models import to_official_state_dict
+
+            save.mkdir(parents=True, exist_ok=True)
+            torch.save(to_official_state_dict(cli.model.detector), save / "ours_ema.pt")  # fit ends on the EMA
+            if loop is not None:
+                torch.save({k: v.float() for k, v in loop.ema.ema.state_dict().items()}, save / "official_ema.pt")
     return lockstep
+
+
+def score(protocol: Protocol, data: Path, weights: Path) -> tuple[float, float]:
+    """Our `validate` of a weights file on the protocol's data (train = val): (mAP, mAP50)."""
+    from pgi_detect.main import build_cli
+
+    annotations = next((data / "annotations").glob("instances_train*.json"))
+    images = data / "images" / annotations.stem.replace("instances_", "")
+    cli = build_cli(["validate", "--config", str(REPO / "experiments" / f"{protocol.model}-coco.yaml"),
+                     f"--data.train={annotations}", f"--data.train_images={images}", f"--data.val={annotations}",
+                     f"--data.val_images={images}", f"--data.img_size={protocol.img_size}", "--data.num_workers=0",
+                     "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.logger=false",
+                     "--trainer.callbacks=[]", f"--model.weights={weights}",
+                     f"--trainer.default_root_dir={weights.parent / 'score'}"])
+    metrics = cli.trainer.callback_metrics
+    return float(metrics["val/mAP"]), float(metrics["val/mAP50"])
 
 
 def report_setup(cli, loop: OfficialLoop) -> None:
@@ -483,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", choices=["official", "keyed"], default="official")
     parser.add_argument("--free", action="store_true",
                         help="let both loops run free (no teacher forcing): shows how fast chaos separates them")
+    parser.add_argument("--save", type=Path, help="write both loops' final EMA weights here and score them")
     parser.add_argument("--golden", type=Path, help="record the official trajectory of the (single) model here")
     for name, default in asdict(Protocol()).items():
         if name != "model":
@@ -500,7 +525,12 @@ def main(argv: list[str] | None = None) -> int:
               f"init {args.init}", flush=True)
         with tempfile.TemporaryDirectory() as scratch:
             data = synthetic_data(Path(scratch), protocol) if str(args.data) == "synthetic" else args.data
-            lockstep = run(protocol, data, official, args.official_root.resolve(), args.init, sync=not args.free)
+            lockstep = run(protocol, data, official, args.official_root.resolve(), args.init, sync=not args.free,
+                           save=None if args.save is None else args.save / model)
+            if args.save is not None:
+                for side in ("official", "ours"):
+                    mAP, mAP50 = score(protocol, data, args.save / model / f"{side}_ema.pt")
+                    print(f"{model} {side} loop, final EMA: mAP {mAP:.4f} mAP50 {mAP50:.4f}", flush=True)
         records = lockstep.records
         print_records(model, records)
         print(f"  optimizer-step timing: {'the same after every batch' if not lockstep.timing_mismatches else 'DIFFERS after batches ' + str(lockstep.timing_mismatches)}")
