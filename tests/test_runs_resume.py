@@ -70,8 +70,10 @@ def test_killed_run_resumes_exactly(data, uninterrupted, tmp_path):
     fake = fake_slurm_bin(tmp_path / "bin")
     command = sbatch_command("train_1node_8gpu.sbatch", DEMO_CONFIG, *demo_overrides(data, tmp_path))
     process = start(command, slurm_env(fake))
-    # Kill (SIGKILL: nothing can be saved) as soon as the epoch-0 checkpoint is complete.
+    # Kill the training process (SIGKILL: nothing can be saved) as soon as the epoch-0 checkpoint is complete, as
+    # SLURM kills a job step; then the batch script.
     wait_for_checkpoint(tmp_path / "checkpoints" / "last.ckpt", lambda c: c["epoch"] == 0)
+    os.kill(int((fake / "task.pid").read_text()), signal.SIGKILL)
     process.kill()
     process.wait(timeout=60)
     resumed = start(command, slurm_env(fake, restart=1))

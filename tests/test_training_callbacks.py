@@ -259,3 +259,16 @@ def test_evaluation_reports_history_survives_resume_and_skips_sanity_check(tmp_p
     assert all(r["val/mAP"] != "" and r["train/loss"] != "" for r in history)
     assert float(history[2]["val/mAP"]) == pytest.approx(float(second.callback_metrics["val/mAP"]))
     assert (reports / "results.png").exists()
+
+
+def test_close_mosaic_decides_the_first_epoch_of_a_run_at_setup():
+    """Workers prefetch the first batches when the loader iterator is created, before any epoch hook: a run whose
+    every epoch is in the closed window must switch mosaic off at setup already."""
+    datamodule = FakeDataModule()
+    trainer = SimpleNamespace(max_epochs=2, current_epoch=0, datamodule=datamodule)
+    CloseMosaic(close_mosaic=3).setup(trainer, None, "fit")
+    assert datamodule.calls == [False]
+    datamodule = FakeDataModule()
+    trainer = SimpleNamespace(max_epochs=20, current_epoch=0, datamodule=datamodule)
+    CloseMosaic(close_mosaic=3).setup(trainer, None, "fit")
+    assert datamodule.calls == []

@@ -32,11 +32,12 @@ def tiny_data(root: Path, num_train: int = 40, num_val: int = 6) -> Path:
 
 
 def demo_overrides(data: Path, run_dir: Path, *, epochs: int = 2, batch_size: int = 4) -> list[str]:
-    """The demo config pointed at `data`, writing into `run_dir`, shrunk to a deterministic CPU run."""
+    """The demo config pointed at `data`, writing into `run_dir`, shrunk to a deterministic CPU run. Its DataLoader
+    settings stay the config's (one persistent worker): a resume once replayed epoch 0's order with workers only."""
     return [
         f"--data.train={data / 'annotations/instances_train.json'}", f"--data.train_images={data / 'images/train'}",
         f"--data.val={data / 'annotations/instances_val.json'}", f"--data.val_images={data / 'images/val'}",
-        "--data.img_size=64", f"--data.batch_size={batch_size}", "--data.val_batch_size=6", "--data.num_workers=0",
+        "--data.img_size=64", f"--data.batch_size={batch_size}", "--data.val_batch_size=6",
         f"--trainer.max_epochs={epochs}", "--trainer.check_val_every_n_epoch=1", "--trainer.accelerator=cpu",
         "--trainer.deterministic=true",
         f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",

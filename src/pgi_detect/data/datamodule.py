@@ -233,7 +233,8 @@ class DetectionDataModule(pl.LightningDataModule):
         dataset = self.dataset("train")
         sampler = EpochSampler(dataset, *self._rank_and_world(), seed=self.seed)
         return ResumableLoader(dataset, sampler=sampler, batch_size=self.batch_size,
-                               processed_batches=self._processed_training_batches, **self._loader_args())
+                               processed_batches=self._processed_training_batches,
+                               training_epoch=self._training_epoch, **self._loader_args())
 
     def _processed_training_batches(self) -> int:
         """Batches of the current epoch the trainer has trained on (its progress counter survives a resume)."""
@@ -241,6 +242,13 @@ class DetectionDataModule(pl.LightningDataModule):
         if trainer is None:
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+    def _training_epoch(self) -> int | None:
+        """The epoch the trainer trains next: the epochs it has fully processed (restored from a checkpoint)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        return int(trainer.fit_loop.epoch_progress.current.processed)
 
     def _rank_and_world(self) -> tuple[int, int]:
         """(global rank, world size) that rect eval batches are sharded over: the attached Trainer's, else an

@@ -21,14 +21,16 @@ class EpochSampler(DistributedSampler):
     def __init__(self, dataset: Sized, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         self.start = 0
+        self.resuming = False  # a checkpoint's position is set for the next pass
 
     def resume(self, epoch: int, start: int) -> None:
         self.set_epoch(epoch)
         self.start = start
+        self.resuming = True
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
-        start, self.start = self.start, 0  # a resume offset applies to one pass only
+        start, self.start, self.resuming = self.start, 0, False  # a resume applies to one pass only
         return iter([(self.epoch, index) for index in indices[start:]])
 
 
@@ -36,12 +38,24 @@ class ResumableLoader(DataLoader):
     """A DataLoader over an `EpochSampler` whose position Lightning checkpoints (`state_dict`/`load_state_dict`).
 
     `processed_batches` reports how many batches of the current epoch were trained on (the trainer's progress, not
-    what the loader has fetched ahead)."""
+    what the loader has fetched ahead); `training_epoch` the epoch the trainer is about to train. Every new iterator
+    gives the sampler that epoch first: DataLoader workers draw their first indices as soon as the iterator exists,
+    which for the first epoch of a run is before Lightning calls `set_epoch`, and Lightning hands a checkpoint's
+    loader state back only for a run stopped mid-epoch. Without this a run resumed at an epoch boundary replayed epoch
+    0's order whenever the loader had workers."""
 
     def __init__(self, dataset: Any, *, sampler: EpochSampler, batch_size: int,
-                 processed_batches: Callable[[], int], **kwargs: Any) -> None:
+                 processed_batches: Callable[[], int], training_epoch: Callable[[], int | None] = lambda: None,
+                 **kwargs: Any) -> None:
         super().__init__(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
         self.processed_batches = processed_batches
+        self.training_epoch = training_epoch
+
+    def __iter__(self):  # type: ignore[override]
+        epoch = self.training_epoch()
+        if epoch is not None and isinstance(self.sampler, EpochSampler) and not self.sampler.resuming:
+            self.sampler.set_epoch(int(epoch))
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.sampler

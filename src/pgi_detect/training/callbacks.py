@@ -157,8 +157,9 @@ class ModelEMA(WeightAveraging):
 class CloseMosaic(Callback):
     """Switch mosaic (and with it mixup) off for the last `close_mosaic` epochs via `datamodule.set_mosaic(False)`.
 
-    Applied at the start of every epoch >= max_epochs − close_mosaic. On resume the decision is also taken while
-    the checkpoint loads, i.e. before Lightning creates the first data-loader iterator, so worker processes see it.
+    Applied at the start of every epoch >= max_epochs − close_mosaic. The first epoch of a run is decided before
+    Lightning creates its data-loader iterator (whose workers prefetch batches before any epoch hook runs): at
+    `setup` for a new run, while the checkpoint loads for a resumed one.
     """
 
     def __init__(self, close_mosaic: int = 15) -> None:
@@ -180,6 +181,10 @@ class CloseMosaic(Callback):
         datamodule.set_mosaic(False)
         self.closed = True
         rank_zero_info(f"CloseMosaic: mosaic off from epoch {epoch} (last {self.close_mosaic} epochs)")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._close(trainer, 0)  # a resumed run is decided again when its checkpoint loads
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # The checkpoint stores the epoch it was written in; training resumes in the next one (end-of-epoch
