@@ -87,10 +87,11 @@ def test_weights_that_do_not_fit_are_an_error_and_a_class_change_is_reported(dat
     assert "class branch re-initialised for 3 classes" in caplog.text
 
 
-def test_test_without_a_test_split_is_an_error(data, trained, tmp_path):
+def test_test_without_a_test_split_is_an_error(data, trained, tmp_path, capsys):
     run_dir, _ = trained
-    with pytest.raises(Exception, match="none is configured: pass data.test"):
-        main(["test", *cli_args(data, tmp_path), f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    assert main(["test", *cli_args(data, tmp_path), f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]) == 1
+    assert "pgi-detect test: `test` evaluates the test split, and none is configured: pass data.test" in (
+        capsys.readouterr().err)
 
 
 def test_class_path_modules_are_found_from_the_working_directory(data, tmp_path, monkeypatch, capsys):

@@ -16,25 +16,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from pgi_detect.data import DetectionDataModule
+from pgi_detect.data import DataError, DetectionDataModule
 from pgi_detect.training import DetectionTask
 from pgi_detect.training.preemption import Preempted
+from pgi_detect.training.run_folder import RunFolderBusy, RunFolderLock
+from pgi_detect.weights import WeightsError
 from pgi_detect.models import DetectorSpec
 from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.training.checkpoints import (
     CHECKPOINT_DIR,
+    AtomicCheckpointIO,
+    CheckpointError,
     changed_values,
     checkpoint_hyperparameters,
-    newest_last_checkpoint,
+    resolve_checkpoint_path,
 )
 
 # build_cli always passes the command line explicitly; Lightning's hint about it does not apply.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run")
 
+DEBUG_ENV = "PGI_DETECT_DEBUG"
+# What a user's own input can get wrong: reported in one line, without a traceback (main(); `--debug` shows it).
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, WeightsError, CheckpointError, RunFolderBusy,
+                                                 FileNotFoundError,
+                                                 PermissionError, IsADirectoryError, NotADirectoryError)
 EXTRA_COMMANDS = {
     "check-data": ("pgi_detect.data", "check_data_main", "validate a dataset before training"),
     "export": ("pgi_detect.inference.export", "export_main", "export a checkpoint to ONNX"),
@@ -74,12 +84,16 @@ class DetectionCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand is None or not isinstance(args, (list, tuple)):
             return
-        ckpt_path = self._checkpoint_file(self.config[subcommand])
+        config = self.config[subcommand]
+        resolved = resolve_checkpoint_path(config.get("ckpt_path"), config["trainer"].get("default_root_dir"))
+        config["ckpt_path"] = resolved
+        ckpt_path = self._checkpoint_file(config)
         saved, held = checkpoint_hyperparameters(ckpt_path) if ckpt_path else ({}, None)
         if not saved:
             return
         at = list(args).index(subcommand) + 1
         super().parse_arguments(parser, [*args[:at], "--model", json.dumps(saved), *args[at:]])
+        self.config[subcommand]["ckpt_path"] = resolved  # the second parse read the name from the command line again
         final = self.config[subcommand]["model"]
         if final.get("weights"):
             # The checkpoint's own weights replace any initial ones: not re-read (or downloaded) for nothing.
@@ -97,11 +111,8 @@ class DetectionCLI(LightningCLI):
         """Replaced by `parse_arguments` (LightningCLI would re-apply the checkpoint over the command line)."""
 
     def _checkpoint_file(self, config: Any) -> Path | None:
-        """The checkpoint file `ckpt_path` names: a path, or "last" (the newest last*.ckpt in the run's checkpoint
-        folder, as Lightning resolves it when resuming)."""
+        """The checkpoint file a resolved `ckpt_path` names (None for none, or "last" before the first one)."""
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last":
-            return newest_last_checkpoint(Path(config["trainer"].get("default_root_dir") or "."))
         return Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
 
     def before_instantiate_classes(self) -> None:
@@ -114,12 +125,27 @@ class DetectionCLI(LightningCLI):
             # `--trainer.enable_progress_bar false` switches the configured bar off instead of failing on it.
             trainer["callbacks"] = [c for c in trainer["callbacks"]
                                     if not str(c.get("class_path", "")).endswith("ProgressBar")]
-        name = Path(trainer.get("default_root_dir") or ".").resolve().name
+        self._loggers_follow_the_run_folder(trainer)
+
+    @staticmethod
+    def _loggers_follow_the_run_folder(trainer: Any) -> None:
+        """`trainer.default_root_dir` is the run folder: checkpoints, reports, the logger's files and config.yaml all
+        go there (a logger's own save_dir would leave them behind when only the run folder is moved, and overwrite
+        another run's config.yaml)."""
+        root = trainer.get("default_root_dir")
+        name = Path(root or ".").resolve().name
         logger = trainer.get("logger")
         for spec in logger if isinstance(logger, list) else [logger]:
             init_args = spec.get("init_args") if hasattr(spec, "get") else None
-            if init_args is not None and "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
+            if init_args is None:
+                continue
+            if "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
                 init_args["name"] = name  # a logger switched on the command line names the run after the experiment
+            if root and "save_dir" in init_args and init_args.get("save_dir") != root:
+                if init_args.get("save_dir") not in (None, "."):
+                    rank_zero_info(f"logger save_dir {init_args.get('save_dir')} -> {root} (the run folder, "
+                                   "trainer.default_root_dir)")
+                init_args["save_dir"] = root
 
     @staticmethod
     def _recipe_owns_the_step(trainer: Any, model: Any) -> None:
@@ -143,6 +169,16 @@ class DetectionCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self._pin_checkpoint_dirs()
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # the default: made atomic (a user's own is kept)
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A fit holds its run folder for as long as it trains (one fit per folder, see training/run_folder.py)."""
+        if subcommand != "fit" or rank_zero_only.rank != 0:
+            return super()._run_subcommand(subcommand)
+        with RunFolderLock(self.trainer.default_root_dir):
+            return super()._run_subcommand(subcommand)
 
     def _pin_checkpoint_dirs(self) -> None:
         """Checkpoints without an explicit dirpath go to <default_root_dir>/checkpoints, so that a requeued or
@@ -222,13 +258,34 @@ def run(argv: Sequence[str] | None = None) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (`pgi-detect`): an exit status, 0 on success (a preempted run that saved its state and
-    was requeued is a success too)."""
+    was requeued is a success too). Errors in what the user gave (config, data, files, weights names) are one
+    `pgi-detect <command>: <message>` line and status 1; `--debug` or PGI_DETECT_DEBUG=1 shows the traceback."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in words or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    words = [word for word in words if word != "--debug"]
     try:
-        result = run(argv)
+        result = run(words)
     except Preempted as stop:
         print(f"pgi-detect: {stop}", flush=True)
         return 0
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        command = next((word for word in words if not word.startswith("-")), "")
+        print(f"pgi-detect {command}: {user_message(error)}".replace("  ", " "), file=sys.stderr, flush=True)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def user_message(error: BaseException) -> str:
+    """The error's own message (an OSError's with its file), one line, plus `(--debug shows the traceback)`."""
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error.strerror or ""):
+        text = f"{error.filename}: {error.strerror or error}"
+    elif isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+    else:
+        text = str(error)
+    return f"{text} (--debug shows the traceback)"
 
 
 if __name__ == "__main__":

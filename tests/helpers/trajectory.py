@@ -28,6 +28,14 @@ BATCH_SIZE = 4
 # every second batch; 24 steps take 40 batches, across the 32-batch epoch boundary.
 NOMINAL_BATCH = 8
 CHECKSUM_SEED = 1234
+# What the recorded numbers depend on besides our code (pinned in constraints.txt); a mismatch names them.
+NUMERIC_PACKAGES = ("torch", "opencv-python-headless", "numpy", "albumentations", "lightning")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in NUMERIC_PACKAGES}
 
 
 def cli_arguments(model: str, coco128: Path, output: Path) -> list[str]:
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--write", action="store_true", help=f"write {RECORD.relative_to(REPO)}")
     args = parser.parse_args(argv)
-    records = {}
+    records: dict = {"versions": package_versions()}
     for model in MODELS:
         with tempfile.TemporaryDirectory() as output:
             records[model] = run_trajectory(model, args.shared / "data" / "coco128", Path(output))

@@ -87,14 +87,14 @@ class DetectionDataModule(pl.LightningDataModule):
         if dataset is not None:
             given = [f"data.{key}" for key, value in explicit.items() if value is not None]
             if given:
-                raise ValueError(f"data.dataset ({dataset}) gives every split; {', '.join(given)} cannot be set "
+                raise DataError(f"data.dataset ({dataset}) gives every split; {', '.join(given)} cannot be set "
                                  f"with it (set {' and '.join(given)} to null, e.g. --{given[0]} null, or drop "
                                  "data.dataset)")
             self.dataset_yaml = read_dataset_yaml(dataset)
             splits = self.dataset_yaml.splits
             train, val, test = (str(dataset) if s in splits else None for s in ("train", "val", "test"))
         if not (train or val or test):
-            raise ValueError("give data.dataset or at least one of data.train, data.val, data.test")
+            raise DataError("give data.dataset or at least one of data.train, data.val, data.test")
         self.paths = {"train": (train, train_images), "val": (val, val_images), "test": (test, test_images)}
         self.format = format
         self.img_size = img_size
@@ -125,7 +125,7 @@ class DetectionDataModule(pl.LightningDataModule):
         if split not in self._sources:
             path, images = self.paths[split]
             if path is None:
-                raise ValueError(f"no {split} dataset configured")
+                raise DataError(f"no {split} dataset configured")
             segments = split == "train" and self.segments and self.augmentation.mosaic > 0
             source = load_source(self.dataset_yaml or path, images, self.format, self._class_names_arg,
                                  self.on_bad_sample, segments, split=split if self.dataset_yaml else None)

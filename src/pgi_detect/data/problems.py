@@ -58,7 +58,7 @@ def enforce_policy(problems: list[DataProblem], on_bad_sample: str, source: str)
     errors = [p for p in problems if p.severity == "error"]
     if errors and on_bad_sample == "error":
         more = f" (and {len(errors) - 1} more; run check-data for the full list)" if len(errors) > 1 else ""
-        raise DataError(f"{errors[0]}{more}. Pass on_bad_sample='skip' to drop bad samples instead.")
+        raise DataError(f"{errors[0]}{more}. To drop bad samples instead pass --data.on_bad_sample skip (on_bad_sample='skip' in Python).")
     for problem in problems[:MAX_LOGGED_PROBLEMS]:
         logger.warning("%s (%s)", problem, "skipped" if problem.severity == "error" else problem.kind)
     if problems:
