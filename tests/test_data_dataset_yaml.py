@@ -61,13 +61,31 @@ def test_yaml_errors_name_the_file_and_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("path: .\ntrain: images/nowhere\nnames: [a]\n")
     with pytest.raises(DataError, match=r"bad\.yaml: train: .*nowhere not found"):
-        DetectionDataModule(dataset=str(bad))
+        DetectionDataModule(dataset=str(bad)).setup("fit")
     assert check_data_main(["--path", str(bad), "--quiet"]) == 1  # reported, not raised
     assert "nowhere not found" in capsys.readouterr().out
     (tmp_path / "images").mkdir()
     bad.write_text("train: images\nnames: [a, b]\nnc: 3\n")
     with pytest.raises(DataError, match="nc is 3 but 'names' lists 2"):
         DetectionDataModule(dataset=str(bad))
+
+
+def test_a_missing_split_fails_only_where_it_is_read(tmp_path, capsys):
+    """A data.yaml whose val folder is missing: the train split still checks (and trains), val is named."""
+    import shutil
+
+    yaml_file = ultralytics_layout(tmp_path / "shapes")
+    shutil.rmtree(tmp_path / "shapes" / "images" / "val")
+    assert check_data_main(["--path", str(yaml_file), "--split", "train", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[train]" in out and "unreadable_dataset" not in out
+    assert check_data_main(["--path", str(yaml_file), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "val: " in out and "images/val not found" in out and "unreadable_dataset" in out
+    module = DetectionDataModule(dataset=str(yaml_file))
+    assert len(module.dataset("train")) > 0
+    with pytest.raises(DataError, match=r"val: .*images/val not found"):
+        module.setup("validate")
 
 
 def test_explicit_splits_with_a_dataset_yaml_are_an_error(tmp_path):

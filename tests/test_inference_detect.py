@@ -111,6 +111,39 @@ def test_dataset_category_ids_everywhere(checkpoint, tmp_path):
     assert detections.to_coco() == [{k: v for k, v in r.items() if k != "file_name"} for r in records]
 
 
+def test_in_memory_images_are_numbered_in_the_order_given(checkpoint, tmp_path):
+    """An array or tensor has no file to take an id from: ids are 0, 1, ... as given, so to_coco() works."""
+    import cv2
+
+    predictor = Predictor.from_checkpoint(checkpoint, img_size=64, nms=replace(NMS_DETECT, conf_thres=1e-6, max_det=3))
+    source = folder_with_truncated_jpeg(tmp_path / "in", count=2, bad=0)
+    array = cv2.cvtColor(cv2.imread(str(source / "im1.jpg")), cv2.COLOR_BGR2RGB)
+    single = predictor(array)
+    assert single.image_id == 0 and {r["image_id"] for r in single.to_coco()} == {0}
+    batch = predictor(torch.from_numpy(np.stack([array, array])).permute(0, 3, 1, 2))
+    assert [d.image_id for d in batch] == [0, 1]
+    assert [r["category_id"] for r in batch[1].to_coco()] == [r["category_id"] for r in single.to_coco()]
+    assert batch[1].to_coco(image_id=42)[0]["image_id"] == 42  # an explicit id still wins
+
+
+def test_export_writes_category_ids_and_verifies_nms_exports(checkpoint, tmp_path, capsys, monkeypatch):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from pgi_detect.inference import export
+
+    output = tmp_path / "model.onnx"
+    assert export.export_main(["--checkpoint", str(checkpoint), "--img-size", "64", "--nms", "--conf", "0.001",
+                               "--verify", "--output", str(output)]) == 0
+    assert "onnxruntime vs PyTorch (detections, random images): max abs difference" in capsys.readouterr().out
+    metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    assert json.loads(metadata["category_ids"]) == CATEGORY_IDS and json.loads(metadata["names"]) == ["ball", "cup"]
+    # A verification that cannot run is an error, not a silent skip.
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
+    assert export.export_main(["--checkpoint", str(checkpoint), "--img-size", "64", "--verify",
+                               "--output", str(output)]) == 1
+    assert "--verify needs onnxruntime" in capsys.readouterr().err
+
+
 def test_progress_lines_without_a_terminal(checkpoint, tmp_path, capsys):
     source = folder_with_truncated_jpeg(tmp_path / "in", count=5, bad=4)
     detect(detect_args(checkpoint, source, tmp_path / "out", "--progress-every", "2", "--batch-size", "1",

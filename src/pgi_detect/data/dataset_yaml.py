@@ -13,7 +13,7 @@ the split's sorted image paths; category ids are the class indices.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -35,6 +35,9 @@ class DatasetYaml:
     root: Path
     splits: dict[str, tuple[Path, ...]]
     class_names: tuple[str, ...]
+    # Split -> the first of its entries that does not exist: an error when that split is read, not before, so that
+    # `check-data --split train` and a train-only use work while the val folder is still missing.
+    missing: dict[str, Path] = field(default_factory=dict)
 
     def location(self, split: str) -> str:
         return f"{self.file} [{split}]"
@@ -63,7 +66,7 @@ def read_dataset_yaml(path: str | Path) -> DatasetYaml:
     class_names = parse_class_names(data.get("names"), path)
     if data.get("nc") is not None and data["nc"] != len(class_names):
         raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {len(class_names)} classes")
-    splits = {}
+    splits, missing = {}, {}
     for split in SPLITS:
         value = data.get(split)
         if not value:
@@ -72,11 +75,11 @@ def read_dataset_yaml(path: str | Path) -> DatasetYaml:
         if not all(isinstance(e, str) for e in entries):
             raise DataError(f"{path}: {split}: expected a path or a list of paths, got {value!r:.100}")
         resolved = tuple(root / e for e in entries)
-        for entry in resolved:
-            if not entry.exists():
-                raise DataError(f"{path}: {split}: {entry} not found (paths are relative to path: {root})")
+        absent = next((entry for entry in resolved if not entry.exists()), None)
+        if absent is not None:
+            missing[split] = absent
         splits[split] = resolved
-    return DatasetYaml(path, root, splits, tuple(class_names))
+    return DatasetYaml(path, root, splits, tuple(class_names), missing)
 
 
 def dataset_root(yaml_file: Path, value: object) -> Path:
@@ -97,6 +100,9 @@ def split_images(spec: DatasetYaml, split: str) -> tuple[list[Path], list[Path]]
     """(the split's image files, sorted; the label folders of its folder entries, for orphan label files)."""
     if split not in spec.splits:
         raise DataError(f"{spec.file}: no {split!r} split (it has {', '.join(spec.splits) or 'none'})")
+    if split in spec.missing:
+        raise DataError(f"{spec.file}: {split}: {spec.missing[split]} not found (paths are relative to path: "
+                        f"{spec.root})")
     images: list[Path] = []
     label_dirs: list[Path] = []
     for entry in spec.splits[split]:

@@ -131,10 +131,10 @@ class Predictor:
         Tensors are RGB, uint8 in [0, 255] or floating point in [0, 1] (torchvision's convention; other float ranges
         are an error), on any device; they are letterboxed like arrays, on the CPU."""
         if isinstance(images, Tensor):
-            results = self.predict_arrays(tensor_to_arrays(images))
+            results = numbered(self.predict_arrays(tensor_to_arrays(images)))
             return results[0] if images.ndim == 3 else results
         if isinstance(images, (np.ndarray, Image.Image)):
-            return self.predict_arrays([to_rgb_array(images)])[0]
+            return numbered(self.predict_arrays([to_rgb_array(images)]))[0]
         if isinstance(images, (str, Path)) and is_image_file(Path(images)) and Path(images).is_file():
             return next(self.stream(images))[1]
         return [detections for _, detections in self.stream(images)]
@@ -147,6 +147,15 @@ class Predictor:
             for frame, detections in zip(frames, self.predict_arrays([f.image for f in frames])):
                 detections.image_id = frame.image_id
                 yield frame, detections
+
+
+def numbered(results: list[Detections]) -> list[Detections]:
+    """In-memory images get the image ids 0, 1, ... in the order given (as `iter_frames` numbers a list of arrays),
+    so `to_coco()` works without arguments for them too."""
+    for index, detections in enumerate(results):
+        if detections.image_id is None:
+            detections.image_id = index
+    return results
 
 
 def tensor_to_arrays(images: Tensor) -> list[np.ndarray]:
