@@ -60,7 +60,7 @@ def data_options(data: Path, img_size: int) -> list[str]:
 
 
 def fit_command(args: argparse.Namespace, variant: Variant, seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pgi_detect.main", "fit", "--config", str(args.config),
+    return [sys.executable, "-m", "pgi_detect.commands", "fit", "--config", str(args.config),
             *data_options(args.data, args.img_size), f"--data.batch_size={args.batch_size}",
             f"--data.seed={seed}", f"--seed_everything={seed}", f"--trainer.max_epochs={args.epochs}",
             f"--trainer.check_val_every_n_epoch={args.epochs}", "--trainer.num_sanity_val_steps=0",

@@ -100,7 +100,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def our_command(args: argparse.Namespace, model: str, seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pgi_detect.main", "fit", "--config", str(REPO / "experiments" / f"{model}-coco.yaml"),
+    return [sys.executable, "-m", "pgi_detect.commands", "fit", "--config", str(REPO / "experiments" / f"{model}-coco.yaml"),
             *data_overrides(args), f"--data.batch_size={args.batch_size}", "--data.num_workers=1",
             "--data.augmentation=" + json.dumps(OUR_NO_AUGMENTATION), f"--data.seed={seed}",
             f"--seed_everything={seed}", f"--model.optim.nominal_batch_size={args.nominal_batch_size}",

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers.runs import DEMO_CONFIG, REPO, cli_command, cli_env, demo_overrides, tiny_data
-from pgi_detect.main import main
+from pgi_detect.commands import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -134,6 +134,12 @@ def test_the_run_folder_holds_the_logger_files_and_the_config(data, tmp_path, mo
     assert sorted(p.name for p in run_dir.iterdir()) == [".pgi-detect-fit.lock", "checkpoints", "demo-synthetic", "reports"]
     assert list(run_dir.glob("demo-synthetic/version_*/config.yaml"))
     assert not (tmp_path / "demo_runs").exists()
+    # A logger folder given on the command line is kept: the logs go there, the checkpoints stay in the run folder.
+    logs = tmp_path / "elsewhere"
+    assert main(["fit", *args, "--trainer.default_root_dir", str(tmp_path / "second"),
+                 f"--trainer.logger.init_args.save_dir={logs}"]) == 0
+    assert list(logs.glob("demo-synthetic/version_*/config.yaml"))
+    assert (tmp_path / "second" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_a_second_fit_into_a_live_runs_folder_is_refused(data, tmp_path):
@@ -184,3 +190,23 @@ def test_bad_samples_hint_names_the_cli_flag(data, tmp_path):
                             cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--data.on_bad_sample skip" in result.stderr and str(broken) in result.stderr
+
+
+def test_the_shipped_coco_config_runs_quietly_on_cpu(coco128_dir, tmp_path):
+    """What used to be noise on a CPU machine: Lightning's fp16 swap warning, torch's worker-count and pin_memory
+    warnings, Lightning's own deprecation, `epoch 0/500` under max_steps. Each is one line of ours or nothing."""
+    annotations = coco128_dir / "annotations" / "instances_train2017.json"
+    images = coco128_dir / "images" / "train2017"
+    args = ["fit", "--config", str(REPO / "experiments" / "gelan-t-coco.yaml"), f"--data.train={annotations}",
+            f"--data.train_images={images}", f"--data.val={annotations}", f"--data.val_images={images}",
+            "--data.img_size=96", "--data.batch_size=4", "--data.num_workers=64", "--trainer.max_steps=2", "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={tmp_path}"]
+    result = subprocess.run(cli_command(*args), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for noise in ("AMP with fp16 is not supported", "worker processes in total", "'pin_memory' argument",
+                  "LeafSpec", "epoch 0/500", "not supported by the model summary"):
+        assert noise not in output, noise
+    assert output.count("fp16 autocast needs CUDA; bf16-mixed on this accelerator") == 1
+    assert output.count("data.num_workers 64 -> ") == 1
+    assert "(max_steps)" in output

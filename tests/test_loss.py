@@ -33,6 +33,23 @@ def test_dual_branch_matches_official_golden(golden):
     assert_rel(items, golden["dual_items"])
 
 
+def test_lead_guided_assignment_matches_official_golden(golden, golden_dir):
+    """One assignment from the main branch's predictions for both branches: the official ComputeLossLH's value and
+    items on loss_golden.pt's inputs (and not the independent loss: the golden would not tell them apart otherwise)."""
+    lead = torch.load(golden_dir / "loss_lh_golden.pt", weights_only=True)
+    loss, items = DetectionLoss(80, assignment="lead")([golden["feats_aux"], golden["feats_main"]], golden["targets"])
+    assert_rel(loss, lead["lh_loss"])
+    assert_rel(items, lead["lh_items"])
+    assert not torch.allclose(lead["lh_items"], golden["dual_items"], rtol=1e-3)
+
+
+def test_lead_guided_assignment_is_finite_without_targets():
+    maps, _ = reference.random_batch(2, 64, 0, 3, branches=2)
+    loss, items = DetectionLoss(3, assignment="lead")(maps, torch.zeros(0, 6))
+    assert torch.isfinite(loss) and torch.isfinite(items).all() and items[0] == 0 and items[2] == 0
+    loss.backward()
+
+
 def test_anchors_and_decoded_boxes_match_golden(golden):
     anchors, strides = anchor_grid(map_shapes(golden["feats_main"]), (8, 16, 32))
     torch.testing.assert_close(anchors, golden["anchor_points"])

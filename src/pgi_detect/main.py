@@ -1,17 +1,16 @@
-"""The single command-line entry point: `pgi-detect fit|validate|test|predict|check-data|export|detect`.
+"""The LightningCLI behind `pgi-detect fit|validate|test|predict`: `DetectionTask` + `DetectionDataModule` driven by
+the YAML files in experiments/ (a per-model file composes with its base through jsonargparse's own `config:` key).
 
-fit/validate/test/predict are a LightningCLI over `DetectionTask` + `DetectionDataModule` driven by the YAML files
-in experiments/ (a per-model file composes with its base through jsonargparse's own `config:` key); check-data,
-export and detect are plain argparse tools living in their own modules.
+The console command itself (which tool runs, one-line errors; `python -m pgi_detect.commands`) is
+`pgi_detect.commands`, which imports this module only for those four commands.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from pgi_detect.data import DataError, DetectionDataModule
+from pgi_detect.data import DetectionDataModule
 from pgi_detect.training import DetectionTask
-from pgi_detect.training.preemption import Preempted
-from pgi_detect.training.run_folder import RunFolderBusy, RunFolderLock
-from pgi_detect.weights import WeightsError
+from pgi_detect.training.run_folder import RunFolderLock
 from pgi_detect.models import DetectorSpec
 from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.training.checkpoints import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
-    CheckpointError,
     changed_values,
     checkpoint_hyperparameters,
     resolve_checkpoint_path,
@@ -39,18 +35,10 @@ from pgi_detect.training.checkpoints import (
 
 # build_cli always passes the command line explicitly; Lightning's hint about it does not apply.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run")
+# Lightning's own internals (its _pytree shim) and its model summary under mixed precision: nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
 
-DEBUG_ENV = "PGI_DETECT_DEBUG"
-# What a user's own input can get wrong: reported in one line, without a traceback (main(); `--debug` shows it).
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, WeightsError, CheckpointError, RunFolderBusy,
-                                                 FileNotFoundError,
-                                                 PermissionError, IsADirectoryError, NotADirectoryError)
-EXTRA_COMMANDS = {
-    "check-data": ("pgi_detect.data", "check_data_main", "validate a dataset before training"),
-    "export": ("pgi_detect.inference.export", "export_main", "export a checkpoint to ONNX"),
-    "detect": ("pgi_detect.inference.cli", "detect_main", "run a checkpoint on images, folders or videos"),
-}
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class LoggedConfigCallback(SaveConfigCallback):
@@ -81,6 +69,9 @@ class DetectionCLI(LightningCLI):
         before the user's configs and options: defaults < checkpoint < config files < command line. Lightning's own
         rule (checkpoint over everything) silently ignored options such as `--model.predict_nms.conf_thres`."""
         super().parse_arguments(parser, args)
+        # A logger folder given on the command line is the user's choice; any other follows the run folder.
+        self._explicit_logger_dir = isinstance(args, (list, tuple)) and any(
+            str(word).startswith(("--trainer.logger.init_args.save_dir", "--trainer.logger.save_dir")) for word in args)
         subcommand = self.config.get("subcommand")
         if subcommand is None or not isinstance(args, (list, tuple)):
             return
@@ -118,6 +109,11 @@ class DetectionCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         trainer = self._get(self.config, "trainer")
         self._recipe_owns_the_step(trainer, self._get(self.config, "model"))
+        if str(trainer.get("precision")) in ("16-mixed", "16") and not _uses_cuda(trainer.get("accelerator")):
+            # Lightning would swap it too, with a warning; one line says what runs instead.
+            rank_zero_info(f"--trainer.precision {trainer.get('precision')}: fp16 autocast needs CUDA; bf16-mixed "
+                           "on this accelerator")
+            trainer["precision"] = "bf16-mixed"
         if trainer.get("sync_batchnorm") and not _uses_cuda(trainer.get("accelerator")):
             trainer["sync_batchnorm"] = False
             rank_zero_info("SyncBatchNorm needs CUDA: running DDP with per-process BatchNorm on this accelerator")
@@ -125,13 +121,13 @@ class DetectionCLI(LightningCLI):
             # `--trainer.enable_progress_bar false` switches the configured bar off instead of failing on it.
             trainer["callbacks"] = [c for c in trainer["callbacks"]
                                     if not str(c.get("class_path", "")).endswith("ProgressBar")]
-        self._loggers_follow_the_run_folder(trainer)
+        self._loggers_follow_the_run_folder(trainer, keep_save_dir=getattr(self, "_explicit_logger_dir", False))
 
     @staticmethod
-    def _loggers_follow_the_run_folder(trainer: Any) -> None:
+    def _loggers_follow_the_run_folder(trainer: Any, keep_save_dir: bool = False) -> None:
         """`trainer.default_root_dir` is the run folder: checkpoints, reports, the logger's files and config.yaml all
         go there (a logger's own save_dir would leave them behind when only the run folder is moved, and overwrite
-        another run's config.yaml)."""
+        another run's config.yaml), unless `--trainer.logger.init_args.save_dir` was given on the command line."""
         root = trainer.get("default_root_dir")
         name = Path(root or ".").resolve().name
         logger = trainer.get("logger")
@@ -141,11 +137,13 @@ class DetectionCLI(LightningCLI):
                 continue
             if "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
                 init_args["name"] = name  # a logger switched on the command line names the run after the experiment
-            if root and "save_dir" in init_args and init_args.get("save_dir") != root:
-                if init_args.get("save_dir") not in (None, "."):
-                    rank_zero_info(f"logger save_dir {init_args.get('save_dir')} -> {root} (the run folder, "
-                                   "trainer.default_root_dir)")
-                init_args["save_dir"] = root
+            if "save_dir" not in init_args or (keep_save_dir and init_args.get("save_dir") is not None):
+                continue
+            target = root or "."
+            if init_args.get("save_dir") not in (None, ".", target):
+                rank_zero_info(f"logger save_dir {init_args.get('save_dir')} -> {target} (the run folder, "
+                               "trainer.default_root_dir; set --trainer.logger.init_args.save_dir to log elsewhere)")
+            init_args["save_dir"] = target
 
     @staticmethod
     def _recipe_owns_the_step(trainer: Any, model: Any) -> None:
@@ -211,17 +209,6 @@ def _uses_cuda(accelerator: Any) -> bool:
     return str(accelerator) in ("cuda", "gpu")
 
 
-def _load_command(module_name: str, function_name: str) -> Callable[[Sequence[str]], Any]:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise SystemExit(f"pgi-detect: {module_name} is not available in this installation ({error})") from error
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise SystemExit(f"pgi-detect: {module_name} has no {function_name}(); this command is not implemented yet")
-    return function
-
-
 def build_cli(args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> DetectionCLI:
     """Create the LightningCLI (also used by tests with run=False to parse and instantiate a config)."""
     if args is None:
@@ -238,55 +225,3 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True, **kwargs: Any
         auto_configure_optimizers=False,
         **kwargs,
     )
-
-
-def run(argv: Sequence[str] | None = None) -> Any:
-    """Run one command; returns the LightningCLI (fit/validate/test/predict) or the tool's exit code."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    # Modules named in a config's class_path (a user's own backbone file) are found from the working directory, as
-    # with `python -m` and other CLIs.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    if words and words[0] in EXTRA_COMMANDS:
-        module_name, function_name, _ = EXTRA_COMMANDS[words[0]]
-        return _load_command(module_name, function_name)(words[1:])
-    if words and words[0] in ("-h", "--help"):
-        extra = "\n".join(f"  {name:<11} {help_text}" for name, (_, _, help_text) in EXTRA_COMMANDS.items())
-        print(f"pgi-detect: fit | validate | test | predict (Lightning CLI, see --help of each)\n{extra}\n")
-    return build_cli(words)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (`pgi-detect`): an exit status, 0 on success (a preempted run that saved its state and
-    was requeued is a success too). Errors in what the user gave (config, data, files, weights names) are one
-    `pgi-detect <command>: <message>` line and status 1; `--debug` or PGI_DETECT_DEBUG=1 shows the traceback."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in words or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    words = [word for word in words if word != "--debug"]
-    try:
-        result = run(words)
-    except Preempted as stop:
-        print(f"pgi-detect: {stop}", flush=True)
-        return 0
-    except USER_ERRORS as error:
-        if debug:
-            raise
-        command = next((word for word in words if not word.startswith("-")), "")
-        print(f"pgi-detect {command}: {user_message(error)}".replace("  ", " "), file=sys.stderr, flush=True)
-        return 1
-    return result if isinstance(result, int) else 0
-
-
-def user_message(error: BaseException) -> str:
-    """The error's own message (an OSError's with its file), one line, plus `(--debug shows the traceback)`."""
-    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error.strerror or ""):
-        text = f"{error.filename}: {error.strerror or error}"
-    elif isinstance(error, OSError) and error.strerror:
-        text = error.strerror
-    else:
-        text = str(error)
-    return f"{text} (--debug shows the traceback)"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

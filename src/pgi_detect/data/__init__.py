@@ -2,29 +2,33 @@
 
 See docs/data.md; the batch contract is `Batch` (collate.py).
 """
-from pgi_detect.data.augment import AugmentationConfig
-from pgi_detect.data.check import DataReport, check_data_main, check_dataset
-from pgi_detect.data.collate import Batch, collate_detections, seed_worker
-from pgi_detect.data.dataset import DetectionDataset
-from pgi_detect.data.images import ImageDecodeError, decode_image
-from pgi_detect.data.problems import DataError, DataProblem
-from pgi_detect.data.ground_truth import ground_truth_coco, ground_truth_dict
-from pgi_detect.data.loading import detect_format, load_source, read_source
-from pgi_detect.data.records import DetectionSource, ImageRecord
-from pgi_detect.data.synthetic import SHAPE_CLASSES, make_synthetic_coco
+from pgi_detect.lazy_exports import lazy_exports
 
-__all__ = [
-    "AugmentationConfig", "Batch", "DataError", "DataProblem", "DataReport", "DetectionDataModule", "DetectionDataset",
-    "DetectionSource", "ImageDecodeError", "ImageRecord", "SHAPE_CLASSES", "check_data_main", "check_dataset",
-    "collate_detections", "decode_image", "detect_format", "ground_truth_coco", "ground_truth_dict", "load_source",
-    "make_synthetic_coco", "read_source", "seed_worker",
-]
-
-
-def __getattr__(name: str):
-    if name == "DetectionDataModule":
-        # Imported on use: the DataModule imports Lightning (~2 s), which pure-data and inference users do not pay.
-        from pgi_detect.data.datamodule import DetectionDataModule
-
-        return DetectionDataModule
-    raise AttributeError(name)
+# Public name -> the module that defines it, imported on first use: the DataModule pulls in Lightning, the
+# augmentation albumentations, the ground truth torchmetrics, which users of the light parts do not pay for.
+_EXPORTS = {
+    "AugmentationConfig": "pgi_detect.data.augment",
+    "DataReport": "pgi_detect.data.check",
+    "check_data_main": "pgi_detect.data.check",
+    "check_dataset": "pgi_detect.data.check",
+    "Batch": "pgi_detect.data.collate",
+    "collate_detections": "pgi_detect.data.collate",
+    "seed_worker": "pgi_detect.data.collate",
+    "DetectionDataset": "pgi_detect.data.dataset",
+    "ImageDecodeError": "pgi_detect.data.images",
+    "decode_image": "pgi_detect.data.images",
+    "DataError": "pgi_detect.data.problems",
+    "DataProblem": "pgi_detect.data.problems",
+    "ground_truth_coco": "pgi_detect.data.ground_truth",
+    "ground_truth_dict": "pgi_detect.data.ground_truth",
+    "detect_format": "pgi_detect.data.loading",
+    "load_source": "pgi_detect.data.loading",
+    "read_source": "pgi_detect.data.loading",
+    "DetectionSource": "pgi_detect.data.records",
+    "ImageRecord": "pgi_detect.data.records",
+    "SHAPE_CLASSES": "pgi_detect.data.synthetic",
+    "make_synthetic_coco": "pgi_detect.data.synthetic",
+    "DetectionDataModule": "pgi_detect.data.datamodule",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

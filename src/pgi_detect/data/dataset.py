@@ -21,7 +21,8 @@ from pgi_detect.geometry import Letterbox
 from pgi_detect.data import augment as aug
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.heap import bound_heap_retention
-from pgi_detect.data.images import channels_first, decode_annotated_image, long_side_shape, resize_long_side
+from pgi_detect.data.images import (channels_first, decode_annotated_image, decode_for_target, long_side_shape,
+                                    resize_from, resize_long_side)
 from pgi_detect.data.problems import DataError, check_policy
 from pgi_detect.data.records import DetectionSource, ImageRecord, RecordTable, box_polygon, clip_boxes_to_image
 
@@ -58,7 +59,8 @@ class DetectionDataset(Dataset):
 
     def __init__(self, source: DetectionSource | RecordTable | list[ImageRecord], img_size: int = 640,
                  train: bool = False, augmentation: AugmentationConfig | dict | None = None,
-                 cache_images: bool = False, on_bad_sample: str = "error", seed: int = 0) -> None:
+                 cache_images: bool = False, on_bad_sample: str = "error", seed: int = 0,
+                 decode_reduced: bool = False) -> None:
         self.records = RecordTable.coerce(source.records if isinstance(source, DetectionSource) else source)
         if not len(self.records):
             raise DataError("dataset has no usable images")
@@ -69,6 +71,7 @@ class DetectionDataset(Dataset):
         self.config = AugmentationConfig.from_any(augmentation) if train else AugmentationConfig.disabled()
         self.on_bad_sample = check_policy(on_bad_sample)
         self.cache_images = cache_images
+        self.decode_reduced = decode_reduced  # large JPEGs decoded at a DCT scale (images.decode_for_target)
         self.pixel_augmenter = aug.PixelAugmenter(self.config) if train else None
         self.rect_shapes: dict[int, tuple[int, int]] | None = None
         self._mosaic_flag = torch.ones(1, dtype=torch.uint8).share_memory_()
@@ -121,9 +124,13 @@ class DetectionDataset(Dataset):
         record = self.records[index]
         cached = self._cache.get(index)
         if cached is None:
-            image = decode_annotated_image(record.path, record.height, record.width)
-            orig = image.shape[:2]
-            image = resize_long_side(image, self.img_size, augment=self.train)
+            if self.decode_reduced:
+                image, orig = decode_for_target(record.path, record.height, record.width, self.img_size)
+                image = resize_from(image, orig, self.img_size, augment=self.train)
+            else:
+                image = decode_annotated_image(record.path, record.height, record.width)
+                orig = image.shape[:2]
+                image = resize_long_side(image, self.img_size, augment=self.train)
             if self.cache_images:
                 self._cache[index] = (image, orig)
         else:

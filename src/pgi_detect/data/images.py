@@ -78,6 +78,57 @@ def decode_annotated_image(path: str | Path, height: int | None, width: int | No
     return image
 
 
+# JPEG's DCT can decode at 1/2, 1/4, 1/8 of the size almost for free (libjpeg's scaled IDCT).
+_REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+
+
+def reduction_factor(height: int, width: int, target: int) -> int:
+    """The largest of 8, 4, 2 at which the long side still covers `target` (1: decode in full)."""
+    return next((f for f in _REDUCED_FLAGS if max(height, width) >= f * target), 1)
+
+
+def decode_for_target(path: str | Path, height: int | None, width: int | None,
+                      target: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(image, (height, width) of the full image): a JPEG at least twice `target` on its long side is decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8) that still covers `target` (data.decode_reduced), anything else as
+    decode_annotated_image does. The caller resizes to the shape the full image gives (long_side_shape of the full
+    size), so boxes and shapes are the same either way; only pixels differ a little (docs/data.md)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        image = decode_annotated_image(path, height, width)
+        return image, image.shape[:2]
+    full = (height, width) if height is not None and width is not None else read_image_size(path)
+    factor = reduction_factor(*full, target)
+    if factor == 1:
+        image = decode_annotated_image(path, height, width)
+        return image, image.shape[:2]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read image file ({exc})") from None
+    if not _is_jpeg(data) or not _jpeg_is_complete(data):  # not really a JPEG, or cut off: the full path reports it
+        image = decode_annotated_image(path, height, width)
+        return image, image.shape[:2]
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[factor])
+    if decoded is None:
+        raise ImageDecodeError(f"{path}: corrupt JPEG (OpenCV cannot decode it)")
+    expected = (-(-full[0] // factor), -(-full[1] // factor))  # libjpeg rounds the scaled size up
+    if decoded.shape[:2] != expected:  # the file is not the size its annotations say: the full path names it
+        image = decode_annotated_image(path, height, width)
+        return image, image.shape[:2]
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), (int(full[0]), int(full[1]))
+
+
+def resize_from(image: np.ndarray, full_size: tuple[int, int], size: int, augment: bool) -> np.ndarray:
+    """resize_long_side for an image decoded at a reduced scale: the shape and the interpolation rule are those of
+    the full image of `full_size`, so every later step sees the same geometry."""
+    if image.shape[:2] == tuple(full_size):
+        return resize_long_side(image, size, augment)
+    new_h, new_w = long_side_shape(*full_size, size)
+    interpolation = cv2.INTER_LINEAR if (augment or size > max(full_size)) else cv2.INTER_AREA
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
 def _decode_with_pillow(data: bytes, path: Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as opened:

@@ -1,45 +1,32 @@
 """COCO box-mAP scoring (faster-coco-eval or pycocotools) and the reports built on it; no Lightning here.
 (`pgi_detect.evaluation.plots` draws the reports with matplotlib and is imported on its own.)"""
-from pgi_detect.evaluation.coco_eval import (
-    STAT_NAMES,
-    CocoScores,
-    PrecisionArrays,
-    coco_dataset_dict,
-    evaluate_detections,
-    fitness,
-    index_coco,
-    predictions_to_coco,
-    rows_to_coco,
-    score_detections,
-    write_detections_json,
-)
-from pgi_detect.evaluation.class_metrics import ClassResult, ConfidenceCurves, format_table
-from pgi_detect.evaluation.confusion import ConfusionMatrix, confusion_matrix
-from pgi_detect.evaluation.matching import DetectionMatches, match_detections
-from pgi_detect.evaluation.metric import CocoDetectionMetric, CocoEvaluation
-from pgi_detect.evaluation.report import EvaluationReport, build_report
+from pgi_detect.lazy_exports import lazy_exports
 
-__all__ = [
-    "ClassResult",
-    "CocoDetectionMetric",
-    "CocoEvaluation",
-    "CocoScores",
-    "ConfidenceCurves",
-    "ConfusionMatrix",
-    "DetectionMatches",
-    "EvaluationReport",
-    "PrecisionArrays",
-    "STAT_NAMES",
-    "build_report",
-    "coco_dataset_dict",
-    "confusion_matrix",
-    "evaluate_detections",
-    "fitness",
-    "format_table",
-    "index_coco",
-    "match_detections",
-    "predictions_to_coco",
-    "rows_to_coco",
-    "score_detections",
-    "write_detections_json",
-]
+# Public name -> the module that defines it, imported on first use (the metric pulls in torchmetrics, which users of
+# the light parts do not pay for).
+_EXPORTS = {
+    "STAT_NAMES": "pgi_detect.evaluation.coco_eval",
+    "CocoScores": "pgi_detect.evaluation.coco_eval",
+    "PrecisionArrays": "pgi_detect.evaluation.coco_eval",
+    "coco_dataset_dict": "pgi_detect.evaluation.coco_eval",
+    "evaluate_detections": "pgi_detect.evaluation.coco_eval",
+    "fitness": "pgi_detect.evaluation.coco_eval",
+    "index_coco": "pgi_detect.evaluation.coco_eval",
+    "predictions_to_coco": "pgi_detect.evaluation.coco_eval",
+    "rows_to_coco": "pgi_detect.evaluation.coco_eval",
+    "score_detections": "pgi_detect.evaluation.coco_eval",
+    "write_detections_json": "pgi_detect.evaluation.coco_eval",
+    "ClassResult": "pgi_detect.evaluation.class_metrics",
+    "ConfidenceCurves": "pgi_detect.evaluation.class_metrics",
+    "format_table": "pgi_detect.evaluation.class_metrics",
+    "ConfusionMatrix": "pgi_detect.evaluation.confusion",
+    "confusion_matrix": "pgi_detect.evaluation.confusion",
+    "DetectionMatches": "pgi_detect.evaluation.matching",
+    "match_detections": "pgi_detect.evaluation.matching",
+    "CocoDetectionMetric": "pgi_detect.evaluation.metric",
+    "CocoEvaluation": "pgi_detect.evaluation.metric",
+    "EvaluationReport": "pgi_detect.evaluation.report",
+    "build_report": "pgi_detect.evaluation.report",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,6 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_convert
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,8 @@ NMS_DETECT = NMSSettings(conf_thres=0.25, iou_thres=0.45, multi_label=False, max
 def _candidates(image_pred: Tensor, conf_thres: float, multi_label: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(xyxy boxes, scores, classes) of one image's `(N, 4 + nc)` predictions above `conf_thres`: one row per
     (box, class) pair when multi-label, else one row per box with its best class."""
+    from torchvision.ops import box_convert  # on first use: importing torchvision.ops costs ~1.5 s (torch._dynamo)
+
     class_scores = image_pred[:, 4:]
     if multi_label:
         image_pred = image_pred[class_scores.amax(1) > conf_thres]  # cheap row prefilter before the pair search
@@ -61,6 +62,8 @@ def non_max_suppression(
     reference: anchors whose best score is <= conf are dropped first, the candidates are sorted by score and
     capped at `max_nms`, NMS runs per class, and the first `max_det` survivors are kept. No time limit.
     """
+    from torchvision.ops import batched_nms  # on first use (see _candidates)
+
     num_classes = pred.shape[1] - 4
     multi_label = multi_label and num_classes > 1
     wanted_classes = None if classes is None else torch.as_tensor(classes, device=pred.device)

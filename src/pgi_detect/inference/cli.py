@@ -52,7 +52,7 @@ def detect(argv: Sequence[str] | None = None) -> PredictionRun:
 
 
 def detect_main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (exit status 0), e.g. for an EXTRA_COMMANDS entry in pgi_detect.main."""
+    """Command-line entry point (exit status 0), e.g. for an EXTRA_COMMANDS entry in pgi_detect.commands."""
     detect(argv)
     return 0
 

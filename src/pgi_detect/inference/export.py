@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_convert, nms
 
 from pgi_detect.geometry import NMS_DETECT, NMSSettings
 from pgi_detect.inference.options import add_nms_arguments, nms_settings
@@ -59,6 +58,8 @@ class OnnxNonMaxSuppression(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
                 score_threshold: float) -> Tensor:
+        from torchvision.ops import box_convert, nms  # on first use: torchvision.ops costs ~1.5 s to import
+
         selected = []
         xyxy = box_convert(boxes, "cxcywh", "xyxy")
         for b in range(scores.shape[0]):

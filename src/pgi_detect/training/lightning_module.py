@@ -308,9 +308,11 @@ class DetectionTask(pl.LightningModule):
             optimizer.zero_grad()
             self.last_step_iteration = iteration
         box, cls, dfl = items.float()
-        self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        # Averaged over the ranks (a no-op on one process): four scalars, next to a gradient all-reduce per step.
+        self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
         self.log_dict({"train/box_loss": box, "train/cls_loss": cls, "train/dfl_loss": dfl},
-                      on_step=True, on_epoch=True, batch_size=batch_size)
+                      on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         groups = self.optimizers(use_pl_optimizer=False).param_groups
         self.log_dict({"train/lr_bias": groups[0]["lr"], "train/lr": groups[1]["lr"]}, on_step=True,
                       on_epoch=False, batch_size=batch_size)

@@ -50,9 +50,13 @@ class DetectionProgressBar(RichProgressBar):
         metrics = trainer.callback_metrics
         elapsed = max(time.monotonic() - self._epoch_started, 1e-9)
         total = trainer.num_training_batches
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        parts = [f"epoch {trainer.current_epoch}{epochs}", f"step {trainer.global_step}/"
-                 f"{_count(trainer.estimated_stepping_batches)}", f"batch {done}/{_count(total)}"]
+        budget = trainer.estimated_stepping_batches
+        # Under --trainer.max_steps the step budget ends the run, not max_epochs: "epoch 0/500" would mislead.
+        by_steps = trainer.max_steps is not None and trainer.max_steps > 0 and budget == trainer.max_steps
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 and not by_steps else ""
+        parts = [f"epoch {trainer.current_epoch}{epochs}",
+                 f"step {trainer.global_step}/{_count(budget)}{' (max_steps)' if by_steps else ''}",
+                 f"batch {done}/{_count(total)}"]
         if "train/loss_step" in metrics:
             items = " ".join(f"{name} {float(metrics[f'train/{name}_loss_step']):.3f}" for name in LOSS_NAMES
                              if f"train/{name}_loss_step" in metrics)

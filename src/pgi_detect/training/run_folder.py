@@ -35,7 +35,7 @@ class RunFolderLock:
 
     def __enter__(self) -> RunFolderLock:
         try:
-            import fcntl
+            import fcntl  # POSIX only
         except ImportError:  # Windows: no advisory locks of this kind
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
