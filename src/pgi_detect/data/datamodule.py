@@ -18,6 +18,7 @@ from pgi_detect.data.collate import collate_detections, seed_worker
 from pgi_detect.data.dataset import DetectionDataset
 from pgi_detect.data.dataset_yaml import DatasetYaml, read_dataset_yaml
 from pgi_detect.data.ground_truth import ground_truth_coco
+from pgi_detect.data.image_cache import cache_kind
 from pgi_detect.data.loading import load_source, require_objects
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
@@ -42,7 +43,9 @@ class DetectionDataModule(pl.LightningDataModule):
         img_size: training/eval size, a multiple of 32.
         batch_size: training batch; val_batch_size defaults to 2·batch_size like the reference.
         augmentation: AugmentationConfig fields (dict in YAML); None = official defaults.
-        cache_images: keep decoded, resized images in RAM (filled before workers start).
+        cache_images: false, ram or disk (true = ram): decode every image once before the workers start. ram: one
+            flat buffer per rank that its workers share; disk: a memory-mapped file every rank and worker of a node
+            shares, keyed on the images and the decode settings, built by local rank 0 (data/image_cache.py).
         decode_reduced: decode JPEGs at least twice img_size on their long side at a reduced DCT scale (1/2, 1/4,
             1/8, the smallest that still covers img_size), then resize as usual: about 2x faster for large photos,
             pixels within a few levels of the full decode (docs/data.md). Off: the full decode, bit for bit.
@@ -75,7 +78,7 @@ class DetectionDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         pin_memory: bool = False,
         augmentation: AugmentationConfig | dict[str, Any] | None = None,
-        cache_images: bool = False,
+        cache_images: bool | Literal["ram", "disk"] = False,
         decode_reduced: bool = False,
         rect_val: bool = False,
         rect_pad: float = 0.5,
@@ -109,7 +112,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.pin_memory = pin_memory
         self.augmentation = AugmentationConfig.from_any(augmentation)
-        self.cache_images = cache_images
+        self.cache_images = cache_kind(cache_images)
         self.decode_reduced = decode_reduced
         self.rect_val = rect_val
         self.rect_pad = rect_pad

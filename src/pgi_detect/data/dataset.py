@@ -8,21 +8,23 @@ lives in shared memory so `set_mosaic` reaches running (persistent) worker proce
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
-from tqdm import tqdm
 
 from pgi_detect.geometry import Letterbox
 
 from pgi_detect.data import augment as aug
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.heap import bound_heap_retention
+from pgi_detect.data.image_cache import ImageCache, build_cache, cache_kind
 from pgi_detect.data.images import (channels_first, decode_annotated_image, decode_for_target, long_side_shape,
-                                    resize_from, resize_long_side)
+                                    read_image_size, resize_from, resize_long_side)
 from pgi_detect.data.problems import DataError, check_policy
 from pgi_detect.data.records import DetectionSource, ImageRecord, RecordTable, box_polygon, clip_boxes_to_image
 
@@ -59,7 +61,7 @@ class DetectionDataset(Dataset):
 
     def __init__(self, source: DetectionSource | RecordTable | list[ImageRecord], img_size: int = 640,
                  train: bool = False, augmentation: AugmentationConfig | dict | None = None,
-                 cache_images: bool = False, on_bad_sample: str = "error", seed: int = 0,
+                 cache_images: bool | str = False, on_bad_sample: str = "error", seed: int = 0,
                  decode_reduced: bool = False) -> None:
         self.records = RecordTable.coerce(source.records if isinstance(source, DetectionSource) else source)
         if not len(self.records):
@@ -70,13 +72,13 @@ class DetectionDataset(Dataset):
         self.train = train
         self.config = AugmentationConfig.from_any(augmentation) if train else AugmentationConfig.disabled()
         self.on_bad_sample = check_policy(on_bad_sample)
-        self.cache_images = cache_images
+        self.cache_images = cache_kind(cache_images)
+        self._image_cache: ImageCache | None = None
         self.decode_reduced = decode_reduced  # large JPEGs decoded at a DCT scale (images.decode_for_target)
         self.pixel_augmenter = aug.PixelAugmenter(self.config) if train else None
         self.rect_shapes: dict[int, tuple[int, int]] | None = None
         self._mosaic_flag = torch.ones(1, dtype=torch.uint8).share_memory_()
         self._skipped = torch.zeros(SKIP_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
-        self._cache: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
         self._bad: set[int] = set()
         # Polygons are only used by training mosaics (copy-paste, segment-aware warping); records loaded with
         # segments=False, or without polygon labels, keep the box-only pipeline.
@@ -122,36 +124,44 @@ class DetectionDataset(Dataset):
     def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
         """(image resized so the long side = img_size, original (h, w), boxes in resized pixels, classes)."""
         record = self.records[index]
-        cached = self._cache.get(index)
-        if cached is None:
-            if self.decode_reduced:
-                image, orig = decode_for_target(record.path, record.height, record.width, self.img_size)
-                image = resize_from(image, orig, self.img_size, augment=self.train)
-            else:
-                image = decode_annotated_image(record.path, record.height, record.width)
-                orig = image.shape[:2]
-                image = resize_long_side(image, self.img_size, augment=self.train)
-            if self.cache_images:
-                self._cache[index] = (image, orig)
-        else:
-            image, orig = cached
+        cached = self._image_cache.get(index) if self._image_cache is not None else None
+        # A bad image is a hole in the cache: decoding it again raises its error for the bad-sample policy.
+        image, orig = cached if cached is not None else self._decode_resized(index)
         # boxes are in original pixels: the records of a RecordTable are sized
         return image, orig, self._boxes_in(record.boxes, orig, image.shape[:2]), record.classes
 
+    def _decode_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        record = self.records[index]
+        if self.decode_reduced:
+            image, orig = decode_for_target(record.path, record.height, record.width, self.img_size)
+            return resize_from(image, orig, self.img_size, augment=self.train), orig
+        image = decode_annotated_image(record.path, record.height, record.width)
+        return resize_long_side(image, self.img_size, augment=self.train), image.shape[:2]
+
     def cache_all(self, threads: int = 2) -> None:
-        """Decode and keep every (resized) image in RAM; call before creating workers so they share it by fork."""
-        if not self.cache_images:
+        """Decode every image once into the image cache (data.cache_images ram | disk, see data/image_cache.py);
+        call before the DataLoader workers start, so that they share it."""
+        if self.cache_images is None or self._image_cache is not None:
             return
+        sizes = [self._full_size(index) for index in range(len(self))]
+        shapes = np.array([long_side_shape(h, w, self.img_size) for h, w in sizes], dtype=np.int64).reshape(-1, 2)
+        key = None
+        if self.cache_images == "disk":
+            stats = [(str(self.records[i].path), *_size_and_mtime(self.records[i].path)) for i in range(len(self))]
+            key = [stats, self.img_size, self.train, self.decode_reduced, cv2.__version__]
+        first = Path(self.records[0].path).parent.name if len(self) else "images"
+        self._image_cache = build_cache(self.cache_images, shapes, self._decode_resized, key or [],
+                                        f"{first}-{len(self)}-{self.img_size}", local_rank=_local_rank(),
+                                        threads=threads)
 
-        def load(index: int) -> None:  # load_image fills the cache itself
-            try:
-                self.load_image(index)
-            except DataError as exc:
-                self._handle_bad(index, exc)
-
-        with ThreadPoolExecutor(threads) as pool:
-            jobs = pool.map(load, range(len(self)))
-            list(tqdm(jobs, total=len(self), desc="caching images", unit="img", disable=None, leave=False))
+    def _full_size(self, index: int) -> tuple[int, int]:
+        record = self.records[index]
+        if record.height and record.width and record.height > 0 and record.width > 0:
+            return int(record.height), int(record.width)
+        try:
+            return read_image_size(record.path)
+        except DataError:
+            return 1, 1  # unreadable: a hole in the cache, reported when the sample is drawn
 
     # ------------------------------------------------------------------------------------------------ samples
 
@@ -360,3 +370,19 @@ class DetectionDataset(Dataset):
         if self.rng.random() < config.fliplr:
             image, boxes = aug.flip_left_right(image, boxes)
         return image, boxes
+
+
+def _size_and_mtime(path: str | Path) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _local_rank() -> int:
+    """This process's rank on its node (Lightning, torchrun and SLURM set it); the disk cache's builder is rank 0."""
+    for variable in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
