@@ -78,7 +78,7 @@ def rank_main(args: argparse.Namespace) -> int:
         samples += len(batch["images"])
     wall = time.perf_counter() - start
     cpu = cpu_seconds(family(os.getpid())) - cpu_before
-    cache = module.dataset("train")._image_cache
+    cache = module.dataset("train").images.cache
     Path(args.report).write_text(json.dumps({"samples": samples, "wall": wall, "cpu": cpu,
                                              "cache_bytes": cache.nbytes if cache is not None else 0}))
     while not Path(args.release).exists():  # the parent measures memory while the workers are alive

@@ -138,5 +138,5 @@ def test_skipped_training_samples_are_totalled_over_workers_per_epoch(tmp_path, 
     per_epoch = [float(r["train/skipped_samples"]) for r in rows if r.get("train/skipped_samples")]
     assert per_epoch == [1.0, 1.0]  # the broken image is met once per epoch, in one of the two workers
     assert cli.datamodule.skipped_samples == 2  # the running total over the run
-    assert int(cli.datamodule.dataset("train")._skipped[0]) == 0  # counted by the workers, not the main process
+    assert int(cli.datamodule.dataset("train").bad_samples._skipped[0]) == 0  # counted by the workers, not the main process
     assert caplog.text.count("1 bad training sample(s) skipped") == 2  # one line per epoch

@@ -81,7 +81,7 @@ def test_a_bad_image_is_a_hole_the_policy_still_sees(data):
     module = datamodule(data, cache_images="disk", on_bad_sample="skip")
     module.setup("fit")
     dataset = module.dataset("train")
-    assert dataset._image_cache.get(2) is None and dataset._image_cache.get(1) is not None
+    assert dataset.images.cache.get(2) is None and dataset.images.cache.get(1) is not None
     assert len(list(module.train_dataloader())) > 0 and dataset.skipped_samples >= 1
 
 

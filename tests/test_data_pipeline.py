@@ -235,7 +235,7 @@ def test_cache_images_gives_identical_samples(tmp_path):
     cached = datamodule(tmp_path, cache_images=True)
     plain.setup("validate")
     cached.setup("validate")
-    assert cached.dataset("val")._image_cache is not None and cached.dataset("val")._image_cache.get(3) is not None
+    assert cached.dataset("val").images.cache is not None and cached.dataset("val").images.cache.get(3) is not None
     assert torch.equal(next(iter(plain.val_dataloader()))["images"], next(iter(cached.val_dataloader()))["images"])
 
 
@@ -285,12 +285,13 @@ def test_close_mosaic_samples_same_with_and_without_the_hsv_row_band(tmp_path, m
 def mosaic_samples_with_and_without_decoding_every_tile(dataset, keys, monkeypatch):
     """(samples as built, samples with every tile decoded first, tiles decoded as built, tiles in all)."""
     decoded = []
-    real_load_image = dataset.load_image
-    monkeypatch.setattr(dataset, "load_image", lambda index: decoded.append(index) or real_load_image(index))
+    real_load = dataset.images.load
+    monkeypatch.setattr(dataset.images, "load", lambda index: decoded.append(index) or real_load(index))
     built = [dataset[key] for key in keys]
     lazily_decoded = len(decoded)
-    real_build = dataset._build_mosaic
-    monkeypatch.setattr(dataset, "_build_mosaic", lambda index, decode_all: real_build(index, decode_all=True))
+    real_build = dataset.mosaic._build
+    monkeypatch.setattr(dataset.mosaic, "_build",
+                        lambda index, rng, decode_all: real_build(index, rng, decode_all=True))
     decoded.clear()
     every = [dataset[key] for key in keys]
     return built, every, lazily_decoded, len(decoded)
@@ -330,7 +331,7 @@ def test_bad_tiles_are_replaced_as_before_and_bad_images_still_found(tmp_path, m
         [strict[(0, index)] for index in range(6)]
     lenient = DetectionDataset(source, img_size=64, train=True, on_bad_sample="skip")
     samples = [lenient[(0, index)] for index in range(6)]
-    assert lenient._bad == {2} and lenient.skipped_samples >= 1
+    assert lenient.bad_samples.bad == {2} and lenient.skipped_samples >= 1
     assert all(not s["path"].endswith("2.png") for s in samples)
     # from here on the bad image is known: samples drawing it rebuild the old way, so they equal the old way's
     keys = [(epoch, index) for epoch in range(1, 4) for index in range(6)]
