@@ -416,7 +416,7 @@ def run(protocol: Protocol, data: Path, official: dict[str, ModuleType] | None =
             report_setup(cli, loop)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         if save is not None:  # the final EMA weights of both loops (official keys), for `validate --model.weights`
-            from pgi_detect.models import to_official_state_dict
+            from pgi_detect.weights import to_official_state_dict
 
             save.mkdir(parents=True, exist_ok=True)
             torch.save(to_official_state_dict(cli.model.detector), save / "ours_ema.pt")  # fit ends on the EMA

@@ -406,9 +406,10 @@ class DetectionTask(pl.LightningModule):
             rank_zero_info(f"DetectionTask: {len(evaluation.detections)} scored {stage} detections written to {path}")
         logged = {f"{stage}/{name}": metrics[key] for name, key in EVAL_METRICS.items() if name != "mAP"}
         logged[f"{stage}/fitness"] = fitness(metrics)
-        # Identical on every rank, so no further reduction is needed.
-        self.log(f"{stage}/mAP", metrics["AP"], prog_bar=True, sync_dist=False)
-        self.log_dict(logged, sync_dist=False)
+        # Identical on every rank (scored once, broadcast): the max over ranks is the value itself, exactly (a mean
+        # could round), and Lightning no longer advises sync_dist for epoch-level values.
+        self.log(f"{stage}/mAP", metrics["AP"], prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log_dict(logged, sync_dist=True, reduce_fx="max")
 
     # ------------------------------------------------------------------ prediction and checkpoints
 
