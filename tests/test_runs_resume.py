@@ -66,9 +66,13 @@ def test_last_checkpoint_is_the_final_state_when_map_never_improves(data, tmp_pa
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_killed_run_resumes_exactly(data, uninterrupted, tmp_path):
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-worker", "worker-per-epoch"])
+def test_killed_run_resumes_exactly(data, uninterrupted, tmp_path, persistent):
+    """With the demo config's persistent worker and with a worker started anew every epoch (both once replayed
+    epoch 0's order after a resume); the reference ran with the persistent one, so persistence changes nothing."""
     fake = fake_slurm_bin(tmp_path / "bin")
-    command = sbatch_command("train_1node_8gpu.sbatch", DEMO_CONFIG, *demo_overrides(data, tmp_path))
+    extra = [] if persistent else ["--data.persistent_workers=false"]
+    command = sbatch_command("train_1node_8gpu.sbatch", DEMO_CONFIG, *demo_overrides(data, tmp_path), *extra)
     process = start(command, slurm_env(fake))
     # Kill the training process (SIGKILL: nothing can be saved) as soon as the epoch-0 checkpoint is complete, as
     # SLURM kills a job step; then the batch script.
