@@ -64,6 +64,10 @@ def test_other_local_ranks_wait_for_rank_zero(data, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(image_cache, "_fill", lambda *args: pytest.fail("a non-zero local rank decoded"))
     batches(datamodule(data, cache_images="disk"), "val")
+    # On a cache folder every node shares, the global rank decides: local rank 0 of node 1 (global rank 2) waits too.
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("PGI_DETECT_CACHE_SHARED", "1")
     monkeypatch.setenv("PGI_DETECT_CACHE_WAIT_S", "0.3")
     with pytest.raises(DataError, match="did not appear within 0 s .*local rank 0 builds it"):
         batches(datamodule(data, cache_images="disk", img_size=96), "val")  # nobody builds this one

@@ -6,9 +6,9 @@ Both kinds are one flat uint8 buffer plus per-image offsets and shapes, filled b
   object whose reference count would copy them on write). One copy per rank.
 * `disk`: the buffer is a file mapped into memory, so every rank and worker of a node maps the same page-cache pages:
   one copy per node. The file is keyed on the images (paths, sizes, modification times), `img_size` and the decode
-  options; a changed image set is another key, hence another file. One process builds it (local rank 0, or any
-  process that finds no builder: the file is written under a temporary name and renamed, so nobody reads half a
-  file) while the others wait for it. A disk too small for it is an error before any decoding.
+  options; a changed image set is another key, hence another file. One process builds it (local rank 0; global rank
+  0 with PGI_DETECT_CACHE_SHARED=1 on a folder all nodes share), writing a temporary name and renaming it, so
+  nobody reads half a file, while the others wait for it. A disk too small for it is an error before any decoding.
 
 Where: `$PGI_DETECT_CACHE_DIR/images` (else `$XDG_CACHE_HOME/pgi_detect/images`, else `~/.cache/pgi_detect/images`).
 """

@@ -89,9 +89,15 @@ def _size_and_mtime(path: str | Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+SHARED_CACHE_ENV = "PGI_DETECT_CACHE_SHARED"  # 1: the cache folder is one file system for all nodes
+
+
 def _local_rank() -> int:
-    """This process's rank on its node (Lightning, torchrun and SLURM set it); the disk cache's builder is rank 0."""
-    for variable in ("LOCAL_RANK", "SLURM_LOCALID"):
+    """The rank that decides who builds the disk cache (0 builds, the others wait): this process's rank on its node
+    (Lightning, torchrun and SLURM set it), or its global rank when PGI_DETECT_CACHE_SHARED=1 says the cache folder
+    is shared by every node, so that one process of the whole job builds it."""
+    shared = os.environ.get(SHARED_CACHE_ENV, "") not in ("", "0")
+    for variable in (("RANK", "SLURM_PROCID") if shared else ("LOCAL_RANK", "SLURM_LOCALID")):
         if os.environ.get(variable, "").isdigit():
             return int(os.environ[variable])
     return 0
