@@ -4,7 +4,9 @@ For every model and seed: the official `train_dual.py` (yolov9) or `train.py` (g
 its YOLO layout, and `pgi-detect fit` with the shipped `experiments/<model>-coco.yaml` on the COCO JSON, both with
 the official SGD recipe at nominal batch = batch (no accumulation), no augmentation, the same epochs and image size;
 then both final EMA weights scored by our `validate` on the COCO JSON (train = val). It prints one table and writes
-it as JSON. Runs go one after another (one thread each), so the timing of either side does not matter.
+it as JSON. Runs go one after another (one thread each), so the timing of either side does not matter. The side
+`ours-rounding` is ours with `data.official_rounding` (the official loader's truncated resize and half-pixel label
+placement); `--sides ours-rounding` on an existing `--output` adds it to the runs there.
 
 The official code is run from its folder (the `yolo9` package or a yolov9 checkout), never copied into this
 repository: its train script is read, `nbs = 64` set to the requested nominal batch in a scratch copy next to the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco128"
+SIDES = ["official", "ours", "ours-rounding"]
 NO_AUGMENTATION_HYP = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "degrees": 0.0, "translate": 0.0, "scale": 0.0,
                        "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.0, "mosaic": 0.0, "mixup": 0.0,
                        "copy_paste": 0.0}
@@ -99,7 +102,8 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
             f"--data.val_images={images}", f"--data.img_size={args.img_size}", "--data.pin_memory=false"]
 
 
-def our_command(args: argparse.Namespace, model: str, seed: int, out: Path) -> list[str]:
+def our_command(args: argparse.Namespace, model: str, seed: int, out: Path, official_rounding: bool) -> list[str]:
+    rounding = ["--data.official_rounding=true"] if official_rounding else []
     return [sys.executable, "-m", "pgi_detect.commands", "fit", "--config", str(REPO / "experiments" / f"{model}-coco.yaml"),
             *data_overrides(args), f"--data.batch_size={args.batch_size}", "--data.num_workers=1",
             "--data.augmentation=" + json.dumps(OUR_NO_AUGMENTATION), f"--data.seed={seed}",
@@ -108,7 +112,7 @@ def our_command(args: argparse.Namespace, model: str, seed: int, out: Path) -> l
             "--trainer.num_sanity_val_steps=0", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
             f"--trainer.default_root_dir={out}",
             "--trainer.logger=" + json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                              "init_args": {"save_dir": str(out)}})]
+                                              "init_args": {"save_dir": str(out)}}), *rounding]
 
 
 def score(args: argparse.Namespace, model: str, weights: list[str], out: Path) -> tuple[float, float]:
@@ -123,6 +127,31 @@ def score(args: argparse.Namespace, model: str, weights: list[str], out: Path) -
                      "--trainer.logger=false", f"--trainer.default_root_dir={out}", *weights])
     metrics = cli.trainer.callback_metrics
     return float(metrics["val/mAP"]), float(metrics["val/mAP50"])
+
+
+def print_table(results: dict[str, list[float]], models: list[str], seeds: list[int]) -> None:
+    """Markdown: official and ours per model and seed, ours-rounding as extra columns where it was run."""
+    rounding = any(key.endswith("/ours-rounding") for key in results)
+    extra = " ours-rounding mAP / mAP50 | ours-rounding / official |" if rounding else ""
+    print(f"\n| model | seed | official mAP / mAP50 | ours mAP / mAP50 | ours / official |{extra}")
+    print("|---" * (7 if rounding else 5) + "|")
+    for model in models:
+        ratios: dict[str, list[float]] = {"ours": [], "ours-rounding": []}
+        for seed in seeds:
+            theirs = results.get(f"{model}/{seed}/official")
+            if not theirs:
+                continue
+            cells = [f"{theirs[0]:.3f} / {theirs[1]:.3f}"]
+            for side in ("ours", "ours-rounding") if rounding else ("ours",):
+                mine = results.get(f"{model}/{seed}/{side}")
+                if mine:
+                    ratios[side].append(mine[0] / theirs[0] if theirs[0] else float("nan"))
+                    cells += [f"{mine[0]:.3f} / {mine[1]:.3f}", f"{ratios[side][-1]:.2f}"]
+                else:
+                    cells += ["", ""]
+            print(f"| {model} | {seed} | " + " | ".join(cells) + " |")
+        means = [f"{sum(r) / len(r):.2f}" if r else "" for side, r in ratios.items() if rounding or side == "ours"]
+        print(f"| {model} | mean | |" + "".join(f" | {mean} |" for mean in means))
 
 
 def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> str:
@@ -147,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--nominal-batch-size", type=int, default=8)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--sides", nargs="+", default=["official", "ours"], choices=["official", "ours"])
+    parser.add_argument("--sides", nargs="+", default=["official", "ours"], choices=SIDES,
+                        help="ours-rounding: ours with data.official_rounding (the official loader's resize and label "
+                             "rounding); a rerun with only the missing sides adds them to --output's results")
     args = parser.parse_args(argv)
     args.official_root = args.official_root.resolve()
     data_yaml = yolo_layout(args.data, args.output / "yolo-layout")
@@ -168,22 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                     run(official_command(args, model, seed, data_yaml, out), out / "train.log", env)
                     weights = [f"--model.weights={out / 'official' / 'weights' / 'last.pt'}"]
                 else:
-                    run(our_command(args, model, seed, out), out / "train.log", {**os.environ, "OMP_NUM_THREADS": "1"})
+                    run(our_command(args, model, seed, out, side == "ours-rounding"), out / "train.log",
+                        {**os.environ, "OMP_NUM_THREADS": "1"})
                     weights = [f"--ckpt_path={out / 'checkpoints' / 'last.ckpt'}"]
                 results[key] = score(args, model, weights, out / "score")
                 results_path.write_text(json.dumps(results, indent=1))
                 print(f"{key}: mAP {results[key][0]:.3f} mAP50 {results[key][1]:.3f}", flush=True)
-    print("\n| model | seed | official mAP / mAP50 | ours mAP / mAP50 | ours / official |\n|---|---|---|---|---|")
-    for model in args.models:
-        ratios = []
-        for seed in args.seeds:
-            theirs, ours = results.get(f"{model}/{seed}/official"), results.get(f"{model}/{seed}/ours")
-            if theirs and ours:
-                ratios.append(ours[0] / theirs[0] if theirs[0] else float("nan"))
-                print(f"| {model} | {seed} | {theirs[0]:.3f} / {theirs[1]:.3f} | {ours[0]:.3f} / {ours[1]:.3f} | "
-                      f"{ratios[-1]:.2f} |")
-        if ratios:
-            print(f"| {model} | mean | | | {sum(ratios) / len(ratios):.2f} |")
+    print_table(results, args.models, args.seeds)
     return 0
 
 

@@ -20,7 +20,7 @@ check our training path against it without the official code.
     python3.11 -m venv /tmp/official-venv
     .venv/bin/python -c "import site; print(site.getsitepackages()[0])" > /tmp/official-venv/lib/python3.11/site-packages/pgi.pth
     echo "$PWD/src" >> /tmp/official-venv/lib/python3.11/site-packages/pgi.pth
-    /tmp/official-venv/bin/pip install pandas ipython matplotlib seaborn "setuptools<81" psutil thop gitpython
+    /tmp/official-venv/bin/pip install pandas ipython matplotlib seaborn "setuptools<81" psutil thop gitpython tensorboard
     OMP_NUM_THREADS=1 /tmp/official-venv/bin/python scripts/trajectory_vs_official.py \
         --official-root /tmp/y9/yolo9-1.0.18/src/yolo9 --models gelan-t yolov9-t yolov9-m
 """

@@ -56,6 +56,10 @@ def test_the_disk_cache_is_built_once_and_follows_the_images(data, tmp_path, mon
     assert decoded == [6, 6] and len(cache_files(tmp_path)) == 2
     batches(datamodule(data, cache_images="disk", img_size=96), "val")  # another size too
     assert len(cache_files(tmp_path)) == 3
+    # the official rounding (truncated sides) is another key, and its cached samples are its decoded ones
+    truncated = batches(datamodule(data, cache_images="disk", official_rounding=True), "val")
+    assert len(cache_files(tmp_path)) == 4
+    assert all(torch.equal(a, b) for a, b in zip(truncated, batches(datamodule(data, official_rounding=True), "val")))
     assert not list((tmp_path / "cache" / "images").glob(".*partial"))
 
 

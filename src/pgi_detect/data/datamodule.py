@@ -49,6 +49,10 @@ class DetectionDataModule(pl.LightningDataModule):
         decode_reduced: decode JPEGs at least twice img_size on their long side at a reduced DCT scale (1/2, 1/4,
             1/8, the smallest that still covers img_size), then resize as usual: about 2x faster for large photos,
             pixels within a few levels of the full decode (docs/data.md). Off: the full decode, bit for bit.
+        official_rounding: reproduce two rounding choices of the official loader that this one does not share (off
+            by default): resized sides truncated (`int(w0 * r)`) instead of rounded, and letterboxed labels placed at
+            the unrounded gain and half-pixel pad while the image sits at whole pixels (boxes up to 0.5 px right of /
+            below their objects when the padding is odd). For comparisons with official runs (docs/training.md).
         rect_val: rectangular evaluation batches sorted by aspect ratio (rect_pad = 0.5 as in training-time val);
             under DDP each rank takes every world_size-th batch.
         on_bad_sample: 'error' (fail fast naming the file) or 'skip' (log each bad sample, drop it, summarise).
@@ -80,6 +84,7 @@ class DetectionDataModule(pl.LightningDataModule):
         augmentation: AugmentationConfig | dict[str, Any] | None = None,
         cache_images: bool | Literal["ram", "disk"] = False,
         decode_reduced: bool = False,
+        official_rounding: bool = False,
         rect_val: bool = False,
         rect_pad: float = 0.5,
         on_bad_sample: Literal["error", "skip"] = "error",
@@ -114,6 +119,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.augmentation = AugmentationConfig.from_any(augmentation)
         self.cache_images = cache_kind(cache_images)
         self.decode_reduced = decode_reduced
+        self.official_rounding = official_rounding
         self.rect_val = rect_val
         self.rect_pad = rect_pad
         self.on_bad_sample = on_bad_sample
@@ -191,7 +197,7 @@ class DetectionDataModule(pl.LightningDataModule):
             train = split == "train"
             dataset = DetectionDataset(self.source(split), self.img_size, train=train,
                                        augmentation=self.augmentation, cache_images=self.cache_images,
-                                       decode_reduced=self.decode_reduced,
+                                       decode_reduced=self.decode_reduced, official_rounding=self.official_rounding,
                                        on_bad_sample=self.on_bad_sample, seed=self.seed)
             if train:
                 dataset.set_mosaic(self._mosaic)

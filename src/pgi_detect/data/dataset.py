@@ -47,7 +47,7 @@ class DetectionDataset(Dataset):
     def __init__(self, source: DetectionSource | RecordTable | list[ImageRecord], img_size: int = 640,
                  train: bool = False, augmentation: AugmentationConfig | dict | None = None,
                  cache_images: bool | str = False, on_bad_sample: str = "error", seed: int = 0,
-                 decode_reduced: bool = False) -> None:
+                 decode_reduced: bool = False, official_rounding: bool = False) -> None:
         self.records = RecordTable.coerce(source.records if isinstance(source, DetectionSource) else source)
         if not len(self.records):
             raise DataError("dataset has no usable images")
@@ -56,7 +56,9 @@ class DetectionDataset(Dataset):
         self.img_size = int(img_size)
         self.train = train
         self.config = AugmentationConfig.from_any(augmentation) if train else AugmentationConfig.disabled()
-        self.images = ImageSource(self.records, self.img_size, train, cache_kind(cache_images), decode_reduced)
+        self.official_rounding = bool(official_rounding)
+        self.images = ImageSource(self.records, self.img_size, train, cache_kind(cache_images), decode_reduced,
+                                  truncate=self.official_rounding)
         self.bad_samples = BadSamples(on_bad_sample)
         self.on_bad_sample = self.bad_samples.policy
         self.pixel_augmenter = aug.PixelAugmenter(self.config) if train else None
@@ -186,10 +188,13 @@ class DetectionDataset(Dataset):
         """The source image letterboxed to `shape`, with the placement relative to the original image and the
         box of the letterboxed image's non-padding pixels."""
         image, orig, boxes, classes = self.images.load(index)
-        letterbox = Letterbox.fit(image.shape[:2], shape, scaleup=scaleup)
+        image_shape = image.shape[:2]
+        letterbox = Letterbox.fit(image_shape, shape, scaleup=scaleup)
         total = Letterbox.stretch(orig, image.shape[:2]).then(letterbox)
         image = letterbox.apply(image)
-        boxes = letterbox.boxes_to_input(boxes) if len(boxes) else boxes
+        # official_rounding: labels at the official loader's unrounded placement, the image where fit puts it
+        labels = Letterbox.fit_unrounded(image_shape, shape, scaleup) if self.official_rounding else letterbox
+        boxes = labels.boxes_to_input(boxes) if len(boxes) else boxes
         return image, boxes, classes, orig, total.gain, total.pad, letterbox.content_box
 
 

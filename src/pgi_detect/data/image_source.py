@@ -18,12 +18,13 @@ from pgi_detect.geometry import Letterbox
 
 class ImageSource:
     """`load(index)`: (image resized so the long side = img_size, original (h, w), boxes in resized pixels, classes).
-    Training images resize with INTER_LINEAR, evaluation images downscale with INTER_AREA (the reference's rule)."""
+    Training images resize with INTER_LINEAR, evaluation images downscale with INTER_AREA (the reference's rule).
+    `truncate` cuts the resized sides instead of rounding them (data.official_rounding)."""
 
     def __init__(self, records: RecordTable, img_size: int, train: bool, cache: str | None,
-                 decode_reduced: bool) -> None:
+                 decode_reduced: bool, truncate: bool = False) -> None:
         self.records, self.img_size, self.train = records, img_size, train
-        self.cache_kind, self.decode_reduced = cache, decode_reduced
+        self.cache_kind, self.decode_reduced, self.truncate = cache, decode_reduced, truncate
         self.cache: ImageCache | None = None
 
     def load(self, index: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
@@ -38,16 +39,16 @@ class ImageSource:
         record = self.records[index]
         if self.decode_reduced:
             image, orig = decode_for_target(record.path, record.height, record.width, self.img_size)
-            return resize_from(image, orig, self.img_size, augment=self.train), orig
+            return resize_from(image, orig, self.img_size, self.train, self.truncate), orig
         image = decode_annotated_image(record.path, record.height, record.width)
-        return resize_long_side(image, self.img_size, augment=self.train), image.shape[:2]
+        return resize_long_side(image, self.img_size, self.train, self.truncate), image.shape[:2]
 
     def resized_labels(self, index: int) -> tuple[tuple[int, int], tuple[int, int], np.ndarray, np.ndarray]:
         """(resized (h, w), original (h, w), boxes in resized pixels, classes) of a record, from the index alone: the
         same as load's, which checks the decoded image is the annotated size."""
         record = self.records[index]
         orig = (int(record.height), int(record.width))
-        shape = long_side_shape(*orig, self.img_size)
+        shape = long_side_shape(*orig, self.img_size, self.truncate)
         return shape, orig, boxes_in(record.boxes, orig, shape), record.classes
 
     def fill_cache(self, threads: int = 2) -> None:
@@ -57,11 +58,14 @@ class ImageSource:
             return
         count = len(self.records)
         sizes = [self._full_size(index) for index in range(count)]
-        shapes = np.array([long_side_shape(h, w, self.img_size) for h, w in sizes], dtype=np.int64).reshape(-1, 2)
+        shapes = np.array([long_side_shape(h, w, self.img_size, self.truncate) for h, w in sizes],
+                          dtype=np.int64).reshape(-1, 2)
         key: list[object] = []
         if self.cache_kind == "disk":
             stats = [(str(self.records[i].path), *_size_and_mtime(self.records[i].path)) for i in range(count)]
             key = [stats, self.img_size, self.train, self.decode_reduced, cv2.__version__]
+            if self.truncate:  # appended only when set, so the caches of the default settings keep their keys
+                key.append("truncate")
         first = Path(self.records[0].path).parent.name if count else "images"
         self.cache = build_cache(self.cache_kind, shapes, self.decode_resized, key,
                                  f"{first}-{count}-{self.img_size}", local_rank=_local_rank(), threads=threads)

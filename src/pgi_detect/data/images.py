@@ -119,12 +119,13 @@ def decode_for_target(path: str | Path, height: int | None, width: int | None,
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), (int(full[0]), int(full[1]))
 
 
-def resize_from(image: np.ndarray, full_size: tuple[int, int], size: int, augment: bool) -> np.ndarray:
+def resize_from(image: np.ndarray, full_size: tuple[int, int], size: int, augment: bool,
+                truncate: bool = False) -> np.ndarray:
     """resize_long_side for an image decoded at a reduced scale: the shape and the interpolation rule are those of
     the full image of `full_size`, so every later step sees the same geometry."""
     if image.shape[:2] == tuple(full_size):
-        return resize_long_side(image, size, augment)
-    new_h, new_w = long_side_shape(*full_size, size)
+        return resize_long_side(image, size, augment, truncate)
+    new_h, new_w = long_side_shape(*full_size, size, truncate)
     interpolation = cv2.INTER_LINEAR if (augment or size > max(full_size)) else cv2.INTER_AREA
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
@@ -181,25 +182,31 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def resize_long_side(image: np.ndarray, size: int, augment: bool) -> np.ndarray:
+def resize_long_side(image: np.ndarray, size: int, augment: bool, truncate: bool = False) -> np.ndarray:
     """Resize so the long side equals `size` (aspect kept, no padding), like the reference load_image.
 
-    INTER_LINEAR when augmenting or upscaling, INTER_AREA when downscaling for evaluation.
+    INTER_LINEAR when augmenting or upscaling, INTER_AREA when downscaling for evaluation. `truncate`: see
+    long_side_shape.
     """
     h0, w0 = image.shape[:2]
-    new_h, new_w = long_side_shape(h0, w0, size)
+    new_h, new_w = long_side_shape(h0, w0, size, truncate)
     if (new_h, new_w) == (h0, w0):
         return image
     interpolation = cv2.INTER_LINEAR if (augment or size > max(h0, w0)) else cv2.INTER_AREA
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
 
-def long_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h, w) that resize_long_side gives an image of (height, width), without the image."""
+def long_side_shape(height: int, width: int, size: int, truncate: bool = False) -> tuple[int, int]:
+    """(h, w) that resize_long_side gives an image of (height, width), without the image.
+
+    The sides are rounded; `truncate` cuts them as the official loader does (`int(w0 * r)`: a 640x427 photo at 256
+    becomes 256x170 instead of 256x171, and a long side whose product falls a hair below `size` loses a pixel),
+    for data.official_rounding."""
     ratio = size / max(height, width)
     if ratio == 1:
         return height, width
-    return max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
+    cut = int if truncate else round
+    return max(1, min(size, cut(height * ratio))), max(1, min(size, cut(width * ratio)))
 
 
 def channels_first(image: np.ndarray) -> np.ndarray:
