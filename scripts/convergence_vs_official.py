@@ -131,18 +131,17 @@ def score(args: argparse.Namespace, model: str, weights: list[str], out: Path) -
 
 def print_table(results: dict[str, list[float]], models: list[str], seeds: list[int]) -> None:
     """Markdown: official and ours per model and seed, ours-rounding as extra columns where it was run."""
-    rounding = any(key.endswith("/ours-rounding") for key in results)
-    extra = " ours-rounding mAP / mAP50 | ours-rounding / official |" if rounding else ""
-    print(f"\n| model | seed | official mAP / mAP50 | ours mAP / mAP50 | ours / official |{extra}")
-    print("|---" * (7 if rounding else 5) + "|")
+    sides = ["ours"] + (["ours-rounding"] if any(key.endswith("/ours-rounding") for key in results) else [])
+    print("\n| model | seed | official mAP / mAP50 |" + "".join(f" {s} mAP / mAP50 | {s} / official |" for s in sides))
+    print("|---" * (3 + 2 * len(sides)) + "|")
     for model in models:
-        ratios: dict[str, list[float]] = {"ours": [], "ours-rounding": []}
+        ratios: dict[str, list[float]] = {side: [] for side in sides}
         for seed in seeds:
             theirs = results.get(f"{model}/{seed}/official")
             if not theirs:
                 continue
             cells = [f"{theirs[0]:.3f} / {theirs[1]:.3f}"]
-            for side in ("ours", "ours-rounding") if rounding else ("ours",):
+            for side in sides:
                 mine = results.get(f"{model}/{seed}/{side}")
                 if mine:
                     ratios[side].append(mine[0] / theirs[0] if theirs[0] else float("nan"))
@@ -150,7 +149,7 @@ def print_table(results: dict[str, list[float]], models: list[str], seeds: list[
                 else:
                     cells += ["", ""]
             print(f"| {model} | {seed} | " + " | ".join(cells) + " |")
-        means = [f"{sum(r) / len(r):.2f}" if r else "" for side, r in ratios.items() if rounding or side == "ours"]
+        means = [f"{sum(r) / len(r):.2f}" if r else "" for r in ratios.values()]
         print(f"| {model} | mean | |" + "".join(f" | {mean} |" for mean in means))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from pgi_detect.data.images import long_side_shape, resize_long_side
 from pgi_detect.geometry import Letterbox
@@ -57,7 +58,9 @@ def photos(tmp_path) -> Path:
 
 
 def training_samples(photos: Path, tmp_path: Path, *extra: str) -> list[dict]:
-    """The training samples `pgi-detect fit` with experiments/yolov9-t-coco.yaml would draw, augmentation off."""
+    """The training batch `pgi-detect fit` with experiments/yolov9-t-coco.yaml draws (its DataLoader workers,
+    persistent), augmentation off: per image, in id order, the image, its xyxy boxes in input pixels, its scale and
+    pipeline."""
     annotations, images = photos / "instances.json", photos / "images"
     cli = build_cli(["--config", str(REPO / "experiments" / "yolov9-t-coco.yaml"),
                      f"--data.train={annotations}", f"--data.train_images={images}", f"--data.val={annotations}",
@@ -65,8 +68,17 @@ def training_samples(photos: Path, tmp_path: Path, *extra: str) -> list[dict]:
                      "--data.augmentation=" + json.dumps(NO_AUGMENTATION), f"--trainer.default_root_dir={tmp_path}",
                      "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.precision=32-true", *extra],
                     run=False)
-    dataset = cli.datamodule.dataset("train")
-    return [dataset[index] for index in range(len(dataset))]
+    cli.datamodule.setup("fit")
+    loader = cli.datamodule.train_dataloader()
+    assert loader.num_workers >= 1 and loader.persistent_workers  # the shipped config's loading, not a stand-in
+    (batch,) = list(loader)
+    samples = []
+    for row in torch.argsort(batch["image_ids"]).tolist():
+        targets = batch["targets"][batch["targets"][:, 0] == row, 2:].numpy() * 256  # cx cy w h in pixels
+        boxes = np.concatenate([targets[:, :2] - targets[:, 2:] / 2, targets[:, :2] + targets[:, 2:] / 2], axis=1)
+        samples.append({"image": batch["images"][row].numpy(), "boxes": boxes, "scale": batch["scales"][row].tolist(),
+                        "pipeline": batch["pipelines"][row]})
+    return samples
 
 
 def official_boxes(height: int, width: int, img_size: int) -> np.ndarray:

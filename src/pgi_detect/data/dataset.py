@@ -190,7 +190,7 @@ class DetectionDataset(Dataset):
         image, orig, boxes, classes = self.images.load(index)
         image_shape = image.shape[:2]
         letterbox = Letterbox.fit(image_shape, shape, scaleup=scaleup)
-        total = Letterbox.stretch(orig, image.shape[:2]).then(letterbox)
+        total = Letterbox.stretch(orig, image_shape).then(letterbox)
         image = letterbox.apply(image)
         # official_rounding: labels at the official loader's unrounded placement, the image where fit puts it
         labels = Letterbox.fit_unrounded(image_shape, shape, scaleup) if self.official_rounding else letterbox

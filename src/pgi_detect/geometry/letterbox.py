@@ -30,9 +30,7 @@ class Letterbox:
     def fit(cls, source_shape: Sequence[int], shape: Sequence[int], scaleup: bool = True) -> Letterbox:
         """Largest aspect-preserving resize into `shape` (only shrinking when `scaleup` is False), padded centred; the
         odd pixel of padding goes bottom/right."""
-        height, width = int(source_shape[0]), int(source_shape[1])
-        ratio = _fit_ratio((height, width), shape, scaleup)
-        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        (height, width), ratio, (new_h, new_w) = _fit(source_shape, shape, scaleup)
         left, top = round((shape[1] - new_w) / 2 - 0.1), round((shape[0] - new_h) / 2 - 0.1)
         return cls((height, width), (int(shape[0]), int(shape[1])), (new_w / width, new_h / height), (left, top))
 
@@ -41,9 +39,7 @@ class Letterbox:
         """`fit` before any rounding: the gain is the exact ratio and the pad half the padding (x.5 when it is odd).
         The official loader places labels this way while its image sits at fit's whole-pixel placement, so its
         boxes are up to half a pixel right of / below the objects (data.official_rounding reproduces it)."""
-        height, width = int(source_shape[0]), int(source_shape[1])
-        ratio = _fit_ratio((height, width), shape, scaleup)
-        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        (height, width), ratio, (new_h, new_w) = _fit(source_shape, shape, scaleup)
         pad = ((shape[1] - new_w) / 2, (shape[0] - new_h) / 2)
         return cls((height, width), (int(shape[0]), int(shape[1])), (ratio, ratio), pad)
 
@@ -94,9 +90,14 @@ class Letterbox:
         return _undo(rows, gains.repeat(1, 2), pads.repeat(1, 2), shapes.flip(-1).repeat(1, 2))
 
 
-def _fit_ratio(source_shape: tuple[int, int], shape: Sequence[int], scaleup: bool) -> float:
-    ratio = min(shape[0] / source_shape[0], shape[1] / source_shape[1])
-    return ratio if scaleup else min(ratio, 1.0)
+def _fit(source_shape: Sequence[int], shape: Sequence[int],
+         scaleup: bool) -> tuple[tuple[int, int], float, tuple[int, int]]:
+    """(source (h, w), the aspect-preserving ratio into `shape`, the resized (h, w) it rounds to)."""
+    height, width = int(source_shape[0]), int(source_shape[1])
+    ratio = min(shape[0] / height, shape[1] / width)
+    if not scaleup:
+        ratio = min(ratio, 1.0)
+    return (height, width), ratio, (max(1, round(height * ratio)), max(1, round(width * ratio)))
 
 
 def stack_letterboxes(
