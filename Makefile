@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast test-cpu-baseline demo lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The recorded-number tests again, on the kernels an old x86 CPU runs (no AVX/AVX2/AVX-512).
+test-cpu-baseline: install
+	$(PY) scripts/cpu_baseline.py -- $(PY) -m pytest -q -m numeric tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests

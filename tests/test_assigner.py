@@ -10,7 +10,11 @@ from pgi_detect.loss import DetectionLoss, TaskAlignedAssigner, pad_targets
 
 
 
+@pytest.mark.numeric
 def test_matches_official_assigner_golden(golden_dir):
+    """The discrete choices (which anchors are foreground, their class) are exact: the golden's top-k metrics are
+    separated by far more than float32 kernel noise (they hold on baseline kernels too). Boxes and soft scores are
+    float32 arithmetic of another CPU: 1e-4 relative holds its noise and fails a changed rule."""
     golden = torch.load(golden_dir / "loss_golden.pt", weights_only=True)
     loss_fn = DetectionLoss(80)
     anchors, strides = anchor_grid(map_shapes(golden["feats_main"]), loss_fn.strides)

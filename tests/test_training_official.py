@@ -25,8 +25,18 @@ import torch
 
 from conftest import load_script_module
 
+pytestmark = pytest.mark.numeric
+
 GOLDEN = Path(__file__).parent / "data" / "official_trajectory_yolov9-t.json"
 NUMERIC_STEPS = 2  # steps compared numerically; chaos separates any two implementations after that
+# The golden was recorded in float32 on another CPU, so these bounds hold float32 kernel noise of any CPU: on the
+# baseline kernels (make test-cpu-baseline) the first two steps' loss items differ from the golden by up to 2.4e-5
+# (1.3e-6 on an AVX-512 CPU), the gradient norm by 4.3e-4, the raw and EMA weights by 1.8e-8. A different recipe
+# moves them by far more (a wrong loss term or gain: items >1e-2; a wrong lr or momentum: weights >1e-5), and the
+# loss goldens (test_loss.py) hold the formulas to 1e-4 on fixed inputs.
+ITEMS_BOUND = 2e-4
+GRAD_NORM_BOUND = 1e-2
+WEIGHTS_BOUND = 1e-6
 
 
 def relative(ours: float, theirs: float) -> float:
@@ -54,6 +64,9 @@ def test_the_inputs_are_the_recorded_ones(trajectory):
     # Same initial weights (keyed on the official names) and the same batches, else the comparison means nothing.
     for key, value in golden["initial_checksums"].items():
         assert relative(lockstep.initial_checksums[key], value) < 1e-12, "initial weights changed: re-record"
+    # uint8 pixels and targets summed in float64: the shapes come from OpenCV's integer drawing and bit-exact resize
+    # (equal on baseline kernels), so 1e-12 only allows for the summation order. The initial weights are float64
+    # draws of torch's CPU generator, scaled and rounded to float32 and float16: exact on every CPU.
     assert lockstep.batch_checksums == pytest.approx(golden["batch_checksums"], rel=1e-12), \
         "the synthetic data or the no-augmentation pipeline changed: re-record"
 
@@ -82,8 +95,8 @@ def test_first_steps_match_the_official_numbers_to_float_noise(trajectory):
     golden, lockstep, _ = trajectory
     for record, theirs in list(zip(lockstep.records, golden["steps"]))[:NUMERIC_STEPS]:
         step = record.step
-        assert max(relative(a, b) for a, b in zip(record.ours["items"], theirs["items"])) < 1e-5, step
-        assert relative(record.ours["grad_norm"], theirs["grad_norm"]) < 1e-3, step
+        assert max(relative(a, b) for a, b in zip(record.ours["items"], theirs["items"])) < ITEMS_BOUND, step
+        assert relative(record.ours["grad_norm"], theirs["grad_norm"]) < GRAD_NORM_BOUND, step
         for kind in ("raw_checksums", "ema_checksums"):
             ours, recorded = getattr(record, kind), theirs[kind]
-            assert max(relative(ours[k], recorded[k]) for k in recorded) < 1e-6, (step, kind)
+            assert max(relative(ours[k], recorded[k]) for k in recorded) < WEIGHTS_BOUND, (step, kind)

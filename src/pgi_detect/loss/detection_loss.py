@@ -33,14 +33,21 @@ class PaddedTargets:
     mask: Tensor
 
 
-def pad_targets(targets: Tensor, batch_size: int, image_size: tuple[float, float]) -> PaddedTargets:
+def loss_dtype(maps: Sequence[Tensor]) -> torch.dtype:
+    """The dtype the loss computes in: float32 for float32 and half-precision maps (an autocast forward), float64
+    for float64 maps (`64-true`), so a double-precision run stays double through the loss."""
+    return torch.promote_types(maps[0].dtype, torch.float32)
+
+
+def pad_targets(targets: Tensor, batch_size: int, image_size: tuple[float, float],
+                dtype: torch.dtype = torch.float32) -> PaddedTargets:
     """Scatter (n, 6) `[img, cls, cx, cy, w, h]` rows (normalised) into per-image padded tensors, in pixels xyxy.
 
     Rows keep their order within an image. Images with fewer boxes (or none) are padded with zero boxes whose
     mask is False. One vectorised scatter; no loop over images.
     """
     height, width = image_size
-    device, dtype = targets.device, torch.float32
+    device = targets.device
     image_index = targets[:, 0].long()
     counts = torch.bincount(image_index, minlength=batch_size)
     max_boxes = int(counts.max()) if targets.shape[0] else 0
@@ -66,15 +73,16 @@ def pad_targets(targets: Tensor, batch_size: int, image_size: tuple[float, float
 
 
 def split_branch(maps: Sequence[Tensor], reg_max: int, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Flatten per-level maps (B, 4*reg_max+nc, H, W) into float32 (B, A, 4*reg_max) and (B, A, nc) views."""
+    """Flatten per-level maps (B, 4*reg_max+nc, H, W) into (B, A, 4*reg_max) and (B, A, nc) views in the loss
+    dtype."""
     batch_size = maps[0].shape[0]
-    flat = torch.cat([m.reshape(batch_size, 4 * reg_max + num_classes, -1) for m in maps], 2).float()
+    flat = torch.cat([m.reshape(batch_size, 4 * reg_max + num_classes, -1) for m in maps], 2).to(loss_dtype(maps))
     distribution, class_logits = flat.split((4 * reg_max, num_classes), 1)
     return distribution.transpose(1, 2), class_logits.transpose(1, 2)
 
 
 def gather_anchor_rows(maps: Sequence[Tensor], image: Tensor, anchor: Tensor) -> Tensor:
-    """All channels of the given (image, flat anchor index) cells as float32 (n, C), read from the per-level maps
+    """All channels of the given (image, flat anchor index) cells in the loss dtype (n, C), read from the maps
     directly so the backward pass writes sparse rows instead of flowing through a full-size concatenation."""
     level_sizes = torch.tensor([m.shape[-2] * m.shape[-1] for m in maps], device=anchor.device)
     level_starts = torch.cumsum(level_sizes, 0) - level_sizes
@@ -87,7 +95,7 @@ def gather_anchor_rows(maps: Sequence[Tensor], image: Tensor, anchor: Tensor) ->
         positions.append(rows_here)
     inverse = torch.empty_like(anchor)
     inverse[torch.cat(positions)] = torch.arange(anchor.numel(), device=anchor.device)
-    return torch.cat(pieces)[inverse].float()
+    return torch.cat(pieces)[inverse].to(loss_dtype(maps))
 
 
 def decode_distribution(distribution: Tensor, anchor_points: Tensor, reg_max: int) -> Tensor:
@@ -156,17 +164,18 @@ class DetectionLoss:
         weights = self.weights_for(len(branches))
         first_maps = branches[0]
         device_type = first_maps[0].device.type
-        # The loss is always computed in float32, also when the maps come from an autocast forward.
+        # The loss is computed in float32 at least, also when the maps come from an autocast forward (loss_dtype).
+        dtype = loss_dtype(first_maps)
         with torch.autocast(device_type=device_type, enabled=False):
             batch_size = first_maps[0].shape[0]
             grid_h, grid_w = first_maps[0].shape[-2:]
             image_size = (grid_h * self.strides[0], grid_w * self.strides[0])
             anchor_points, stride_tensor = anchor_grid(map_shapes(first_maps), self.strides, first_maps[0].device,
-                                                      torch.float32)
+                                                      dtype)
             anchor_pixels = anchor_points * stride_tensor  # shared by every branch's assignment
-            gts = pad_targets(targets.to(first_maps[0].device), batch_size, image_size)
+            gts = pad_targets(targets.to(first_maps[0].device), batch_size, image_size, dtype)
 
-            items = torch.zeros(3, device=first_maps[0].device)
+            items = torch.zeros(3, device=first_maps[0].device, dtype=dtype)
             lead = None
             if self.assignment == "lead":
                 lead = self.assign(branches[-1], anchor_points, stride_tensor, gts, anchor_pixels)
@@ -226,7 +235,7 @@ class DetectionLoss:
 
         # BCE-with-logits against a one-hot*score target, without building the (B, A, nc) target:
         # sum(bce) = sum(softplus(x)) - sum over fg anchors of x[assigned class] * score.
-        background_term = sum(F.softplus(m[:, box_channels:].float()).sum() for m in maps)
+        background_term = sum(F.softplus(m[:, box_channels:].to(fg_rows.dtype)).sum() for m in maps)
         assigned_logit = fg_rows[:, box_channels:].gather(1, assignment.labels[image, anchor].unsqueeze(1)).squeeze(1)
         cls_loss = (background_term - (assigned_logit * weight).sum()) / score_sum
         if image.numel() == 0:

@@ -278,10 +278,11 @@ class DetectionTask(pl.LightningModule):
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         branches = self.training_detector()(self._network_input(batch["images"]))
-        # The loss (assignment, IoU, DFL) always runs in float32, whatever the Trainer precision.
+        # The loss (assignment, IoU, DFL) runs in float32 under any mixed precision, in float64 under 64-true.
+        dtype = torch.promote_types(self.dtype, torch.float32)
         with torch.autocast(device_type=self.device.type, enabled=False):
-            branches = [[level.float() for level in branch] for branch in branches]
-            return self.criterion(branches, batch["targets"].float())
+            branches = [[level.to(dtype) for level in branch] for branch in branches]
+            return self.criterion(branches, batch["targets"].to(dtype))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         iteration = self.training_iteration(batch_idx)
@@ -307,7 +308,7 @@ class DetectionTask(pl.LightningModule):
             optimizer.step()
             optimizer.zero_grad()
             self.last_step_iteration = iteration
-        box, cls, dfl = items.float()
+        box, cls, dfl = items  # float32, or float64 under 64-true
         # Averaged over the ranks (a no-op on one process): four scalars, next to a gradient all-reduce per step.
         self.log("train/loss", box + cls + dfl, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size,
                  sync_dist=True)
