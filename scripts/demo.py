@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print("[demo] validation metrics (COCO, {} images):".format(len(task.last_eval.get("image_ids", []))))
     for name in ("val/mAP", "val/mAP50", "val/mAP75", "val/mAP_small", "val/mAP_medium", "val/mAP_large",
                  "val/fitness"):
-        if name in metrics:
+        if name in task.last_eval.get("undefined", ()):
+            # COCO's -1: no ground truth of that size among the val images (0 in the logs)
+            print(f"    {name:<16} undefined (no ground-truth boxes of that size)")
+        elif name in metrics:
             print(f"    {name:<16} {metrics[name]:.4f}")
     return metrics
 

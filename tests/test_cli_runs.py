@@ -181,3 +181,33 @@ def test_initial_weights_are_not_reapplied_when_a_checkpoint_is_given(data, tmp_
         assert main(["validate", *cli_args(data, run_dir, f"--model.weights={weights}"),
                      f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]) == 0
     assert f"model.weights='{weights}' not applied" in caplog.text
+
+
+def test_validate_of_a_checkpoint_names_its_epoch_and_switches_nothing(data, trained):
+    """`validate` of the epoch-1 checkpoint once said "val after epoch 0 (step 0)" and printed "CloseMosaic: mosaic
+    off" (the demo config closes mosaic for its last 3 epochs, which a validate never trains)."""
+    run_dir, _ = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    args = [a for a in cli_args(data, run_dir) if not a.startswith("--trainer.max_epochs")]
+    result = run_cli("validate", *args, "--ckpt_path=last")
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if line.startswith("val ")]
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith(f"val of epoch {checkpoint['epoch']} (step {checkpoint['global_step']}):"), lines[0]
+    assert "CloseMosaic" not in output and "weights_only" not in output and "Tip:" not in output
+
+
+def test_validation_without_ground_truth_says_map_is_undefined(data, trained, tmp_path):
+    """A val set without a single box once reported `mAP 0.0000` without a word."""
+    import json
+
+    run_dir, _ = trained
+    coco = json.loads((data / "annotations" / "instances_val.json").read_text())
+    empty = tmp_path / "empty_val.json"
+    empty.write_text(json.dumps(dict(coco, annotations=[])))
+    args = [a for a in cli_args(data, run_dir) if not a.startswith(("--trainer.max_epochs", "--data.val="))]
+    result = run_cli("validate", *args, f"--data.val={empty}", "--ckpt_path=last")
+    output = result.stdout + result.stderr
+    assert "hold no ground-truth boxes, so mAP is undefined" in output, output[-3000:]
+    line = [line for line in output.splitlines() if line.startswith("val of epoch")][0]
+    assert "mAP undefined" in line and "0.0000" not in line

@@ -159,8 +159,9 @@ def test_a_second_fit_into_a_live_runs_folder_is_refused(data, tmp_path):
     finally:
         first.kill()
         first.wait()
-    # The holder died without cleaning up (kill -9): its lock went with it, the folder is free again.
-    assert main(["fit", *cli_args(data, run_dir, epochs=1)]) == 0
+    # The holder died without cleaning up (kill -9): its lock went with it, the folder is free again (for a new run
+    # that replaces what the killed one saved; without --overwrite it would be refused for those checkpoints).
+    assert main(["fit", *cli_args(data, run_dir, epochs=1), "--overwrite=true"]) == 0
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -68,17 +68,7 @@ def test_string_image_id_is_named_instead_of_breaking_evaluation(tmp_path, capsy
     assert code == 1 and "image id '2' is a str" in out
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("--data.img_size=0", "data.img_size must be a positive multiple of 32"),
-    ("--data.batch_size=0", "data.batch_size must be at least 1"),
-])
-def test_impossible_sizes_are_rejected_by_the_cli(tmp_path, setting, message):
-    path = rectangles_coco(tmp_path, 2)
-    args = ["--config", str(REPO_ROOT / "experiments" / "demo-synthetic.yaml"), f"--data.train={path}",
-            f"--data.train_images={tmp_path / 'images'}", f"--data.val={path}",
-            f"--data.val_images={tmp_path / 'images'}", setting, "--trainer.logger=false"]
-    with pytest.raises(ValueError, match=message):
-        build_cli(args, run=False)
+# Impossible data sizes (img_size, batch_size, ...) through the CLI: tests/test_cli_user_errors.py.
 
 
 def test_negative_box_sizes_are_invalid_not_zero_area(tmp_path, capsys):
@@ -123,7 +113,8 @@ def test_wrong_coco_images_folder_is_one_error_not_one_per_image(tmp_path, capsy
 @pytest.mark.slow
 def test_skipped_training_samples_are_totalled_over_workers_per_epoch(tmp_path, caplog):
     path = rectangles_coco(tmp_path, 8)
-    (tmp_path / "images" / "5.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "images" / "5.png").write_bytes(b"\x89PNG broken")  # met while loading, in a worker
+    (tmp_path / "images" / "6.png").unlink()  # left out when the annotations are read: never trained on either
     args = ["--config", str(REPO_ROOT / "experiments" / "demo-synthetic.yaml"),
             f"--data.train={path}", f"--data.train_images={tmp_path / 'images'}", "--data.val=null",
             "--data.val_images=null", "--data.img_size=64", "--data.batch_size=4", "--data.num_workers=2",
@@ -136,7 +127,56 @@ def test_skipped_training_samples_are_totalled_over_workers_per_epoch(tmp_path, 
         cli = build_cli(["fit", *args])
     rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
     per_epoch = [float(r["train/skipped_samples"]) for r in rows if r.get("train/skipped_samples")]
-    assert per_epoch == [1.0, 1.0]  # the broken image is met once per epoch, in one of the two workers
-    assert cli.datamodule.skipped_samples == 2  # the running total over the run
+    # Per epoch: the image left out at load (once counted 0) and the broken one, met in one of the two workers.
+    assert per_epoch == [2.0, 2.0]
+    assert cli.datamodule.skipped_samples == 2  # the workers' running total over the run
+    assert cli.datamodule.dropped_at_load == 1
     assert int(cli.datamodule.dataset("train").bad_samples._skipped[0]) == 0  # counted by the workers, not the main process
-    assert caplog.text.count("1 bad training sample(s) skipped") == 2  # one line per epoch
+    assert caplog.text.count("2 bad training sample(s) not trained on (1 left out when the data was read, 1 skipped") == 2
+
+
+def test_check_data_header_counts_listed_and_usable_images(tmp_path, capsys):
+    """The header once said `images: 14` for 16 listed files (and 0 when every image had a size mismatch) without
+    saying that the others were left out."""
+    path = rectangles_coco(tmp_path, 6)
+    (tmp_path / "images" / "2.png").unlink()  # left out while parsing
+    (tmp_path / "images" / "4.png").write_bytes(b"\x89PNG broken")  # left out when decoded
+    code, out = check(path, capsys, "--images", str(tmp_path / "images"))
+    assert code == 1 and "images: 4 usable of 6 listed (2 left out, see PROBLEMS)" in out, out
+    data = json.loads(path.read_text())
+    for image in data["images"]:
+        image["width"] += 1  # every annotated size wrong
+    path.write_text(json.dumps(data))
+    code, out = check(path, capsys, "--images", str(tmp_path / "images"))
+    assert "images: 0 usable of 6 listed (6 left out, see PROBLEMS)" in out and out.count("size_mismatch") >= 1
+
+
+def test_no_decode_still_finds_an_exif_size_mismatch(tmp_path, capsys):
+    """`--no-decode` reads the headers (EXIF orientation applied) instead of missing the mismatch."""
+    path = rectangles_coco(tmp_path, 2)
+    picture = Image.new("RGB", (96, 64), (114, 114, 114))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees: 64 x 96
+    picture.save(tmp_path / "images" / "rotated.jpg", exif=exif)
+    data = json.loads(path.read_text())
+    data["images"].append({"id": 99, "file_name": "rotated.jpg", "width": 96, "height": 64})  # the raw frame
+    path.write_text(json.dumps(data))
+    for extra in ([], ["--no-decode"]):
+        code, out = check(path, capsys, "--images", str(tmp_path / "images"), *extra)
+        assert code == 1 and "rotated.jpg" in out and "size_mismatch" in out, (extra, out)
+        assert "differs from the annotated size 96x64" in out
+
+
+def test_yolo_label_with_a_bom_and_duplicate_lines(tmp_path, capsys):
+    """A UTF-8 BOM (Windows editors) once made the first line a malformed label; duplicate lines are removed and
+    now counted as a warning."""
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.new("RGB", (64, 48), (114, 114, 114)).save(root / "images" / "a.jpg")
+    (root / "labels" / "a.txt").write_bytes("\ufeff0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n"
+                                            .encode("utf-8"))
+    (root / "classes.txt").write_text("cat\ndog\n")
+    code, out = check(root, capsys, "--class-names", "cat", "dog")
+    assert "malformed" not in out, out
+    assert "annotations: 2" in out and "1 duplicate label line(s)" in out and "warning:duplicate_label" in out

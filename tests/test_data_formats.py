@@ -111,7 +111,8 @@ def test_yolo_boxes_polygons_negatives_and_orphans(tmp_path):
     assert source.class_names == ["cat", "dog"] and source.category_ids == [0, 1]
     assert [r.path.name for r in source.records] == ["a.jpg", "b.jpg"]
     assert source.unlabeled_images == [str(root / "images" / "b.jpg")]
-    assert [p.kind for p in source.problems] == ["orphan_label"] and "ghost.txt" in source.problems[0].file
+    assert [p.kind for p in source.problems] == ["duplicate_label", "orphan_label"]  # both warnings
+    assert "a.txt" in source.problems[0].file and "ghost.txt" in source.problems[1].file
     a = source.records[0]  # image headers read while loading: pixel boxes and sizes
     assert (a.height, a.width, a.normalized) == (50, 100, False)
     order = np.argsort(a.classes)

@@ -131,3 +131,22 @@ def test_a_coco_object_of_the_backend_is_scored_without_indexing_it_again(coco12
             scores = score_detections(given, dets, backend)
             assert scores.stats == expected.stats, (backend, type(given))
             assert (scores.arrays.precision == expected.arrays.precision).all()
+
+
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+def test_statistics_without_ground_truth_are_undefined_not_zero(coco128_dir, backend):
+    """pycocotools' -1 (no ground truth in that area range) is logged as 0 but named as undefined; an image set
+    without any ground truth leaves every statistic undefined, with or without detections."""
+    gt = _load_gt(coco128_dir)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    # Only large objects kept: small and medium AP/AR have nothing to find.
+    large = dict(gt, annotations=[a for a in gt["annotations"] if a["area"] > 96 ** 2])
+    scores = score_detections(large, [d for d in dets if d["bbox"][2] * d["bbox"][3] > 96 ** 2], backend)
+    assert set(scores.undefined) == {"APs", "APm", "ARs", "ARm"} and scores.stats["APs"] == 0.0
+    assert scores.stats["AP"] > 0.9 and "AP" not in scores.undefined
+    empty = dict(gt, annotations=[])
+    for detections in (dets[:20], []):
+        result = score_detections(empty, detections, backend)
+        assert "AP" in result.undefined and result.stats["AP"] == 0.0
+    assert score_detections(gt, [], backend).undefined == ()  # nothing found where there is something: AP 0

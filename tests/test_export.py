@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +151,44 @@ def test_run_onnx_takes_numpy_arrays_and_returns_them(yolov9_t: nn.Module, raw_d
     assert np.allclose(as_float64, from_numpy, atol=1e-6)
     with pytest.raises(ValueError, match="float images in \\[0, 1\\], got uint8"):
         run_onnx(raw_dynamic_onnx, (images.numpy() * 255).astype(np.uint8))
+
+
+def documented_export_commands() -> list[list[str]]:
+    """The `pgi-detect export` lines of docs/inference.md, as words (comments dropped)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
+    lines = [line.split("#")[0].split() for line in text.splitlines() if line.startswith(".venv/bin/pgi-detect export")]
+    assert len(lines) >= 4, "docs/inference.md lost its export examples"
+    return lines
+
+
+@pytest.mark.slow
+def test_every_documented_export_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    """Each documented variant as its own `pgi-detect` process: `--nms` once failed there ("unsupported output type:
+    int, from operator: torchvision::_cuda_version") and only worked after an earlier import of torchvision."""
+    from test_inference_checkpoint import save_task_checkpoint
+
+    from pgi_detect.training import DetectionTask
+
+    torch.manual_seed(0)
+    checkpoint = save_task_checkpoint(DetectionTask(model="gelan-t", num_classes=2, class_names=["a", "b"]),
+                                      tmp_path / "best.ckpt")
+    ran = 0
+    for index, words in enumerate(documented_export_commands()):
+        args = words[2:]
+        if "--checkpoint" in args and args[args.index("--checkpoint") + 1] != "best.ckpt":
+            continue  # a pretrained name: downloads, which tests never do (tests/test_models_hub.py covers names)
+        args = [str(checkpoint) if word == "best.ckpt" else word for word in args]
+        if "--output" not in args:
+            args += ["--output", str(tmp_path / f"variant{index}.onnx")]
+        else:
+            args[args.index("--output") + 1] = str(tmp_path / f"variant{index}.onnx")
+        if "--img-size" in args:
+            args[args.index("--img-size") + 1] = "64"  # the same graph, traced faster
+        else:
+            args += ["--img-size", "64"]
+        result = subprocess.run([sys.executable, "-m", "pgi_detect.commands", "export", *args], capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, f"{' '.join(words)}\n{result.stderr[-3000:]}"
+        assert (tmp_path / f"variant{index}.onnx").is_file(), words
+        ran += 1
+    assert ran >= 4

@@ -153,7 +153,7 @@ def test_run_prediction_writes_json_images_and_video(square_predictor: Predictor
     run = run_prediction(square_predictor, inputs, tmp_path / "out")
 
     assert run.frames == 7 and run.detections == 7
-    assert sorted(p.name for p in run.images) == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in run.images) == ["a.png", "b.png"]  # named and written like the inputs (docs/inference.md)
     records = json.loads(run.json_path.read_text())
     assert len(records) == 7
     a = next(r for r in records if r["file_name"] == "a.png")

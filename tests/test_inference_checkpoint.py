@@ -76,7 +76,7 @@ def test_detect_command_writes_outputs(yolov9_checkpoint: tuple[DetectionTask, P
     assert run.frames == 2 and len(records) == run.detections == 10
     assert {r["file_name"] for r in records} == {"a.png", "b.png"}
     assert {r["category_name"] for r in records} <= {"ball", "cup"}
-    assert sorted(p.name for p in run.images) == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in run.images) == ["a.png", "b.png"]  # named and written like the inputs
 
 
 def test_write_task_predictions_matches_predict_step_format(tmp_path: Path) -> None:

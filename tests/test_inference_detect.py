@@ -166,3 +166,71 @@ def test_progress_bar_is_drawn_on_the_stream_found_to_be_a_terminal(capsys):
     report.update(3)
     report.close()
     assert "3/3" in terminal.getvalue() and capsys.readouterr().err == ""
+
+
+def write_image(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_outputs_of_same_named_inputs_do_not_collide(checkpoint, tmp_path):
+    """`a/x.jpg a/b/x.jpg` and a folder with photo.tiff + photo.webp once wrote one drawing for two inputs and two
+    detections with the same file_name. Outputs are named by the path below the source root, in the input's format."""
+    from pgi_detect.commands import main
+
+    first, second = write_image(tmp_path / "a" / "x.jpg", 0), write_image(tmp_path / "a" / "b" / "x.jpg", 1)
+    out = tmp_path / "out"
+    args = detect_args(checkpoint, first, out)
+    args.insert(args.index(str(first)) + 1, str(second))  # --source a/x.jpg a/b/x.jpg
+    assert main(["detect", *args]) == 0
+    assert sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.jpg")) == ["b/x.jpg", "x.jpg"]
+    records = json.loads((out / "predictions.json").read_text())
+    assert {r["file_name"] for r in records} == {"x.jpg", "b/x.jpg"}
+
+    folder = tmp_path / "formats"
+    write_image(folder / "photo.tiff", 2), write_image(folder / "photo.webp", 3), write_image(folder / "deep" / "z.png", 4)
+    out = tmp_path / "out2"
+    assert main(["detect", *detect_args(checkpoint, folder, out)]) == 0
+    drawn = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*") if p.is_file())
+    assert drawn == ["deep/z.png", "photo.tiff", "photo.webp"]  # subfolders are read too (documented)
+    assert Image.open(out / "images" / "photo.tiff").format == "TIFF"
+    records = json.loads((out / "predictions.json").read_text())
+    assert {r["file_name"] for r in records} == {"photo.tiff", "photo.webp", "deep/z.png"}
+    assert len({r["image_id"] for r in records}) == 3
+
+
+def test_a_source_that_is_not_an_image_is_one_line(checkpoint, tmp_path, capsys):
+    from pgi_detect.commands import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    assert main(["detect", *detect_args(checkpoint, notes, tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(notes) in err[0] and "not an image or a video" in err[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_detect_is_one_line_and_keeps_the_results(checkpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source = tmp_path / "many"
+    for index in range(400):
+        write_image(source / f"im{index:03d}.jpg", index)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pgi_detect.commands", "detect", *detect_args(checkpoint, source, out),
+         "--batch-size", "1", "--progress-every", "5"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    line = process.stdout.readline()
+    assert line.startswith("detect: 5/400"), line
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and stderr.strip().splitlines() == ["pgi-detect detect: interrupted (Ctrl-C)"]
+    records = json.loads((out / "predictions.json").read_text())  # valid, with what was done before the Ctrl-C
+    assert len({r["image_id"] for r in records}) >= 5

@@ -143,9 +143,23 @@ def test_close_mosaic_switches_at_the_right_epoch():
 def test_close_mosaic_after_resume():
     # A checkpoint written at the end of epoch 14 resumes in epoch 15: close before the loaders start.
     datamodule = FakeDataModule()
-    trainer = SimpleNamespace(max_epochs=20, current_epoch=0, datamodule=datamodule)
+    trainer = SimpleNamespace(max_epochs=20, current_epoch=0, datamodule=datamodule, state=SimpleNamespace(fn="fit"))
     CloseMosaic(close_mosaic=5).on_load_checkpoint(trainer, None, {"epoch": 14})
     assert datamodule.calls == [False]
+    # A mid-epoch checkpoint of epoch 14 (Ctrl-C, preemption) resumes inside epoch 14: mosaic stays on.
+    mid_epoch = {"epoch": 14, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 14}}}}}
+    datamodule = trainer.datamodule = FakeDataModule()
+    CloseMosaic(close_mosaic=5).on_load_checkpoint(trainer, None, mid_epoch)
+    assert datamodule.calls == []
+    end_of_epoch = {"epoch": 14, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 15}}}}}
+    CloseMosaic(close_mosaic=5).on_load_checkpoint(trainer, None, end_of_epoch)
+    assert datamodule.calls == [False]
+    # validate/test/predict of that checkpoint never switch (nor report) anything.
+    datamodule = trainer.datamodule = FakeDataModule()
+    trainer.state.fn = "validate"
+    CloseMosaic(close_mosaic=5).on_load_checkpoint(trainer, None, end_of_epoch)
+    assert datamodule.calls == []
+    trainer.state.fn = "fit"
     # ... but not one written at the end of epoch 13.
     datamodule = FakeDataModule()
     trainer.datamodule = datamodule

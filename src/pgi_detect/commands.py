@@ -27,16 +27,20 @@ LIGHTNING_COMMANDS = {
 # What a user's own input can get wrong, reported in one line without a traceback. Classes of modules that were never
 # imported cannot have been raised, so they are looked up only in sys.modules (no import just to check).
 USER_ERRORS = (
+    ("pgi_detect.settings", "SettingError"),
     ("pgi_detect.data.problems", "DataError"),
     ("pgi_detect.weights.errors", "WeightsError"),
     ("pgi_detect.training.checkpoints", "CheckpointError"),
     ("pgi_detect.training.run_folder", "RunFolderBusy"),
-    ("wandb.errors", "UsageError"),  # e.g. "No API key configured" for the shipped configs' wandb logger
+    ("wandb.errors", "UsageError"),
+    # Lightning's own check of the trainer options (e.g. --trainer.devices 0 on CPU)
+    ("lightning.fabric.utilities.exceptions", "MisconfigurationException"),  # e.g. "No API key configured" for the shipped configs' wandb logger
 )
 HINTS = {
     "UsageError": " (wandb logger: or set WANDB_MODE=offline to log locally, or pick another logger, e.g. "
                   "--trainer.logger lightning.pytorch.loggers.CSVLogger)",
 }
+INTERRUPTED_STATUS = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -74,15 +78,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in words or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     words = [word for word in words if word != "--debug"]
+    command = next((word for word in words if not word.startswith("-")), "")
     try:
         result = run(words)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # Outputs are written as they are produced (detect, predict); fit saves on Ctrl-C through Preemption.
+        print(f"\npgi-detect {command}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return INTERRUPTED_STATUS
     except Exception as error:
-        if _is_preemption(error):
-            print(f"pgi-detect: {error}", flush=True)
-            return 0
+        stop = _preemption_kind(error)
+        if stop is not None:
+            if _is_rank_zero():  # every rank stops with the same message: print it once
+                print(f"pgi-detect {command}: {error}", file=sys.stderr if stop else sys.stdout, flush=True)
+            return INTERRUPTED_STATUS if stop else 0
         if debug or not is_user_error(error):
             raise
-        command = next((word for word in words if not word.startswith("-")), "")
         print(f"pgi-detect {command}: {user_message(error)}".replace("  ", " "), file=sys.stderr, flush=True)
         return 1
     return result if isinstance(result, int) else 0
@@ -98,9 +110,17 @@ def is_user_error(error: BaseException) -> bool:
     return False
 
 
-def _is_preemption(error: BaseException) -> bool:
+def _preemption_kind(error: BaseException) -> bool | None:
+    """None: not a stop that saved its state; False: preempted (status 0); True: Ctrl-C (status 130)."""
     module = sys.modules.get("pgi_detect.training.preemption")
-    return module is not None and isinstance(error, module.Preempted)
+    if module is None or not isinstance(error, module.Preempted):
+        return None
+    return isinstance(error, module.Interrupted)
+
+
+def _is_rank_zero() -> bool:
+    rank_zero = sys.modules.get("lightning.pytorch.utilities.rank_zero")
+    return rank_zero is None or getattr(rank_zero.rank_zero_only, "rank", 0) == 0
 
 
 def user_message(error: BaseException) -> str:

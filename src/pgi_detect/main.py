@@ -6,7 +6,9 @@ The console command itself (which tool runs, one-line errors; `python -m pgi_det
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import sys
 import warnings
@@ -20,14 +22,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
+from pgi_detect.text import class_count
 from pgi_detect.data import DetectionDataModule
 from pgi_detect.training import DetectionTask
-from pgi_detect.training.run_folder import RunFolderLock
+from pgi_detect.training.run_folder import RunFolderLock, check_new_fit
 from pgi_detect.models import DetectorSpec
 from pgi_detect.models.spec import as_plain_dict
+from pgi_detect.settings import SettingError, option_prefix
+from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.geometry import NMSSettings
+from pgi_detect.training.optim import GuardSettings, OptimizerSettings
 from pgi_detect.training.checkpoints import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
+    CheckpointError,
     changed_values,
     checkpoint_hyperparameters,
     resolve_checkpoint_path,
@@ -38,6 +46,16 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 # Lightning's own internals (its _pytree shim) and its model summary under mixed precision: nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+
+
+class _NotForOurUsers(logging.Filter):
+    """Lightning's advertisement for its cloud logger is not advice a pgi-detect user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NotForOurUsers())
 
 
 
@@ -93,6 +111,7 @@ class DetectionCLI(LightningCLI):
             final["weights"] = None
         if held is not None:
             check_architecture(ckpt_path, DetectorSpec.from_dict(held), final, subcommand)
+            self._checkpoint_classes = (ckpt_path, held.get("num_classes"), subcommand)
         changes = changed_values(saved, final.as_dict())
         if changes:
             rank_zero_info(f"{subcommand}: options that differ from {ckpt_path}'s hyperparameters (yours are used): "
@@ -108,7 +127,10 @@ class DetectionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self._get(self.config, "trainer")
+        if self.config.get("subcommand") == "fit" and trainer.get("max_epochs") == 0:
+            raise SettingError("trainer.max_epochs 0 trains nothing: use 1 or more (or -1 for no limit)")
         self._recipe_owns_the_step(trainer, self._get(self.config, "model"))
+        self._check_setting_groups()
         if str(trainer.get("precision")) in ("16-mixed", "16") and not _uses_cuda(trainer.get("accelerator")):
             # Lightning would swap it too, with a warning; one line says what runs instead.
             rank_zero_info(f"--trainer.precision {trainer.get('precision')}: fp16 autocast needs CUDA; bf16-mixed "
@@ -122,6 +144,16 @@ class DetectionCLI(LightningCLI):
             trainer["callbacks"] = [c for c in trainer["callbacks"]
                                     if not str(c.get("class_path", "")).endswith("ProgressBar")]
         self._loggers_follow_the_run_folder(trainer, keep_save_dir=getattr(self, "_explicit_logger_dir", False))
+
+    def _check_setting_groups(self) -> None:
+        """Build each settings dataclass once from its options, so a value outside its range is an error naming the
+        option (`model.eval_nms.conf_thres`); jsonargparse builds them later without saying which option it was."""
+        for path, build in SETTING_GROUPS.items():
+            value = self._get(self.config, path.split(".")[0]).get(path.split(".", 1)[1])
+            values = value.as_dict() if hasattr(value, "as_dict") else value
+            if isinstance(values, dict):
+                with option_prefix(f"{path}."):
+                    build(values)
 
     @staticmethod
     def _loggers_follow_the_run_folder(trainer: Any, keep_save_dir: bool = False) -> None:
@@ -166,17 +198,53 @@ class DetectionCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        self._check_checkpoint_classes()
         self._pin_checkpoint_dirs()
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # the default: made atomic (a user's own is kept)
             strategy.checkpoint_io = AtomicCheckpointIO()
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Our checkpoints hold the full training state (and hyperparameters as plain Python values); Lightning logs
+        # "`weights_only` was not set" on every load and save otherwise.
+        parser.set_defaults(weights_only=False)
+        if subcommand == "fit":
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="replace the checkpoints an earlier run left in trainer.default_root_dir (a fit "
+                                     "without --ckpt_path into such a folder is refused otherwise)")
+        return parser
+
     def _run_subcommand(self, subcommand: str) -> None:
-        """A fit holds its run folder for as long as it trains (one fit per folder, see training/run_folder.py)."""
-        if subcommand != "fit" or rank_zero_only.rank != 0:
+        """A fit holds its run folder for as long as it trains (one fit per folder, see training/run_folder.py), and
+        never overwrites checkpoints of an earlier run it does not resume."""
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        config = self.config["fit"]
+        overwrite = bool(config.get("overwrite"))
+        folders = [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                   if isinstance(c, ModelCheckpoint) and c.dirpath]
+        if rank_zero_only.rank != 0:
+            if not overwrite:  # rank 0 removes the earlier files then: the others must not race it
+                check_new_fit(Path(self.trainer.default_root_dir), folders, config.get("ckpt_path"), False, False)
             return super()._run_subcommand(subcommand)
         with RunFolderLock(self.trainer.default_root_dir):
+            check_new_fit(Path(self.trainer.default_root_dir), folders, config.get("ckpt_path"), overwrite, True)
             return super()._run_subcommand(subcommand)
+
+    def _check_checkpoint_classes(self) -> None:
+        """The class count comes from the data, so it is known only now: a checkpoint trained on other classes is an
+        error naming the file and both class lists, before any data is loaded into the wrong head."""
+        ckpt_path, held_classes, subcommand = getattr(self, "_checkpoint_classes", (None, None, None))
+        model = getattr(self, "model", None)
+        if ckpt_path is None or held_classes is None or model is None or model.spec.num_classes == held_classes:
+            return
+        names = model.class_names or []
+        listed = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
+        raise CheckpointError(errno.EINVAL, f"{ckpt_path} was trained on {class_count(held_classes)}, but the data has "
+                                            f"{model.spec.num_classes}{listed}; {subcommand} it on data with the "
+                                            f"checkpoint's classes, or fine-tune it on this data with "
+                                            f"--model.weights {ckpt_path} (the class branch starts anew)")
 
     def _pin_checkpoint_dirs(self) -> None:
         """Checkpoints without an explicit dirpath go to <default_root_dir>/checkpoints, so that a requeued or
@@ -184,6 +252,16 @@ class DetectionCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, CHECKPOINT_DIR)
+
+
+# The settings dataclasses behind `--model.optim.*`, `--model.*_nms.*`, `--model.guard.*`, `--data.augmentation.*`.
+SETTING_GROUPS: dict[str, Any] = {
+    "model.optim": lambda values: OptimizerSettings(**values),
+    "model.eval_nms": lambda values: NMSSettings(**values),
+    "model.predict_nms": lambda values: NMSSettings(**values),
+    "model.guard": lambda values: GuardSettings(**values),
+    "data.augmentation": AugmentationConfig.from_any,
+}
 
 
 def check_architecture(ckpt_path: Path, held: DetectorSpec, model: Any, subcommand: str) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import albumentations as A
 import cv2
 import numpy as np
 
 from pgi_detect.geometry import PAD_VALUE
+from pgi_detect.settings import NON_NEGATIVE, POSITIVE, PROBABILITY, Range, check_ranges
 
 SEGMENT_RESAMPLE_POINTS = 1000  # segment-aware warping resamples each polygon to this many points
 COPY_PASTE_MAX_IOA = 0.30  # a mirrored copy may cover less than this fraction of every existing box
@@ -53,6 +54,18 @@ class AugmentationConfig:
     max_aspect_ratio: float = 100.0  # box_candidates: max(w/h, h/w) below this
     min_area_ratio: float = 0.1  # box_candidates: area after / (area before * scale^2) above this
     min_area_ratio_segments: float = 0.01  # the same when boxes come from warped segments
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        **{name: PROBABILITY for name in ("mosaic", "copy_paste", "mixup", "fliplr", "flipud", "blur", "median_blur",
+                                          "to_gray", "clahe", "brightness_contrast", "gamma", "jpeg", "translate",
+                                          "min_area_ratio", "min_area_ratio_segments")},
+        **{name: NON_NEGATIVE for name in ("degrees", "shear", "perspective", "hsv_h", "hsv_s", "hsv_v",
+                                           "min_box_size")},
+        "scale": Range(0, 1, high_open=True), "mixup_beta": POSITIVE, "jpeg_quality": Range(1, 100),
+        "max_aspect_ratio": POSITIVE}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
 
     @classmethod
     def disabled(cls) -> "AugmentationConfig":

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pgi_detect.settings import NON_NEGATIVE, argument_type
 from pgi_detect.data.dataset_yaml import SPLITS, DatasetYaml, is_dataset_yaml, read_dataset_yaml
-from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image
+from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image, read_image_size
 from pgi_detect.data.loading import no_objects_problem, read_source
 from pgi_detect.data.problems import DataError, DataProblem
 from pgi_detect.data.records import DetectionSource
@@ -21,7 +22,8 @@ class DataReport:
 
     location: str
     format: str = "?"
-    num_images: int = 0
+    num_images: int = 0  # usable images
+    num_listed: int = 0  # images the dataset lists (usable + left out for the problems below)
     num_annotations: int = 0  # training targets (crowd excluded, repaired boxes included)
     num_crowd: int = 0
     class_names: list[str] = field(default_factory=list)
@@ -40,8 +42,11 @@ class DataReport:
         return [p for p in self.problems if p.severity == "error"]
 
     def summary(self, max_problems: int = 50) -> str:
+        left_out = self.num_listed - self.num_images
+        images = f"{self.num_images} usable of {self.num_listed} listed ({left_out} left out, see PROBLEMS)" \
+            if left_out else str(self.num_images)
         lines = [f"dataset: {self.location} ({self.format})",
-                 f"images: {self.num_images}  annotations: {self.num_annotations}  crowd (not trained on): "
+                 f"images: {images}  annotations: {self.num_annotations}  crowd (not trained on): "
                  f"{self.num_crowd}  classes: {len(self.class_names)}",
                  f"negatives (no objects): {len(self.negatives)}"
                  + (f", of which without a label file: {len(self.unlabeled_images)}" if self.unlabeled_images else "")]
@@ -105,12 +110,16 @@ def fill_report(report: DataReport, source: DetectionSource, decode: bool, progr
     report.orphan_label_files = list(source.orphan_label_files)
     report.num_crowd = source.num_crowd
     table = source.records
-    if decode:
+    report.num_listed = len(table) + source.images_dropped
+    # Without decoding, COCO images still have their headers read (EXIF orientation applied): an annotated size
+    # that differs is the same unusable sample as when decoding (YOLO sizes come from the headers already).
+    check = decode_annotated_image if decode else (check_header_size if source.format == "coco" else None)
+    if check is not None:
         usable = []
-        for position, record in enumerate(tqdm(table, total=len(table), desc="decoding images", unit="img",
-                                               disable=not progress)):
+        for position, record in enumerate(tqdm(table, total=len(table), unit="img", disable=not progress,
+                                               desc="decoding images" if decode else "reading image headers")):
             try:
-                decode_annotated_image(record.path, record.height, record.width)
+                check(record.path, record.height, record.width)
             except DataError as exc:
                 kind = "size_mismatch" if isinstance(exc, ImageSizeMismatchError) else "corrupt_image"
                 report.problems.append(DataProblem(str(record.path), str(exc).split(": ", 1)[-1], kind))
@@ -128,6 +137,14 @@ def fill_report(report: DataReport, source: DetectionSource, decode: bool, progr
         report.problems.append(missing_objects)
 
 
+def check_header_size(path: Path, height: int | None, width: int | None) -> None:
+    """The annotated (height, width) against the file header's displayed size, without decoding the pixels."""
+    actual = read_image_size(path)
+    if height is not None and (height, width) != actual:
+        raise ImageSizeMismatchError(f"{path}: header size {actual[1]}x{actual[0]} (w x h, EXIF orientation "
+                                     f"applied) differs from the annotated size {width}x{height}")
+
+
 def check_data_main(argv: list[str] | None = None) -> int:
     """`pgi-detect check-data`: print the report; exit code 1 when problems were found, 0 otherwise."""
     parser = argparse.ArgumentParser(prog="pgi-detect check-data",
@@ -140,7 +157,8 @@ def check_data_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("auto", "coco", "yolo"), default="auto")
     parser.add_argument("--class-names", nargs="+", default=None, help="class names (YOLO without classes.yaml)")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding images (only headers/annotations)")
-    parser.add_argument("--max-problems", type=int, default=50, help="problems listed individually")
+    parser.add_argument("--max-problems", type=argument_type(NON_NEGATIVE), default=50,
+                        help="problems listed individually")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     reports = check_dataset_splits(args.path, args.split, images=args.images, format=args.format,

@@ -374,6 +374,7 @@ def source_from_index(index: CocoIndex, annotation_file: Path, images_dir: Path,
         has_segments=arrays["has_segments"] if segments else None,
         point_offsets=arrays["point_offsets"] if segments else None, points=arrays["points"] if segments else None)
     table = table.select(np.flatnonzero(usable & ~missing))
-    return DetectionSource(format="coco", location=str(annotation_file), records=table,
+    return DetectionSource(images_dropped=len(usable) - len(table), format="coco", location=str(annotation_file),
+                           records=table,
                            class_names=list(meta["class_names"]), category_ids=list(meta["category_ids"]),
                            problems=problems, num_crowd=int(meta["num_crowd"]))

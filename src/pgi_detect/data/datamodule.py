@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from pgi_detect.text import class_count
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.collate import collate_detections, seed_worker
 from pgi_detect.data.dataset import DetectionDataset
@@ -24,6 +25,7 @@ from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.data.resumable import EpochSampler, ResumableLoader
 from pgi_detect.data.samplers import RectShardSampler, rect_batches
+from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, check_ranges, option_prefix
 
 
 Split = Literal["train", "val", "test"]
@@ -116,7 +118,8 @@ class DetectionDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.persistent_workers = persistent_workers and num_workers > 0
         self.pin_memory = pin_memory
-        self.augmentation = AugmentationConfig.from_any(augmentation)
+        with option_prefix("data.augmentation."):
+            self.augmentation = AugmentationConfig.from_any(augmentation)
         self.cache_images = cache_kind(cache_images)
         self.decode_reduced = decode_reduced
         self.official_rounding = official_rounding
@@ -158,7 +161,7 @@ class DetectionDataModule(pl.LightningDataModule):
         for other, source in self._sources.items():
             if other != split and source.class_names != names:
                 raise DataError(f"{self.paths[split][0]}: classes differ from the {other} set "
-                                f"({len(names)} vs {len(source.class_names)} classes)")
+                                f"({len(names)} vs {class_count(len(source.class_names))})")
 
     @property
     def class_names(self) -> list[str]:
@@ -224,6 +227,12 @@ class DetectionDataModule(pl.LightningDataModule):
             if self._predict_split() != "test":
                 rank_zero_info(f"predict: no data.test configured; predicting the val split ({self.paths['val'][0]})")
             self.dataset(self._predict_split())
+
+    @property
+    def dropped_at_load(self) -> int:
+        """Training images the dataset lists that were left out when it was read (on_bad_sample='skip'): never
+        trained on, in every epoch (0 before the training set is read)."""
+        return self._sources["train"].images_dropped if "train" in self._sources else 0
 
     @property
     def skipped_samples(self) -> int:
@@ -317,11 +326,10 @@ _REPORTED_WORKER_CUTS: set[int] = set()
 
 def check_settings(img_size: int, batch_size: int, val_batch_size: int | None, num_workers: int) -> None:
     """Reject settings that would fail later with an obscure error (OpenCV, torch)."""
-    if img_size < 32 or img_size % 32:
-        raise ValueError(f"data.img_size must be a positive multiple of 32 (the largest stride), got {img_size}")
-    if batch_size < 1:
-        raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
-    if val_batch_size is not None and val_batch_size < 1:
-        raise ValueError(f"data.val_batch_size must be at least 1 (or null: 2 x batch_size), got {val_batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"data.num_workers must be 0 or more, got {num_workers}")
+    check_ranges({"img_size": img_size, "batch_size": batch_size, "val_batch_size": val_batch_size,
+                  "num_workers": num_workers}, DATA_RANGES, prefix="data.")
+
+
+# The DetectionDataModule arguments with a valid range (its settings groups check their own: AugmentationConfig).
+DATA_RANGES = {"img_size": Range(32, step=32), "batch_size": AT_LEAST_ONE, "val_batch_size": Range(1, optional=True),
+               "num_workers": NON_NEGATIVE}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from pgi_detect.text import class_count
 from pgi_detect.data.images import IMAGE_SUFFIXES
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
@@ -65,7 +66,7 @@ def read_dataset_yaml(path: str | Path) -> DatasetYaml:
     root = dataset_root(path, data.get("path"))
     class_names = parse_class_names(data.get("names"), path)
     if data.get("nc") is not None and data["nc"] != len(class_names):
-        raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {len(class_names)} classes")
+        raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {class_count(len(class_names))}")
     splits, missing = {}, {}
     for split in SPLITS:
         value = data.get(split)
@@ -136,7 +137,7 @@ def load_yaml_split(spec: DatasetYaml, split: str, class_names: list[str] | None
     """Parse one split of a dataset YAML (no bad-input policy applied: see loading.load_source)."""
     images, label_dirs = split_images(spec, split)
     if class_names is not None and len(class_names) != len(spec.class_names):
-        raise DataError(f"{spec.file}: {len(spec.class_names)} classes in 'names' but {len(class_names)} "
+        raise DataError(f"{spec.file}: {class_count(len(spec.class_names))} in 'names' but {len(class_names)} "
                         "class_names given")
     names = list(class_names) if class_names is not None else list(spec.class_names)
 

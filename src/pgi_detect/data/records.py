@@ -237,6 +237,7 @@ class DetectionSource:
     unlabeled_images: list[str] = field(default_factory=list)  # YOLO: images without a label file (negatives)
     num_crowd: int = 0  # COCO: crowd annotations (not training targets, kept in the ground truth)
     label_locations: list[str] = field(default_factory=list)  # YOLO: where label files were looked up
+    images_dropped: int = 0  # images the dataset lists that were left out while parsing (their problems say why)
 
     @property
     def num_classes(self) -> int:

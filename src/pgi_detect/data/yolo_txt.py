@@ -99,7 +99,7 @@ def parse_label_file(label_file: Path, num_classes: int, problems: list[DataProb
     polygons: list[np.ndarray | None] = []
     classes: list[int] = []
     try:
-        text = label_file.read_text(encoding="utf-8", errors="replace")
+        text = label_file.read_text(encoding="utf-8-sig", errors="replace")  # a BOM (Windows editors) is no label
     except OSError as exc:
         problems.append(DataProblem(str(label_file), f"cannot read label file ({exc.strerror or exc})",
                                     "malformed_label"))
@@ -140,6 +140,9 @@ def parse_label_file(label_file: Path, num_classes: int, problems: list[DataProb
     # drop duplicate rows (same class and box; the first polygon of duplicates is kept)
     table, first = np.unique(np.column_stack([np.asarray(classes, np.float64), np.asarray(rows)]), axis=0,
                              return_index=True)
+    if len(table) < len(rows):
+        problems.append(DataProblem(str(label_file), f"{len(rows) - len(table)} duplicate label line(s) (same class "
+                                                     "and box) removed", "duplicate_label", "warning"))
     raw = table[:, 1:].astype(np.float32)
     boxes, keep, clipped = clip_boxes_to_image(raw, 1.0, 1.0, report_tolerance=NORMALIZED_CLIP_TOLERANCE)
     report_box_repairs(problems, str(label_file), raw, keep, clipped, unit="normalised xyxy")
@@ -218,6 +221,7 @@ def load_yolo_images(image_paths: Sequence[Path], label_for: Callable[[Path], Pa
         problems.append(DataProblem(orphan, "label file has no matching image; ignored", "orphan_label", "warning"))
     records, areas = size_yolo_records(records, areas, location, problems)
     return DetectionSource(
+        images_dropped=len(image_paths) - len(records),
         format="yolo", location=location, records=RecordTable.from_records(records, areas),
         class_names=list(class_names), category_ids=list(range(len(class_names))), problems=problems,
         orphan_label_files=orphans, unlabeled_images=unlabeled, label_locations=[str(folder) for folder in label_dirs],

@@ -102,6 +102,9 @@ class CocoScores:
 
     stats: dict[str, float]
     arrays: PrecisionArrays | None
+    # Statistics COCO cannot define here (pycocotools' -1): no ground truth at all, or none in that area range
+    # (`APs` without small objects). They are 0 in `stats`, so checkpoint monitors keep working; reports say so.
+    undefined: tuple[str, ...] = ()
 
 
 def score_detections(
@@ -122,8 +125,10 @@ def score_detections(
     ids = sorted({int(i) for i in image_ids}) if image_ids is not None else sorted(gt_api.getImgIds())
     stats = {name: 0.0 for name in STAT_NAMES}
     if not detections or not ids:
-        # Nothing predicted: AP is 0 (pycocotools would crash on an empty result list).
-        return CocoScores(stats, None)
+        # Nothing predicted: AP is 0 (pycocotools would crash on an empty result list), unless there is nothing to
+        # find either.
+        has_truth = any(not a.get("iscrowd", 0) for a in gt_api.loadAnns(gt_api.getAnnIds(imgIds=ids))) if ids else False
+        return CocoScores(stats, None, () if has_truth else STAT_NAMES)
     dets = [dict(d) for d in detections]  # loadRes adds keys in place
     with contextlib.redirect_stdout(io.StringIO()):
         dt_api = gt_api.loadRes(dets)
@@ -134,9 +139,10 @@ def score_detections(
         evaluator.accumulate()
         evaluator.summarize()
     values = np.asarray(evaluator.stats, dtype=np.float64)[: len(STAT_NAMES)]
-    # COCOeval reports -1 for "no ground truth in this area range"; treat as 0 for logging.
+    # COCOeval reports -1 for "no ground truth in this area range": 0 for logging, and named as undefined.
     stats = {name: float(max(v, 0.0)) for name, v in zip(STAT_NAMES, values)}
-    return CocoScores(stats, _precision_arrays(evaluator))
+    undefined = tuple(name for name, v in zip(STAT_NAMES, values) if v < 0)
+    return CocoScores(stats, _precision_arrays(evaluator), undefined)
 
 
 def _precision_arrays(evaluator: Any) -> PrecisionArrays:

@@ -39,6 +39,7 @@ class CocoEvaluation:
     detections: list[dict]
     image_ids: list[int]
     arrays: PrecisionArrays | None = None
+    undefined: tuple[str, ...] = ()  # statistics COCO cannot define on this ground truth (CocoScores.undefined)
 
 
 class CocoDetectionMetric(Metric):
@@ -88,7 +89,7 @@ class CocoDetectionMetric(Metric):
             return CocoEvaluation({}, [], sorted(per_image))
         detections = rows_to_coco(per_image, self.category_ids)
         scores = score_detections(self.ground_truth, detections, self.backend, image_ids=per_image.keys())
-        return CocoEvaluation(scores.stats, detections, sorted(per_image), scores.arrays)
+        return CocoEvaluation(scores.stats, detections, sorted(per_image), scores.arrays, scores.undefined)
 
 
 def _concatenated(state: list[Tensor] | Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from pgi_detect.text import class_count, counted
 from pgi_detect.evaluation.confusion import ConfusionMatrix
 from pgi_detect.evaluation.report import EvaluationReport
 
@@ -119,7 +120,7 @@ def plot_pr_curves(report: EvaluationReport, path: str | Path) -> Path:
               label=f"all classes: AP50 {report.rows[0].ap50:.3f}")
     others = _draw_class_curves(axes, report.recall_thresholds, report.pr_precision, styles)
     _unit_axes(axes, "Recall", "Precision", f"Precision-recall curves, IoU 0.50 ({report.stage}, "
-               f"{len(report.names)} classes, {report.rows[0].images} images)")
+               f"{class_count(len(report.names))}, {counted(report.rows[0].images, 'image')})")
     _legend(axes, figure, others)
     return _save(figure, path)
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from pgi_detect.settings import AT_LEAST_ONE, PROBABILITY, Range, check_ranges
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,10 @@ class NMSSettings:
     iou_thres: float
     multi_label: bool
     max_det: int
+    RANGES: ClassVar[dict[str, Range]] = {"conf_thres": PROBABILITY, "iou_thres": PROBABILITY, "max_det": AT_LEAST_ONE}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
 
     def keys(self) -> Iterator[str]:
         return (f.name for f in fields(self))

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from pgi_detect.geometry import NMS_DETECT, NMSSettings
 from pgi_detect.inference.options import add_nms_arguments, nms_settings
+from pgi_detect.settings import AT_LEAST_ONE, argument_type
 from pgi_detect.models import build_model, inference_copy
 from pgi_detect.weights import WeightsError, read_weights
 
@@ -158,6 +159,10 @@ def export_onnx(
     model = inference_copy(detector) if prepare else detector.eval()
     stride = int(max(getattr(model, "strides", (32,))))
     height, width = _image_shape(img_size, stride)
+    if nms:
+        # torchvision registers its ops when first imported, calling one of them (`_cuda_version`); the ONNX tracer
+        # cannot record that call, so the import must not happen for the first time inside the traced forward.
+        importlib.import_module("torchvision.ops")
     wrapper = (NMSOutput(model, nms_settings) if nms else RawOutput(model)).eval()
     output_name = "detections" if nms else "predictions"
     path = Path(path)
@@ -294,10 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="DetectionTask .ckpt, a detector file, an official .pt, or a pretrained "
                         "name (gelan-c, yolov9-c, yolov9-c-converted, ...)")
     source.add_argument("--model", help="zoo name: export an untrained model (for deployment tests)")
-    parser.add_argument("--num-classes", type=int, default=80, help="with --model")
+    parser.add_argument("--num-classes", type=argument_type(AT_LEAST_ONE), default=80, help="with --model")
     parser.add_argument("--output", help="target .onnx (default: next to the checkpoint, or <model>.onnx)")
-    parser.add_argument("--img-size", type=int, nargs="+", default=[640], help="traced size: S or H W")
-    parser.add_argument("--batch-size", type=int, default=1, help="traced batch size")
+    parser.add_argument("--img-size", type=argument_type(AT_LEAST_ONE), nargs="+", default=[640],
+                        help="traced size: S or H W (rounded up to multiples of 32)")
+    parser.add_argument("--batch-size", type=argument_type(AT_LEAST_ONE), default=1, help="traced batch size")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch dimension")
     parser.add_argument("--dynamic-shape", action="store_true", help="symbolic height and width")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)

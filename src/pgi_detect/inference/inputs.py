@@ -3,6 +3,8 @@ stream of RGB frames with stable names and image ids, so the predictor and the w
 came from."""
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from PIL import Image
 from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, pil_to_rgb8
 from pgi_detect.data.problems import DataError
 
+logger = logging.getLogger("pgi_detect.inference")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 ImageLike = Union[np.ndarray, Image.Image]
@@ -25,8 +28,10 @@ Source = Union[str, Path, ImageLike, Sequence[Union[str, Path, ImageLike]]]
 class Frame:
     """One RGB image to predict on.
 
-    `name` is a file-system-safe label used for output files; `image_id` goes into the COCO JSON. For video frames
-    `video` is the source file, `frame_index` the 0-based frame number and `fps` the source frame rate.
+    `name` is a file-system-safe label; `image_id` goes into the COCO JSON. For video frames `video` is the source
+    file, `frame_index` the 0-based frame number and `fps` the source frame rate. `relative` is the file's path below
+    the folder that holds every input of the source (`a/x.jpg` and `a/b/x.jpg` -> `x.jpg`, `b/x.jpg`), which names
+    its outputs, so two inputs never write to the same file.
     """
 
     image: np.ndarray  # (H, W, 3) uint8 RGB
@@ -36,10 +41,13 @@ class Frame:
     video: Path | None = None
     frame_index: int | None = None
     fps: float | None = None
+    relative: str | None = None
 
     @property
     def file_name(self) -> str:
-        """The original file's name (the video's name for video frames, `name` for in-memory images)."""
+        """The input file's path below the source root (the video's for video frames, `name` for in-memory images)."""
+        if self.relative is not None:
+            return self.relative
         source = self.video or self.path
         return source.name if source is not None else self.name
 
@@ -73,39 +81,76 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Images and videos directly inside `folder`, sorted by name (deterministic ids)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and (is_image_file(p) or is_video_file(p)))
+    """Images and videos inside `folder` and its subfolders (hidden ones, e.g. `.git`, excepted), sorted by path
+    below it (deterministic ids)."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if is_image_file(path) or is_video_file(path):
+            found.append((relative.as_posix(), path))
+    return [path for _, path in sorted(found)]
 
 
 class ExpandedSource(list):
     """A source flattened into image paths, video paths and in-memory images (expand_source). iter_frames and
-    count_frames take it as it is, so a source used twice has its folders listed once and an iterator read once."""
+    count_frames take it as it is, so a source used twice has its folders listed once and an iterator read once.
+    `root` is the folder that holds every input (the folder given, or a file's own folder; their common folder for
+    several), below which outputs are named."""
+
+    root: Path | None = None
 
 
 def expand_source(source: Source) -> ExpandedSource:
-    """The files and images of a source (an error names a missing path or a folder without images)."""
-    return source if isinstance(source, ExpandedSource) else ExpandedSource(_expand(source))
+    """The files and images of a source (an error names a missing path, a folder without images or a file that is
+    not an image or a video)."""
+    if isinstance(source, ExpandedSource):
+        return source
+    roots: list[str] = []
+    items = ExpandedSource()
+    seen: set[str] = set()
+    for item in _expand(source, roots):
+        if isinstance(item, Path):
+            key = os.path.abspath(item)
+            if key in seen:
+                logger.warning("%s: given more than once; predicted once", item)
+                continue
+            seen.add(key)
+        items.append(item)
+    items.root = Path(os.path.commonpath(roots)) if roots else None
+    return items
 
 
-def _expand(source: Source) -> list[Any]:
-    """Flatten a source into a list of image paths, video paths and in-memory images."""
+def relative_name(path: Path, root: Path | None) -> str:
+    """`path` below `root` as a POSIX path (`b/x.jpg`), the file name without a root."""
+    return Path(os.path.abspath(path)).relative_to(root).as_posix() if root is not None else path.name
+
+
+def _expand(source: Source, roots: list[str]) -> list[Any]:
+    """Flatten a source into a list of image paths, video paths and in-memory images; `roots` collects the folder
+    each path argument stands for."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
             found = list_images(path)
             if not found:
-                raise FileNotFoundError(f"{path}: no images or videos found (suffixes {IMAGE_SUFFIXES + VIDEO_SUFFIXES})")
+                raise FileNotFoundError(f"{path}: no images or videos found in it or its subfolders (suffixes "
+                                        f"{', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+            roots.append(os.path.abspath(path))
             return found
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         if not (is_image_file(path) or is_video_file(path)):
-            raise ValueError(f"{path}: not a known image or video suffix")
+            raise UnreadableInput(f"{path}: not an image or a video (known suffixes: "
+                                  f"{', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+        roots.append(os.path.dirname(os.path.abspath(path)))
         return [path]
     if isinstance(source, (np.ndarray, Image.Image)):
         return [source]
     items: list[Any] = []
     for item in source:
-        items.extend(_expand(item))
+        items.extend(_expand(item, roots))
     return items
 
 
@@ -188,6 +233,7 @@ def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterato
             try:
                 for frame in iter_video(item, first_id=next_id):
                     count += 1
+                    frame.relative = relative_name(item, items.root)
                     yield frame
             except UnreadableInput as exc:
                 if on_error is None:
@@ -205,7 +251,8 @@ def iter_frames(source: Source, on_error: ErrorHandler | None = None) -> Iterato
                     raise
                 on_error(item, exc)
                 continue
-            yield Frame(image=image, name=item.stem, image_id=image_id, path=item)
+            yield Frame(image=image, name=item.stem, image_id=image_id, path=item,
+                        relative=relative_name(item, items.root))
         else:
             yield Frame(image=to_rgb_array(item), name=f"image_{position:06d}", image_id=next_id)
             next_id += 1

@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from pgi_detect.data.images import ImageDecodeError, decode_image
+from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.inputs import Frame, Source, count_frames, expand_source
 from pgi_detect.inference.predictor import Predictor
@@ -55,7 +55,7 @@ class PredictionOutputs:
     def add(self, frame: Frame, detections: Detections) -> None:
         self.record(detections, frame.image_id, frame.file_name, frame.frame_index)
         if frame.video is None and self.save_images:
-            self.save_image(detections.draw(frame.image), frame.name)
+            self.save_image(detections.draw(frame.image), frame.relative or frame.name)
         elif frame.video is not None and self.save_videos:
             self._video_for(frame).write(detections.draw(frame.image))
 
@@ -67,11 +67,19 @@ class PredictionOutputs:
             self.json_writer.add_detections(detections, image_id, file_name, frame_index)
 
     def save_image(self, drawn: np.ndarray, name: str) -> None:
-        """Write an annotated still image as images/<name><image_suffix>."""
-        self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", name, self.image_suffix))
+        """Write an annotated still image as images/<name>: the input's path below the source root, in the input's
+        own format (unique, so `photo.tiff` and `photo.webp` both stay); a name without an image suffix (an
+        in-memory image) gets `image_suffix`."""
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            target, suffix = name, ""
+        else:
+            target, suffix = name, self.image_suffix
+        self.run.images.append(save_annotated_image(drawn, self.run.output_dir / "images", target, suffix))
 
     def _video_for(self, frame: Frame) -> AnnotatedVideoWriter:
-        target = self.run.output_dir / "videos" / f"{frame.video.stem}.mp4"
+        relative = frame.relative or frame.video.name
+        name = relative if relative.lower().endswith(".mp4") else f"{relative}.mp4"  # clip.avi -> clip.avi.mp4
+        target = self.run.output_dir / "videos" / name
         if self.video_writer is None or self.video_writer.path != target:
             if self.video_writer is not None:
                 self.video_writer.close()
@@ -144,8 +152,10 @@ def run_prediction(
 
     * `predictions.json`: COCO results (image_id, file_name, category_id = dataset category id where the
       checkpoint knows it, class_index, category_name, bbox xywh, score);
-    * `images/<name>.jpg`: still images with boxes and labels drawn;
-    * `videos/<video stem>.mp4`: each input video re-encoded with boxes drawn, at its own frame rate.
+    * `images/<path>`: still images with boxes and labels drawn, named by their path below the source root (the
+      folder given, or the folder holding every input) in their own format, so no two inputs share an output;
+    * `videos/<path>.mp4` (`clip.mp4` stays `clip.mp4`): each input video re-encoded with boxes drawn, at its own
+      frame rate.
 
     Unreadable images / videos are skipped: each is listed in `PredictionRun.skipped` and reported by `on_skip`
     (default: a logged warning). `progress` shows a bar on a terminal, else a line every `progress_every` images.

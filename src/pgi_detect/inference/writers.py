@@ -93,7 +93,8 @@ class AnnotatedVideoWriter:
 
 
 def save_annotated_image(image: np.ndarray, folder: Path, name: str, suffix: str = ".jpg") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write `folder/<name><suffix>`; `name` may hold subfolders (`b/x.jpg`)."""
     target = folder / f"{name}{suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
     save_rgb_image(image, str(target))
     return target

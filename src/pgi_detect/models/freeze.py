@@ -20,6 +20,7 @@ from typing import Union
 from pgi_detect.models.blocks import SPPELAN
 from pgi_detect.models.detector import Detector
 from pgi_detect.models.graph import IMAGE, is_head, resolve
+from pgi_detect.settings import SettingError
 
 FreezeSpec = Union[int, str, Sequence[Union[int, str]], None]
 PARTS = ("backbone",)
@@ -44,15 +45,15 @@ def frozen_rows(detector: Detector, freeze: FreezeSpec) -> list[int]:
     if freeze is None:
         return []
     if isinstance(freeze, bool):
-        raise ValueError(f"freeze must be a layer count, a list of layers or one of {PARTS}, not {freeze}")
+        raise SettingError(f"freeze must be a layer count, a list of layers or one of {PARTS}, not {freeze}")
     if isinstance(freeze, int):
         if not 0 <= freeze <= rows:
-            raise ValueError(f"freeze {freeze}: {detector.name} has {rows} layers (0-{rows - 1})")
+            raise SettingError(f"freeze {freeze}: {detector.name} has {rows} layers (0-{rows - 1})")
         return list(range(freeze))
     if isinstance(freeze, str):
         if freeze == "backbone":
             return backbone_rows(detector)
-        raise ValueError(f"freeze {freeze!r}: unknown part; use a layer count, a list of layers or one of {PARTS}")
+        raise SettingError(f"freeze {freeze!r}: unknown part; use a layer count, a list of layers or one of {PARTS}")
     selected: set[int] = set()
     for item in freeze:
         if isinstance(item, str):
@@ -60,7 +61,7 @@ def frozen_rows(detector: Detector, freeze: FreezeSpec) -> list[int]:
         elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < rows:
             selected.add(item)
         else:
-            raise ValueError(f"freeze {list(freeze)}: {item!r} is not a layer of {detector.name} (0-{rows - 1}) "
+            raise SettingError(f"freeze {list(freeze)}: {item!r} is not a layer of {detector.name} (0-{rows - 1}) "
                              f"or one of {PARTS}")
     return sorted(selected)
 

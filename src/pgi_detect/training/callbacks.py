@@ -154,6 +154,15 @@ class ModelEMA(WeightAveraging):
             self._average_model.module.load_state_dict(part)
 
 
+def resumed_epoch(checkpoint: dict) -> int:
+    """The epoch a fit resumed from `checkpoint` trains in: the next one after an end-of-epoch checkpoint, the same
+    one after a mid-epoch one (Ctrl-C, preemption). Lightning counts an epoch as processed once its batches ran."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", 0)) + 1
+
+
 class CloseMosaic(Callback):
     """Switch mosaic (and with it mixup) off for the last `close_mosaic` epochs via `datamodule.set_mosaic(False)`.
 
@@ -187,9 +196,10 @@ class CloseMosaic(Callback):
             self._close(trainer, 0)  # a resumed run is decided again when its checkpoint loads
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        # The checkpoint stores the epoch it was written in; training resumes in the next one (end-of-epoch
-        # checkpoints, the usual case) so close if that next epoch is a closed one.
-        self._close(trainer, int(checkpoint.get("epoch", 0)) + 1)
+        # Only a resumed fit trains on: validate/test/predict of a checkpoint never touch the training data.
+        if trainer.state.fn != "fit":
+            return
+        self._close(trainer, resumed_epoch(checkpoint))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close(trainer, trainer.current_epoch)

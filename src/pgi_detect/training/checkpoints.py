@@ -56,6 +56,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             kept = f"; the previous {path.name} is intact" if path.is_file() else ""
             raise CheckpointError(error.errno, f"could not write checkpoint {path.name} in {path.parent}: "
                                                f"{_describe_write_error(error, path.parent)}{kept}") from None
+        except BaseException:  # a second Ctrl-C while saving: the previous file stays, no scratch file is left
+            scratch.unlink(missing_ok=True)
+            raise
 
 
 def _os_error_in(error: BaseException | None) -> OSError | None:

@@ -2,7 +2,8 @@
 
 With `data.on_bad_sample: skip` a bad image met while training is replaced by another one in whichever DataLoader
 worker meets it; the datamodule totals those skips over its worker processes (shared memory), and this callback logs
-the epoch's total, summed over DDP ranks, as the metric `train/skipped_samples` plus one warning line when nonzero.
+the epoch's total, summed over DDP ranks, plus the images left out when the data was read (never trained on either),
+as the metric `train/skipped_samples`, with one warning line when nonzero.
 """
 from __future__ import annotations
 
@@ -41,8 +42,14 @@ class DataMonitor(pl.Callback):
         skipped = torch.tensor(float(total - self._seen), device=pl_module.device)
         self._seen = total
         skipped = trainer.strategy.reduce(skipped, reduce_op="sum")  # every rank's workers
-        pl_module.log("train/skipped_samples", float(skipped), on_step=False, on_epoch=True, sync_dist=False,
-                      rank_zero_only=True)
+        # Images left out when the data was read are not trained on in any epoch either (the same on every rank).
+        dropped = int(getattr(trainer.datamodule, "dropped_at_load", 0) or 0)
+        skipped = skipped + dropped
+        # Already summed over ranks, so every rank holds the total: the `max` sync keeps it (and is what Lightning
+        # expects of an epoch-level value under DDP; sync_dist=False made it warn on every run).
+        pl_module.log("train/skipped_samples", float(skipped), on_step=False, on_epoch=True, sync_dist=True,
+                      reduce_fx="max")
         if trainer.is_global_zero and skipped > 0:
-            logger.warning("epoch %d: %d bad training sample(s) skipped (replaced by other images); the files are "
-                           "named in the warnings above", trainer.current_epoch, int(skipped))
+            logger.warning("epoch %d: %d bad training sample(s) not trained on (%d left out when the data was read, "
+                           "%d skipped while loading and replaced by other images); the files are named in the "
+                           "warnings above", trainer.current_epoch, int(skipped), dropped, int(skipped) - dropped)

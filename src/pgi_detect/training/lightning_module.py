@@ -8,6 +8,7 @@ datamodule is used through the `DetectionDataSource` protocol.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 from dataclasses import asdict, is_dataclass
 from typing import Any, Literal, TypeVar
@@ -20,6 +21,8 @@ from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from pgi_detect.text import counted
+from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, SettingError, check_ranges, option_prefix
 from pgi_detect.data import Batch
 from pgi_detect.evaluation import CocoDetectionMetric, fitness, write_detections_json
 from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, NMSSettings, postprocess
@@ -28,6 +31,7 @@ from pgi_detect.loss import AssignmentMode, DetectionLoss
 from pgi_detect.models import AUX_WEIGHT, Backbone, DetectorSpec, build_detector, freeze_layers
 from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.weights import CHECKPOINT_RECORD, checkpoint_record, load_weights_into
+from pgi_detect.training.checkpoints import CheckpointError
 from pgi_detect.training.contracts import DetectionDataSource, EvalStage
 from pgi_detect.training.derived import DerivedModels
 from pgi_detect.training.optim import (
@@ -57,6 +61,10 @@ Settings = TypeVar("Settings")
 def as_settings(value: Any, kind: type[Settings]) -> Settings:
     """A settings object from itself or from its dict form (checkpoint hyperparameters hold dicts)."""
     return value if isinstance(value, kind) else kind(**dict(value))
+
+
+# DetectionTask arguments with a valid range (its settings groups check their own: optim, guard, *_nms).
+TASK_RANGES = {"aux_weight": NON_NEGATIVE, "num_classes": AT_LEAST_ONE, "cls_width": Range(1, optional=True)}
 
 
 class DetectionTask(pl.LightningModule):
@@ -134,23 +142,34 @@ class DetectionTask(pl.LightningModule):
         for key, value in self.hparams.items():
             if is_dataclass(value):
                 self.hparams[key] = asdict(value)
-        self.optim = as_settings(optim, OptimizerSettings)
-        self.eval_nms = as_settings(eval_nms, NMSSettings)
-        self.predict_nms = as_settings(predict_nms, NMSSettings)
-        self.guard = as_settings(guard, GuardSettings)
+        check_ranges({"aux_weight": aux_weight, "num_classes": num_classes, "cls_width": cls_width}, TASK_RANGES,
+                     prefix="model.")
+        with option_prefix("model.optim."):
+            self.optim = as_settings(optim, OptimizerSettings)
+        with option_prefix("model.eval_nms."):
+            self.eval_nms = as_settings(eval_nms, NMSSettings)
+        with option_prefix("model.predict_nms."):
+            self.predict_nms = as_settings(predict_nms, NMSSettings)
+        with option_prefix("model.guard."):
+            self.guard = as_settings(guard, GuardSettings)
         # The spec records the backbone as the hyperparameters hold it: {class_path, init_args} under the LightningCLI
         # (portable), the module itself from Python; the detector is built on the module as given (one the CLI
         # instantiated keeps, e.g., its pretrained weights).
         recorded = self.hparams.get("backbone")
-        self.spec = DetectorSpec(model, num_classes, cls_width, as_plain_dict(recorded), neck, auxiliary, aux_weight,
-                                 None if aux_widths is None else tuple(aux_widths))
-        self.detector = build_detector(self.spec, backbone=backbone)
+        try:
+            self.spec = DetectorSpec(model, num_classes, cls_width, as_plain_dict(recorded), neck, auxiliary,
+                                     aux_weight, None if aux_widths is None else tuple(aux_widths))
+            self.detector = build_detector(self.spec, backbone=backbone)
+        except KeyError as error:  # an unknown zoo or neck name: the registry's message lists the known ones
+            raise SettingError(f"model: {error.args[0]}") from None
         self.criterion = DetectionLoss(num_classes, strides=tuple(self.detector.strides), reg_max=self.detector.reg_max,
                                        branch_weights=self.detector.branch_weights, assignment=assignment)
         if weights:
             rank_zero_info(f"DetectionTask: {load_weights_into(self.detector, weights, partial=partial_weights)}")
         if freeze is not None:
-            rank_zero_info(f"DetectionTask: {freeze_layers(self.detector, freeze)}")
+            with option_prefix("model."):
+                frozen = freeze_layers(self.detector, freeze)
+            rank_zero_info(f"DetectionTask: {frozen}")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.detector.to(memory_format=self.memory_format)
         self.nonfinite_guard = NonFiniteLossGuard(self.guard.max_nonfinite_steps)
@@ -163,6 +182,8 @@ class DetectionTask(pl.LightningModule):
         self.schedule: RecipeSchedule | None = None
         self.accumulation: AccumulationSchedule | None = None
         self.last_step_iteration: int | None = None  # the batch (recipe `ni`) of the latest optimizer step
+        # (epoch, global step) of the weights held: the last trained epoch, or the loaded checkpoint's (reports)
+        self.trained_through: tuple[int, int] | None = None
         self.metric = CocoDetectionMetric(eval_backend)
         self.last_eval: dict[str, Any] = {}
         self.derived = DerivedModels()
@@ -253,6 +274,9 @@ class DetectionTask(pl.LightningModule):
         batches = self.trainer.num_training_batches
         batches = int(batches) if np.isfinite(batches) else 0
         return self.trainer.current_epoch * batches + batch_idx
+
+    def on_train_epoch_end(self) -> None:
+        self.trained_through = (self.trainer.current_epoch, self.trainer.global_step)
 
     def on_train_epoch_start(self) -> None:
         # The official loop clears the gradients when an epoch starts: what was accumulated after the previous
@@ -398,13 +422,17 @@ class DetectionTask(pl.LightningModule):
         self.metric.category_ids = self.category_ids
         evaluation = self.metric.compute()  # gathered from every rank, scored on rank 0
         self.metric.reset()
-        metrics = self.trainer.strategy.broadcast(evaluation.stats, src=0)
+        metrics, undefined = self.trainer.strategy.broadcast((evaluation.stats, evaluation.undefined), src=0)
         # The whole evaluation (detections, arrays) is kept where reports and files are written: global rank 0.
         self.last_eval = {"stage": stage, "image_ids": evaluation.image_ids, "metrics": metrics,
-                          "evaluation": evaluation if self.trainer.is_global_zero else None}
+                          "evaluation": evaluation if self.trainer.is_global_zero else None,
+                          "undefined": [f"{stage}/{name}" for name, key in EVAL_METRICS.items() if key in undefined]}
+        if "AP" in undefined and not self.trainer.sanity_checking:
+            rank_zero_warn(f"{stage}: the {counted(len(evaluation.image_ids), 'image')} scored hold no ground-truth boxes, so "
+                           f"mAP is undefined (COCO's -1; logged as 0): check the {stage} annotations")
         if self.hparams.save_json and self.trainer.is_global_zero:
             path = write_detections_json(evaluation.detections, report_dir(self.trainer) / "detections.json")
-            rank_zero_info(f"DetectionTask: {len(evaluation.detections)} scored {stage} detections written to {path}")
+            rank_zero_info(f"DetectionTask: {counted(len(evaluation.detections), f'scored {stage} detection')} written to {path}")
         logged = {f"{stage}/{name}": metrics[key] for name, key in EVAL_METRICS.items() if name != "mAP"}
         logged[f"{stage}/fitness"] = fitness(metrics)
         # Identical on every rank (scored once, broadcast): the max over ranks is the value itself, exactly (a mean
@@ -426,13 +454,15 @@ class DetectionTask(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another architecture or class count is an error naming both, not a key mismatch."""
         self.last_step_iteration = checkpoint.get(LAST_STEP_KEY)
+        self.trained_through = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
         record = checkpoint.get(CHECKPOINT_RECORD)
         if record is None:
             return
         saved = DetectorSpec.from_dict(record["spec"])
         differences = saved.architecture_difference(self.spec)
         if differences:
-            raise ValueError(
+            raise CheckpointError(
+                errno.EINVAL,
                 f"the checkpoint holds another detector than this run builds ({'; '.join(differences)}, checkpoint "
                 "vs run); the data's class list or the model options differ from the checkpoint's"
             )

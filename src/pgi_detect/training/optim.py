@@ -9,11 +9,13 @@ import collections
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, check_ranges
 
 OptimizerName = Literal["sgd", "adamw"]
 DecayName = Literal["linear", "cosine", "flat"]
@@ -245,6 +247,15 @@ class OptimizerSettings:
     gradient_clip_norm: float | None = 10.0
     lr_decay_lag: bool = True
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr0": NON_NEGATIVE, "lrf": NON_NEGATIVE, "momentum": Range(0, 1, high_open=True),
+        "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "min_warmup_iters": NON_NEGATIVE,
+        "warmup_bias_lr": NON_NEGATIVE, "warmup_momentum": Range(0, 1, high_open=True),
+        "nominal_batch_size": AT_LEAST_ONE, "gradient_clip_norm": Range(0, low_open=True, optional=True)}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
+
     def accumulation(self, global_batch_size: int) -> int:
         """Batches per optimizer step after warmup (1 without `auto_accumulate`)."""
         return accumulate_steps(global_batch_size, self.nominal_batch_size) if self.auto_accumulate else 1
@@ -282,6 +293,12 @@ class GuardSettings:
     divergence_factor: float = 10.0
     divergence_patience: int = 50
     divergence_window: int = 100
+
+    RANGES: ClassVar[dict[str, Range]] = {"max_nonfinite_steps": AT_LEAST_ONE, "divergence_factor": NON_NEGATIVE,
+                                          "divergence_patience": AT_LEAST_ONE, "divergence_window": AT_LEAST_ONE}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES)
 
 
 class DivergenceGuard:

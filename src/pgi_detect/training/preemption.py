@@ -1,23 +1,29 @@
-"""Preemption: when the cluster announces the end of the job, save the exact training state and requeue."""
+"""Stopping without losing work: when the cluster announces the end of the job (SIGUSR1) or the user presses Ctrl-C
+(SIGINT), save the exact training state at the next optimizer step and stop (and requeue, on SLURM)."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from pgi_detect.training.checkpoints import CHECKPOINT_DIR
 
 
 class Preempted(Exception):
     """Raised on every rank once the preemption checkpoint is written: it ends `Trainer.fit` at once (stopping through
-    `trainer.should_stop` would first run a validation and save again, past the saved position). `pgi-detect` exits
-    with status 0 on it."""
+    `trainer.should_stop` would first run a validation and save again, past the saved position). `pgi-detect` prints
+    its message once and exits with status 0 on it."""
+
+
+class Interrupted(Preempted):
+    """Ctrl-C: the checkpoint is written and the run stops; `pgi-detect` prints its message and exits with 130."""
 
 
 class Preemption(Callback):
@@ -31,27 +37,48 @@ class Preemption(Callback):
     step, which cannot be resumed exactly; with this callback installed Lightning leaves SIGUSR1 to us.
     """
 
-    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True) -> None:
+    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True, ctrl_c: bool = True) -> None:
         self.signum = signal.Signals[signal_name]
         self.requeue = requeue
+        self.ctrl_c = ctrl_c
         self.requested = False
-        self._previous: Any = None
+        self.interrupted = False
+        self._previous: dict[int, Any] = {}
         self._steps_before_batch = 0
+        self._pid = os.getpid()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._previous is None:
+        if stage != "fit" or self._previous:
+            return
+        self._pid = os.getpid()
+        handlers = {self.signum: self._on_signal}
+        if self.ctrl_c and self.signum != signal.SIGINT:
+            handlers[signal.SIGINT] = self._on_ctrl_c
+        for signum, handler in handlers.items():
             try:
-                self._previous = signal.signal(self.signum, self._on_signal)
+                self._previous[signum] = signal.signal(signum, handler)
             except ValueError:  # not the main thread (e.g. a notebook worker): no signal handling there
-                rank_zero_warn(f"Preemption: cannot handle {self.signum.name} outside the main thread")
+                rank_zero_warn(f"Preemption: cannot handle {signal.Signals(signum).name} outside the main thread")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = True
+
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        """The first Ctrl-C asks for a checkpoint at the next optimizer step; a second one stops at once (Lightning's
+        own shutdown; the atomic checkpoint write leaves the previous file intact). DataLoader workers inherit this
+        handler: Ctrl-C in a terminal reaches them too, and they must keep serving batches until the save."""
+        if os.getpid() != self._pid:
+            return
+        self.requested = self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+        if rank_zero_only.rank == 0:
+            print("\nCtrl-C: saving last.ckpt at the next optimizer step, then stopping (Ctrl-C again stops without "
+                  "saving)", file=sys.stderr, flush=True)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -69,15 +96,20 @@ class Preemption(Callback):
             requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
         if not requested:
             return
+        if trainer.world_size > 1:
+            interrupted = bool(trainer.strategy.reduce_boolean_decision(self.interrupted, all=False))
+        else:
+            interrupted = self.interrupted
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        message = (f"Preemption: {self.signum.name} received; saved {path} at epoch {trainer.current_epoch}, batch "
-                   f"{batch_idx + 1}, step {trainer.global_step}; stopping")
-        rank_zero_info(message)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state
+        where = (f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/"
+                 f"{trainer.num_training_batches}, step {trainer.global_step}")
+        self.requested = self.interrupted = False
+        if interrupted:
+            raise Interrupted(f"stopped by Ctrl-C; {where}. To continue, run the same command with --ckpt_path last")
         if self.requeue and trainer.is_global_zero and os.environ.get("SLURM_JOB_ID"):
             requeue_slurm_job()
-        self.requested = False
-        raise Preempted(message)
+        raise Preempted(f"Preemption: {self.signum.name} received; {where}; stopping")
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:

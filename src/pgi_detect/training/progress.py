@@ -86,11 +86,26 @@ class DetectionProgressBar(RichProgressBar):
 
     def evaluation_line(self, trainer: pl.Trainer, stage: str) -> str:
         metrics = trainer.callback_metrics
-        scores = "  ".join(f"{name} {float(metrics[f'{stage}/{name}']):.4f}" for name in ("mAP", "mAP50", "mAP75")
-                           if f"{stage}/{name}" in metrics)
+        undefined = set((getattr(trainer.lightning_module, "last_eval", None) or {}).get("undefined", ()))
+        keys = [(name, f"{stage}/{name}") for name in ("mAP", "mAP50", "mAP75") if f"{stage}/{name}" in metrics]
+        scores = "  ".join(f"{name} undefined" if key in undefined else f"{name} {float(metrics[key]):.4f}"
+                           for name, key in keys)
         seconds = time.monotonic() - self._validation_started
-        return f"{stage} after epoch {trainer.current_epoch} (step {trainer.global_step}): {scores or 'no metrics'}" \
-               f"  ({_duration(seconds)})"
+        weights = evaluated_weights(trainer, getattr(trainer, "lightning_module", None))
+        return f"{stage} {weights}: {scores or 'no metrics'}  ({_duration(seconds)})"
+
+
+def evaluated_weights(trainer: pl.Trainer, pl_module: Any) -> str:
+    """Which weights an evaluation line is about: during fit the epoch being trained; in validate/test the epoch of
+    the checkpoint (or of the fit that ran before in this process), never the trainer's fresh counters (a validate
+    of an epoch-2 checkpoint once said "epoch 0 (step 0)", a validate after 20 epochs "epoch 20")."""
+    if trainer.state.fn == "fit":
+        return f"after epoch {trainer.current_epoch} (step {trainer.global_step})"
+    trained = getattr(pl_module, "trained_through", None)
+    if trained is None:
+        return "of the initial weights (no checkpoint)"
+    epoch, step = trained
+    return f"of epoch {epoch} (step {step})"
 
 
 def _count(value: Any) -> str:

@@ -72,3 +72,44 @@ def _read_holder(handle: int) -> str:
     except (OSError, ValueError):
         return "holder unknown"
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+
+
+class RunFolderTaken(RunFolderBusy):
+    """A new fit (no `--ckpt_path` into this folder) would overwrite checkpoints an earlier run wrote there."""
+
+
+def earlier_checkpoints(folders: list[Path]) -> list[Path]:
+    """The checkpoint files already in a run's checkpoint folders (partial scratch files are not checkpoints)."""
+    found: list[Path] = []
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        if folder.is_dir():
+            found += sorted(p for p in folder.glob("*.ckpt") if p.is_file())
+    return found
+
+
+def check_new_fit(run_folder: Path, checkpoint_folders: list[Path], ckpt_path: str | None, overwrite: bool,
+                  remove: bool) -> None:
+    """Refuse a fit that would overwrite another run's checkpoints, unless it resumes one of them or the user
+    asked to overwrite (then `remove` deletes them first, so no stale file of the earlier run stays mixed in)."""
+    existing = earlier_checkpoints(checkpoint_folders)
+    if not existing:
+        return
+    if ckpt_path and ckpt_path != "last" and any(Path(ckpt_path).resolve() == p.resolve() for p in existing):
+        return  # resuming (or restarting from) one of this run's own checkpoints
+    if overwrite:
+        if remove:
+            for path in existing:
+                path.unlink(missing_ok=True)
+            logger.warning("fit --overwrite: removed %d checkpoint(s) of the earlier run in %s (%s)", len(existing),
+                           existing[0].parent, ", ".join(p.name for p in existing))
+        return
+    names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+    if ckpt_path == "last":
+        why = f"--ckpt_path last found no last*.ckpt, but {existing[0].parent} holds {names}"
+    elif ckpt_path:
+        why = f"{existing[0].parent} holds {names} of an earlier run, and --ckpt_path {ckpt_path} is not one of them"
+    else:
+        why = f"{existing[0].parent} holds {names} of an earlier run"
+    raise RunFolderTaken(f"{why}; a new fit would overwrite them. Resume it with --ckpt_path last (or one of those "
+                         f"files), start a new run beside it with --trainer.default_root_dir <another folder>, or "
+                         f"replace it with --overwrite true")

@@ -32,6 +32,7 @@ import torch
 from filelock import FileLock
 from tqdm import tqdm
 
+from pgi_detect.text import class_count
 from pgi_detect.weights.detector_file import save_detector
 from pgi_detect.weights.errors import WeightsError
 from pgi_detect.weights.identify import identify_zoo_model
@@ -253,4 +254,4 @@ def _convert_release_asset(name: str, official: Path, converted: Path) -> None:
     scratch = converted.with_name(converted.name + ".tmp")
     save_detector(detector, scratch, class_names=weights.class_names)
     os.replace(scratch, converted)
-    sys.stderr.write(f"Converted {name} ({match.model}, {match.num_classes} classes) to {converted}\n")
+    sys.stderr.write(f"Converted {name} ({match.model}, {class_count(match.num_classes)}) to {converted}\n")

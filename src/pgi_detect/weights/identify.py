@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pgi_detect.text import class_count
 from pgi_detect.models import ZOO_MODELS, DetectorSpec, architecture_of, build_model
 from pgi_detect.weights.errors import StateFit, WeightsError, shapes
 from pgi_detect.weights.official import official_key_map, official_num_classes
@@ -65,7 +66,7 @@ def identify_zoo_model(state: Mapping[str, Tensor], source: str = "weights") -> 
         raise WeightsError(f"{source}: the weights fit several zoo models ({', '.join(matches)}); convert them with "
                            "scripts/convert_official.py --model NAME")
     closest = min(differences, key=lambda name: differences[name][0])
-    raise WeightsError(f"{source}: the weights ({len(state)} tensors, {num_classes} classes) are none of the zoo "
+    raise WeightsError(f"{source}: the weights ({len(state)} tensors, {class_count(num_classes)}) are none of the zoo "
                        f"models {', '.join(ZOO_MODELS)}; closest is {closest}:{differences[closest][1]}")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgi_detect.text import class_count
 from pgi_detect.models import Detector, DetectorSpec, build_detector, build_model
 from pgi_detect.weights.checkpoint import prefixed_state, read_checkpoint_record
 from pgi_detect.weights.detector_file import detector_from_file, file_spec, is_detector_file
@@ -94,7 +95,7 @@ def load_weights_into(detector: Detector, path: str | Path, partial: bool = Fals
             own[key].copy_(tensor.to(own[key].dtype))
     report = f"loaded {len(fitting)}/{len(own)} tensors from {source}"
     if fit.may_differ:
-        report += f"; class branch re-initialised for {detector.num_classes} classes ({len(fit.may_differ)} tensors)"
+        report += f"; class branch re-initialised for {class_count(detector.num_classes)} ({len(fit.may_differ)} tensors)"
     if problems:
         report += f"; partial load, skipped:{problems}"
     return report
@@ -166,7 +167,7 @@ def _hint(detector: Detector, state: Mapping[str, Tensor]) -> str:
     """Which zoo model the file holds, when it is one, and the dual/single-branch hint."""
     try:
         match = identify_zoo_model(state)
-        held = f"\n  the file holds {match.model} weights ({match.num_classes} classes)"
+        held = f"\n  the file holds {match.model} weights ({class_count(match.num_classes)})"
     except WeightsError:
         held = ""
     return held + branch_hint(detector.num_branches, any(".main." in k or ".aux." in k for k in state))
