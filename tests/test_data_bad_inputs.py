@@ -160,11 +160,16 @@ def test_no_decode_still_finds_an_exif_size_mismatch(tmp_path, capsys):
     picture.save(tmp_path / "images" / "rotated.jpg", exif=exif)
     data = json.loads(path.read_text())
     data["images"].append({"id": 99, "file_name": "rotated.jpg", "width": 96, "height": 64})  # the raw frame
+    # A box that fits the annotated (raw) frame but is clipped in neither: measured in the wrong frame, its clipping
+    # warning would mislead; a box past the raw frame's edge (clipped there) is not reported either.
+    data["annotations"].append({"id": 999, "image_id": 99, "category_id": 1, "bbox": [80, 10, 30, 20],
+                                "iscrowd": 0, "area": 600})
     path.write_text(json.dumps(data))
     for extra in ([], ["--no-decode"]):
         code, out = check(path, capsys, "--images", str(tmp_path / "images"), *extra)
         assert code == 1 and "rotated.jpg" in out and "size_mismatch" in out, (extra, out)
         assert "differs from the annotated size 96x64" in out
+        assert "clipped_box" not in out, out
 
 
 def test_yolo_label_with_a_bom_and_duplicate_lines(tmp_path, capsys):

@@ -126,6 +126,11 @@ def fill_report(report: DataReport, source: DetectionSource, decode: bool, progr
                 continue
             usable.append(position)
         table = source.records = table.select(usable)
+        # A box repair of an image whose annotated size is wrong was measured in that wrong frame: the mismatch is
+        # the problem to fix, and its clipping warnings would mislead.
+        mismatched = {p.file for p in report.problems if p.kind == "size_mismatch"}
+        report.problems = [p for p in report.problems
+                           if not (p.file in mismatched and p.kind in ("clipped_box", "degenerate_box"))]
     counts = Counter(table.used_classes().tolist())
     report.num_images = len(table)
     report.num_annotations = sum(counts.values())
