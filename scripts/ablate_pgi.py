@@ -122,7 +122,7 @@ def measure_here(args: argparse.Namespace, variant: Variant, steps: int = 6) -> 
     times = []
     for step in range(steps + 1):
         start = time.perf_counter()
-        loss, _ = task.compute_loss(batch)
+        loss = task.compute_loss(batch).total
         loss.backward()
         task.detector.zero_grad(set_to_none=True)
         if step:  # the first step warms caches up

@@ -15,7 +15,7 @@ from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.datamodule import DATA_RANGES
 from pgi_detect.geometry import NMSSettings
 from pgi_detect.settings import Range
-from pgi_detect.training.lightning_module import TASK_RANGES
+from pgi_detect.training.task import TASK_RANGES
 from pgi_detect.training.optim import GuardSettings, OptimizerSettings
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

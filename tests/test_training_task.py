@@ -48,18 +48,38 @@ def test_recipe_wiring_accumulation_weight_decay_and_schedule(tmp_path):
     assert log.lrs[:8] == pytest.approx([ni / 8 * 0.01 for ni in range(8)])
 
 
+class LossWrapper:
+    """A criterion around the task's own one: `around(inner, branches, targets)` decides what it returns."""
+
+    def __init__(self, inner, around) -> None:
+        self.inner, self.around = inner, around
+        self.item_names = inner.item_names
+
+    def __call__(self, branches, targets):
+        return self.around(self.inner, branches, targets)
+
+
+def task_with_loss(around, **kwargs) -> DetectionTask:
+    """A DetectionTask subclass whose `configure_losses` wraps the recipe loss (the hook a custom loss overrides)."""
+
+    class WrappedLossTask(DetectionTask):
+        def configure_losses(self) -> None:
+            super().configure_losses()
+            self.criterion = LossWrapper(self.criterion, around)
+
+    return make_task(task_class=WrappedLossTask, **kwargs)
+
+
 def test_loss_is_float32_under_bf16_autocast(tmp_path):
     pl.seed_everything(0)
-    task = make_task(optim={"auto_accumulate": False})
     seen: list[torch.dtype] = []
-    criterion = task.criterion
 
-    def recording(branches, targets):
+    def recording(criterion, branches, targets):
         seen.extend(level.dtype for branch in branches for level in branch)
         assert not torch.is_autocast_enabled("cpu")
         return criterion(branches, targets)
 
-    task.criterion = recording
+    task = task_with_loss(recording, optim={"auto_accumulate": False})
     trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False,
                            precision="bf16-mixed")
     trainer.fit(task, datamodule=SquaresDataModule(train=8))
@@ -76,29 +96,28 @@ class SnapshotWeights(pl.Callback):
 
 def test_nonfinite_loss_skips_step_then_stops(tmp_path):
     pl.seed_everything(0)
-    task = make_task(optim={"auto_accumulate": False}, guard={"max_nonfinite_steps": 3})
-    criterion = task.criterion
     calls = {"n": 0}
 
-    def sometimes_nan(branches, targets):
+    def sometimes_nan(criterion, branches, targets):
         calls["n"] += 1
         loss, items = criterion(branches, targets)
         return (loss * float("nan"), items) if calls["n"] == 2 else (loss, items)
 
-    task.criterion = sometimes_nan
+    task = task_with_loss(sometimes_nan, optim={"auto_accumulate": False}, guard={"max_nonfinite_steps": 3})
     snapshots = SnapshotWeights()
     trainer = make_trainer(tmp_path, [snapshots], max_steps=3, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(task, datamodule=SquaresDataModule(train=16))
     # The NaN batch (the 2nd) is not a step: three steps take four batches.
-    assert calls["n"] == 4 and task.nonfinite_guard.total_skipped == 1 and trainer.global_step == 3
+    assert calls["n"] == 4 and task.loop.nonfinite_guard.total_skipped == 1 and trainer.global_step == 3
     # The NaN batch left the weights untouched; the others changed them.
     first, second, third, fourth = snapshots.weights
     assert torch.equal(first, second) and not torch.equal(second, third) and not torch.equal(third, fourth)
     for parameter in task.parameters():
         assert torch.isfinite(parameter).all()
 
-    task = make_task(optim={"auto_accumulate": False}, guard={"max_nonfinite_steps": 3})
-    task.criterion = lambda b, t: (sum(level.sum() for level in b[-1]) * float("inf"), torch.zeros(3))
+    task = task_with_loss(lambda criterion, b, t: (sum(level.sum() for level in b[-1]) * float("inf"),
+                                                   torch.zeros(3)),
+                          optim={"auto_accumulate": False}, guard={"max_nonfinite_steps": 3})
     trainer = make_trainer(tmp_path, max_steps=10, limit_val_batches=0, enable_checkpointing=False)
     with pytest.raises(FloatingPointError):
         trainer.fit(task, datamodule=SquaresDataModule(train=16))
@@ -121,7 +140,7 @@ def test_validation_scores_each_image_once_with_ema(tmp_path):
 
 
 def _loss_and_gradient(task: DetectionTask, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    loss, _ = task.compute_loss(batch)
+    loss = task.compute_loss(batch).total
     loss.backward()
     grads = [p.grad.flatten() for p in task.detector.parameters() if p.grad is not None]
     return loss.detach(), torch.cat(grads)

@@ -101,14 +101,15 @@ class SquaresDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
 
 
-def make_task(optim: dict | None = None, guard: dict | None = None, **overrides) -> DetectionTask:
+def make_task(optim: dict | None = None, guard: dict | None = None, task_class: type = DetectionTask,
+              **overrides) -> DetectionTask:
     """gelan-t for the squares data with a short warmup; `optim` / `guard` override `OptimizerSettings` /
-    `GuardSettings` fields."""
+    `GuardSettings` fields; `task_class` is a DetectionTask subclass to build instead."""
     settings = OptimizerSettings(**{"warmup_epochs": 1.0, "min_warmup_iters": 2, **(optim or {})})
     kwargs = dict(model="gelan-t", num_classes=3, class_names=SquaresDataModule.class_names,
                   category_ids=CATEGORY_IDS, optim=settings, guard=GuardSettings(**(guard or {})))
     kwargs.update(overrides)
-    return DetectionTask(**kwargs)
+    return task_class(**kwargs)
 
 
 def make_trainer(tmp_path, callbacks=(), **overrides) -> pl.Trainer:

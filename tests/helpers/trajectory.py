@@ -363,7 +363,7 @@ def run_loop(model: str, data: Path, output: Path) -> LoopRun:
     assert cli.trainer.global_step == OPTIMIZER_STEPS and recorder.raw is not None
     # The EMA callback copies the average into the detector when training ends.
     ema = update_checksums(cli.model.detector, recorder.initial)
-    return LoopRun(cli.model.accumulation.final, recorder.step_batches, recorder.schedule, recorder.items,
+    return LoopRun(cli.model.loop.accumulation.final, recorder.step_batches, recorder.schedule, recorder.items,
                    recorder.raw, ema, recorder.batches_equal_files)
 
 

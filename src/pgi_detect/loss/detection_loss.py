@@ -132,6 +132,8 @@ class DetectionLoss:
     score sum, which the official lead-guided loss does not clamp (here an all-empty batch divides by 1 instead of 0).
     """
 
+    item_names = ("box", "cls", "dfl")  # what the items are, in order (LossResult names them so)
+
     def __init__(
         self,
         num_classes: int,

@@ -2,7 +2,8 @@
 from pgi_detect.training.callbacks import CloseMosaic, ModelEMA, PredictionWriter, ValidationImageLogger, ema_decay
 from pgi_detect.training.contracts import DetectionDataSource
 from pgi_detect.training.data_monitor import DataMonitor
-from pgi_detect.training.lightning_module import DetectionTask
+from pgi_detect.training.recipe_loop import RecipeLoop
+from pgi_detect.training.task import DetectionTask
 from pgi_detect.training.reports import EvaluationReports, report_dir
 from pgi_detect.training.optim import (
     AccumulationSchedule,
@@ -35,6 +36,7 @@ __all__ = [
     "NonFiniteLossGuard",
     "OptimizerSettings",
     "Preempted",
+    "RecipeLoop",
     "Preemption",
     "PredictionWriter",
     "RecipeSchedule",

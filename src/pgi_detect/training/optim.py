@@ -39,7 +39,7 @@ def accumulate_steps(global_batch_size: int, nominal_batch_size: int = NOMINAL_B
     """
     if global_batch_size <= 0:
         raise ValueError(f"batch size must be positive, got {global_batch_size}")
-    return max(round(nominal_batch_size / global_batch_size), 1)
+    return AccumulationSchedule(nominal_ratio=nominal_batch_size / global_batch_size).final
 
 
 def scaled_weight_decay(
