@@ -60,7 +60,7 @@ def data_options(data: Path, img_size: int) -> list[str]:
 
 
 def fit_command(args: argparse.Namespace, variant: Variant, seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pgi_detect.commands", "fit", "--config", str(args.config),
+    return [sys.executable, "-m", "pgi_detect.cli.commands", "fit", "--config", str(args.config),
             *data_options(args.data, args.img_size), f"--data.batch_size={args.batch_size}",
             f"--data.seed={seed}", f"--seed_everything={seed}", f"--trainer.max_epochs={args.epochs}",
             f"--trainer.check_val_every_n_epoch={args.epochs}", "--trainer.num_sanity_val_steps=0",
@@ -74,7 +74,7 @@ def score(args: argparse.Namespace, checkpoint: Path) -> tuple[float, float]:
     """`validate` of a checkpoint with the run's config: (mAP, mAP50)."""
     import torch
 
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
 
     torch.set_num_threads(1)
     cli = build_cli(["validate", "--config", str(args.config), *data_options(args.data, args.img_size),
@@ -101,7 +101,7 @@ def measure_here(args: argparse.Namespace, variant: Variant, steps: int = 6) -> 
     """The `--measure` child: build the task from the config, time forward + loss + backward on a random batch."""
     import torch
 
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
     from pgi_detect.models import count_parameters
 
     torch.set_num_threads(1)

@@ -12,11 +12,11 @@ import time
 
 CASES = {
     "import torch": [sys.executable, "-c", "import torch"],
-    "pgi-detect --help": [sys.executable, "-m", "pgi_detect.commands", "--help"],
-    "pgi-detect detect --help": [sys.executable, "-m", "pgi_detect.commands", "detect", "--help"],
-    "pgi-detect export --help": [sys.executable, "-m", "pgi_detect.commands", "export", "--help"],
+    "pgi-detect --help": [sys.executable, "-m", "pgi_detect.cli.commands", "--help"],
+    "pgi-detect detect --help": [sys.executable, "-m", "pgi_detect.cli.commands", "detect", "--help"],
+    "pgi-detect export --help": [sys.executable, "-m", "pgi_detect.cli.commands", "export", "--help"],
     "import pgi_detect.inference": [sys.executable, "-c", "import pgi_detect.inference"],
-    "pgi-detect fit --help": [sys.executable, "-m", "pgi_detect.commands", "fit", "--help"],
+    "pgi-detect fit --help": [sys.executable, "-m", "pgi_detect.cli.commands", "fit", "--help"],
 }
 
 

@@ -104,7 +104,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 def our_command(args: argparse.Namespace, model: str, seed: int, out: Path, official_rounding: bool) -> list[str]:
     rounding = ["--data.official_rounding=true"] if official_rounding else []
-    return [sys.executable, "-m", "pgi_detect.commands", "fit", "--config", str(REPO / "experiments" / f"{model}-coco.yaml"),
+    return [sys.executable, "-m", "pgi_detect.cli.commands", "fit", "--config", str(REPO / "experiments" / f"{model}-coco.yaml"),
             *data_overrides(args), f"--data.batch_size={args.batch_size}", "--data.num_workers=1",
             "--data.augmentation=" + json.dumps(OUR_NO_AUGMENTATION), f"--data.seed={seed}",
             f"--seed_everything={seed}", f"--model.optim.nominal_batch_size={args.nominal_batch_size}",
@@ -119,7 +119,7 @@ def score(args: argparse.Namespace, model: str, weights: list[str], out: Path) -
     """Our `validate` on the COCO JSON: (mAP, mAP50)."""
     import torch
 
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
 
     torch.set_num_threads(1)
     cli = build_cli(["validate", "--config", str(REPO / "experiments" / f"{model}-coco.yaml"), *data_overrides(args),

@@ -41,7 +41,7 @@ def make_data(data_dir: Path, num_train: int, num_val: int) -> None:
 
 
 def train(args: argparse.Namespace):
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
 
     data = args.data_dir
     cli_args = [

@@ -390,7 +390,7 @@ def run(protocol: Protocol, data: Path, official: dict[str, ModuleType] | None =
         official_root: Path | None = None, init: str = "keyed", sync: bool = False,
         save: Path | None = None) -> Lockstep:
     """Train `protocol.model` through the CLI (and the official loop beside it); returns one record per step."""
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
     from pgi_detect.weights.official import load_official_state_dict
 
     with tempfile.TemporaryDirectory() as output:
@@ -427,7 +427,7 @@ def run(protocol: Protocol, data: Path, official: dict[str, ModuleType] | None =
 
 def score(protocol: Protocol, data: Path, weights: Path) -> tuple[float, float]:
     """Our `validate` of a weights file on the protocol's data (train = val): (mAP, mAP50)."""
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
 
     annotations = next((data / "annotations").glob("instances_train*.json"))
     images = data / "images" / annotations.stem.replace("instances_", "")

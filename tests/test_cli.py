@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgi_detect.commands import main
-from pgi_detect.main import build_cli
+from pgi_detect.cli.commands import main
+from pgi_detect.cli.main import build_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_export_subcommand_delegates():
 def test_console_entry_turns_results_into_exit_statuses(monkeypatch):
     """`pgi-detect` hands main()'s value to sys.exit: a finished LightningCLI command (an object) must give 0,
     a tool's own exit code must pass through."""
-    from pgi_detect import commands as main_module
+    from pgi_detect.cli import commands as main_module
 
     monkeypatch.setattr(main_module, "run", lambda argv: object())
     assert main_module.main(["fit"]) == 0

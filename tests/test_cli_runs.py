@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from helpers.runs import DEMO_CONFIG, demo_overrides, run_cli, tiny_data
-from pgi_detect.commands import main, run
-from pgi_detect.main import build_cli
+from pgi_detect.cli.commands import main, run
+from pgi_detect.cli.main import build_cli
 from pgi_detect.models import build_model
 from pgi_detect.weights import WeightsError, save_detector
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers.runs import DEMO_CONFIG, REPO, cli_command, cli_env, demo_overrides, tiny_data
-from pgi_detect.commands import main
+from pgi_detect.cli.commands import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 

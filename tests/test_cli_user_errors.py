@@ -10,7 +10,7 @@ import math
 import pytest
 
 from helpers.runs import DEMO_CONFIG, demo_overrides, run_cli, tiny_data
-from pgi_detect.commands import main
+from pgi_detect.cli.commands import main
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.data.datamodule import DATA_RANGES
 from pgi_detect.geometry import NMSSettings

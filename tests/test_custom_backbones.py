@@ -97,7 +97,7 @@ def test_timm_experiment_config_parses(capsys: pytest.CaptureFixture[str]) -> No
     import inspect
     from pathlib import Path
 
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
     from pgi_detect.training import DetectionTask
 
     assert "backbone" in inspect.signature(DetectionTask).parameters

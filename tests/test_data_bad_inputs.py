@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgi_detect.data import DataError, DetectionDataModule, check_data_main, decode_image, load_source
+from pgi_detect.cli.check_data import check_data_main
+from pgi_detect.data import DataError, DetectionDataModule, decode_image, load_source
 from pgi_detect.data.coco_json import load_coco_json
-from pgi_detect.main import build_cli
+from pgi_detect.cli.main import build_cli
 from conftest import REPO_ROOT
 from helpers.datasets import rectangles_coco
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pgi_detect.data import DataError, DetectionDataModule, check_data_main, load_source
-from pgi_detect.main import build_cli
+from pgi_detect.cli.check_data import check_data_main
+from pgi_detect.data import DataError, DetectionDataModule, load_source
+from pgi_detect.cli.main import build_cli
 from helpers.datasets import ultralytics_layout
 from conftest import REPO_ROOT
 

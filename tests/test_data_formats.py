@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgi_detect.data import DataError, check_data_main, check_dataset, load_source
+from pgi_detect.cli.check_data import check_data_main
+from pgi_detect.data import DataError, check_dataset, load_source
 from pgi_detect.data.records import clip_boxes_to_image
 from pgi_detect.data.ground_truth import ground_truth_coco
 

@@ -12,7 +12,7 @@ import torch
 
 from pgi_detect.data.images import long_side_shape, resize_long_side
 from pgi_detect.geometry import Letterbox
-from pgi_detect.main import build_cli
+from pgi_detect.cli.main import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 NO_AUGMENTATION = {key: 0.0 for key in ("mosaic", "copy_paste", "mixup", "degrees", "translate", "scale", "shear",

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pgi_detect.inference.export import NMSOutput, export_main, export_onnx, run_onnx
+from pgi_detect.cli.export import export_main
+from pgi_detect.inference.export import NMSOutput, export_onnx, run_onnx
 from pgi_detect.models import build_model
 from pgi_detect.geometry import NMS_DETECT, NMSSettings, non_max_suppression
 
@@ -186,7 +187,7 @@ def test_every_documented_export_runs_in_a_fresh_process(tmp_path: Path) -> None
             args[args.index("--img-size") + 1] = "64"  # the same graph, traced faster
         else:
             args += ["--img-size", "64"]
-        result = subprocess.run([sys.executable, "-m", "pgi_detect.commands", "export", *args], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "pgi_detect.cli.commands", "export", *args], capture_output=True,
                                 text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, f"{' '.join(words)}\n{result.stderr[-3000:]}"
         assert (tmp_path / f"variant{index}.onnx").is_file(), words

@@ -64,7 +64,7 @@ def test_predictor_runs_stripped_fused_main_branch(yolov9_checkpoint: tuple[Dete
 def test_detect_command_writes_outputs(yolov9_checkpoint: tuple[DetectionTask, Path], tmp_path: Path) -> None:
     from PIL import Image
 
-    from pgi_detect.inference.cli import detect
+    from pgi_detect.cli.detect import detect
 
     _, path = yolov9_checkpoint
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from PIL import Image
 from pgi_detect.geometry import NMS_DETECT
 from pgi_detect.data import DataError
 from pgi_detect.inference import Predictor, iter_frames, run_prediction
-from pgi_detect.inference.cli import detect
+from pgi_detect.cli.detect import detect
 from pgi_detect.inference.inputs import UnreadableInput
 from pgi_detect.inference.runner import Progress
 from pgi_detect.models import build_model
@@ -129,7 +129,7 @@ def test_in_memory_images_are_numbered_in_the_order_given(checkpoint, tmp_path):
 def test_export_writes_category_ids_and_verifies_nms_exports(checkpoint, tmp_path, capsys, monkeypatch):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from pgi_detect.inference import export
+    from pgi_detect.cli import export
 
     output = tmp_path / "model.onnx"
     assert export.export_main(["--checkpoint", str(checkpoint), "--img-size", "64", "--nms", "--conf", "0.001",
@@ -177,7 +177,7 @@ def write_image(path: Path, seed: int) -> Path:
 def test_outputs_of_same_named_inputs_do_not_collide(checkpoint, tmp_path):
     """`a/x.jpg a/b/x.jpg` and a folder with photo.tiff + photo.webp once wrote one drawing for two inputs and two
     detections with the same file_name. Outputs are named by the path below the source root, in the input's format."""
-    from pgi_detect.commands import main
+    from pgi_detect.cli.commands import main
 
     first, second = write_image(tmp_path / "a" / "x.jpg", 0), write_image(tmp_path / "a" / "b" / "x.jpg", 1)
     out = tmp_path / "out"
@@ -201,7 +201,7 @@ def test_outputs_of_same_named_inputs_do_not_collide(checkpoint, tmp_path):
 
 
 def test_a_source_that_is_not_an_image_is_one_line(checkpoint, tmp_path, capsys):
-    from pgi_detect.commands import main
+    from pgi_detect.cli.commands import main
 
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
@@ -222,7 +222,7 @@ def test_ctrl_c_during_detect_is_one_line_and_keeps_the_results(checkpoint, tmp_
         write_image(source / f"im{index:03d}.jpg", index)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pgi_detect.commands", "detect", *detect_args(checkpoint, source, out),
+        [sys.executable, "-m", "pgi_detect.cli.commands", "detect", *detect_args(checkpoint, source, out),
          "--batch-size", "1", "--progress-every", "5"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)

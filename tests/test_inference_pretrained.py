@@ -14,7 +14,7 @@ from PIL import Image
 from helpers.official import official_release_file
 from helpers.weights_server import serve_weights
 from pgi_detect.inference import Predictor
-from pgi_detect.commands import main
+from pgi_detect.cli.commands import main
 from pgi_detect.weights import WeightsError
 from pgi_detect.weights.hub import HOME_ENV, URL_ENV
 

@@ -20,13 +20,13 @@ def loaded_after(code: str) -> set[str]:
 
 
 def test_the_overview_help_imports_no_torch():
-    loaded = loaded_after("from pgi_detect.commands import main\nassert main(['--help']) == 0")
+    loaded = loaded_after("from pgi_detect.cli.commands import main\nassert main(['--help']) == 0")
     assert "torch" not in loaded and not loaded & set(HEAVY)
 
 
 @pytest.mark.parametrize("command", ["detect", "export", "check-data"])
 def test_tool_help_imports_no_lightning_or_training_stack(command):
-    loaded = loaded_after(f"from pgi_detect.commands import main\ntry:\n    main([{command!r}, '--help'])\n"
+    loaded = loaded_after(f"from pgi_detect.cli.commands import main\ntry:\n    main([{command!r}, '--help'])\n"
                           "except SystemExit:\n    pass")
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 
-from pgi_detect.commands import run
-from pgi_detect.main import build_cli
+from pgi_detect.cli.commands import run
+from pgi_detect.cli.main import build_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import load_script_module
 from helpers.rescoring import EVAL_NMS_FLAGS, coco_records, pycocotools_stats
-from pgi_detect.commands import run
+from pgi_detect.cli.commands import run
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import torch
 
 from helpers.official import official_release_file
 from helpers.weights_server import serve_weights
-from pgi_detect.commands import run
-from pgi_detect.main import build_cli
+from pgi_detect.cli.commands import run
+from pgi_detect.cli.main import build_cli
 from pgi_detect.weights.hub import HOME_ENV, URL_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

@@ -76,21 +76,3 @@ def option_prefix(prefix: str) -> Iterator[None]:
         yield
     except SettingError as error:
         raise SettingError("; ".join(prefix + part for part in str(error).split("; "))) from None
-
-
-def argument_type(valid: Range, kind: type = int) -> Any:
-    """An argparse `type=` that parses `kind` and rejects values outside `valid` (argparse then names the flag)."""
-    import argparse  # only the command-line tools need it; the settings checks do not
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
-        problem = valid.problem(value)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(problem)
-        return value
-
-    parse.__name__ = kind.__name__  # argparse's "invalid <name> value" wording
-    return parse

@@ -52,7 +52,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pgi_detect.commands", *args]
+    return [sys.executable, "-m", "pgi_detect.cli.commands", *args]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -121,7 +121,7 @@ def block_sums(images: torch.Tensor) -> np.ndarray:
 def draw_recipe_batches(coco128: Path, output: Path) -> list[dict]:
     """The first DATA_BATCHES_PER_EPOCH batches of each epoch in DATA_EPOCHS, drawn through the shipped config's
     training loader (the data guard's input; `batches_record` reduces them)."""
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
 
     annotations = coco128 / "annotations" / "instances_train2017.json"
     args = shipped_config_arguments(DATA_CONFIG, annotations, coco128 / "images" / "train2017", DATA_IMG_SIZE, output)
@@ -349,7 +349,7 @@ def compare_loops(run: LoopRun, expected: dict) -> list[str]:
 
 def run_loop(model: str, data: Path, output: Path) -> LoopRun:
     """Train `model` for OPTIMIZER_STEPS steps through the CLI in float64 on `write_rectangles` data."""
-    from pgi_detect.main import build_cli
+    from pgi_detect.cli.main import build_cli
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

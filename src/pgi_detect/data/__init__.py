@@ -9,7 +9,6 @@ from pgi_detect.lazy_exports import lazy_exports
 _EXPORTS = {
     "AugmentationConfig": "pgi_detect.data.augment",
     "DataReport": "pgi_detect.data.check",
-    "check_data_main": "pgi_detect.data.check",
     "check_dataset": "pgi_detect.data.check",
     "Batch": "pgi_detect.data.collate",
     "collate_detections": "pgi_detect.data.collate",

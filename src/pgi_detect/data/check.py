@@ -1,14 +1,12 @@
 """check-data: parse a dataset, decode every image and list everything wrong with it, file by file."""
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pgi_detect.settings import NON_NEGATIVE, argument_type
 from pgi_detect.data.dataset_yaml import SPLITS, DatasetYaml, is_dataset_yaml, read_dataset_yaml
 from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image, read_image_size
 from pgi_detect.data.loading import no_objects_problem, read_source
@@ -148,25 +146,3 @@ def check_header_size(path: Path, height: int | None, width: int | None) -> None
     if height is not None and (height, width) != actual:
         raise ImageSizeMismatchError(f"{path}: header size {actual[1]}x{actual[0]} (w x h, EXIF orientation "
                                      f"applied) differs from the annotated size {width}x{height}")
-
-
-def check_data_main(argv: list[str] | None = None) -> int:
-    """`pgi-detect check-data`: print the report; exit code 1 when problems were found, 0 otherwise."""
-    parser = argparse.ArgumentParser(prog="pgi-detect check-data",
-                                     description="Validate a COCO JSON, YOLO txt or dataset-YAML detection dataset.")
-    parser.add_argument("--path", required=True,
-                        help="COCO annotation .json, YOLO dataset folder, or dataset YAML (path/train/val/names)")
-    parser.add_argument("--images", default=None, help="image folder (COCO; guessed when omitted)")
-    parser.add_argument("--split", choices=SPLITS, nargs="+", default=None,
-                        help="dataset YAML: the splits to check (default: every split it has)")
-    parser.add_argument("--format", choices=("auto", "coco", "yolo"), default="auto")
-    parser.add_argument("--class-names", nargs="+", default=None, help="class names (YOLO without classes.yaml)")
-    parser.add_argument("--no-decode", action="store_true", help="skip decoding images (only headers/annotations)")
-    parser.add_argument("--max-problems", type=argument_type(NON_NEGATIVE), default=50,
-                        help="problems listed individually")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    reports = check_dataset_splits(args.path, args.split, images=args.images, format=args.format,
-                                   class_names=args.class_names, decode=not args.no_decode, progress=not args.quiet)
-    print("\n\n".join(report.summary(args.max_problems) for report in reports))
-    return 0 if all(report.ok for report in reports) else 1

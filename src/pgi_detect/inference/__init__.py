@@ -1,9 +1,8 @@
 """Prediction and export: the `Predictor` Python API, image/folder/video sources, drawing, COCO-style JSON and
 annotated outputs (`run_prediction`), and ONNX export."""
-from pgi_detect.inference.cli import detect_main
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.draw import draw_detections
-from pgi_detect.inference.export import export_main, export_onnx, run_onnx, verify_onnx
+from pgi_detect.inference.export import export_onnx, run_onnx, verify_onnx
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.runner import PredictionRun, run_prediction, write_task_predictions
 from pgi_detect.inference.inputs import Frame, UnreadableInput, iter_frames
@@ -17,9 +16,7 @@ __all__ = [
     "PredictionRun",
     "Predictor",
     "UnreadableInput",
-    "detect_main",
     "draw_detections",
-    "export_main",
     "export_onnx",
     "iter_frames",
     "run_onnx",

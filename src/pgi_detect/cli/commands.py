@@ -1,6 +1,6 @@
 """The `pgi-detect` console command: which tool runs, and how its errors reach the user.
 
-fit / validate / test / predict go to the LightningCLI in `pgi_detect.main`; check-data, export and detect are plain
+fit / validate / test / predict go to the LightningCLI in `pgi_detect.cli.main`; check-data, export and detect are plain
 argparse tools in their own modules. Nothing heavy is imported here, so `pgi-detect --help`, `detect` and `export`
 do not pay for Lightning (about 2 s) before they start.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 DEBUG_ENV = "PGI_DETECT_DEBUG"
 EXTRA_COMMANDS = {
-    "check-data": ("pgi_detect.data.check", "check_data_main", "validate a dataset before training"),
-    "export": ("pgi_detect.inference.export", "export_main", "export a checkpoint to ONNX"),
-    "detect": ("pgi_detect.inference.cli", "detect_main", "run a checkpoint on images, folders or videos"),
+    "check-data": ("pgi_detect.cli.check_data", "check_data_main", "validate a dataset before training"),
+    "export": ("pgi_detect.cli.export", "export_main", "export a checkpoint to ONNX"),
+    "detect": ("pgi_detect.cli.detect", "detect_main", "run a checkpoint on images, folders or videos"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train (--config experiments/<model>-coco.yaml; --ckpt_path last resumes)",
@@ -66,7 +66,7 @@ def run(argv: Sequence[str] | None = None) -> Any:
     if words[0] in EXTRA_COMMANDS:
         module_name, function_name, _ = EXTRA_COMMANDS[words[0]]
         return load_command(module_name, function_name)(words[1:])
-    from pgi_detect.main import build_cli  # Lightning (~2 s) only for the four Lightning commands
+    from pgi_detect.cli.main import build_cli  # Lightning (~2 s) only for the four Lightning commands
 
     return build_cli(words)
 

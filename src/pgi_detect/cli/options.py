@@ -1,11 +1,12 @@
-"""Command-line options that `detect` and `export` share: the NMS settings, given as flags and used as one
+"""Command-line options that the tools share (range-checked flags; `detect` and `export`: NMS): the NMS settings, given as flags and used as one
 `NMSSettings` object."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pgi_detect.geometry import NMS_DETECT, NMSSettings
-from pgi_detect.settings import AT_LEAST_ONE, PROBABILITY, SettingError, argument_type
+from pgi_detect.settings import AT_LEAST_ONE, PROBABILITY, Range, SettingError
 
 
 def add_nms_arguments(parser: argparse.ArgumentParser, defaults: NMSSettings = NMS_DETECT) -> None:
@@ -30,3 +31,19 @@ def check_device(device: str) -> None:
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise SettingError(f"--device {device}: no CUDA device is available here; use --device cpu")
+
+
+def argument_type(valid: Range, kind: type = int) -> Any:
+    """An argparse `type=` that parses `kind` and rejects values outside `valid` (argparse then names the flag)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
+        problem = valid.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid <name> value" wording
+    return parse

@@ -1,7 +1,7 @@
 """`detect`: predict any image / folder / video with a checkpoint, without a dataset config (Predictor +
 run_prediction). Complements the LightningCLI `predict`, which runs on a configured datamodule split.
 
-    python -m pgi_detect.inference.cli --checkpoint best.ckpt --source street.jpg clips/ --output runs/detect
+    python -m pgi_detect.cli.detect --checkpoint best.ckpt --source street.jpg clips/ --output runs/detect
 """
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import argparse
 from collections.abc import Sequence
 
 from pgi_detect.text import class_count
-from pgi_detect.inference.options import add_nms_arguments, check_device, nms_settings
+from pgi_detect.cli.options import add_nms_arguments, argument_type, check_device, nms_settings
 from pgi_detect.inference.predictor import Predictor
 from pgi_detect.inference.runner import PredictionRun, run_prediction
-from pgi_detect.settings import AT_LEAST_ONE, Range, SettingError, argument_type
+from pgi_detect.settings import AT_LEAST_ONE, Range, SettingError
 
 IMAGE_SIZE = Range(32, step=32)
 
@@ -64,7 +64,7 @@ def detect(argv: Sequence[str] | None = None) -> PredictionRun:
 
 
 def detect_main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (exit status 0), e.g. for an EXTRA_COMMANDS entry in pgi_detect.commands."""
+    """Command-line entry point (exit status 0), e.g. for an EXTRA_COMMANDS entry in pgi_detect.cli.commands."""
     detect(argv)
     return 0
 

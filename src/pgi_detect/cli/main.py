@@ -1,8 +1,8 @@
 """The LightningCLI behind `pgi-detect fit|validate|test|predict`: `DetectionTask` + `DetectionDataModule` driven by
 the YAML files in experiments/ (a per-model file composes with its base through jsonargparse's own `config:` key).
 
-The console command itself (which tool runs, one-line errors; `python -m pgi_detect.commands`) is
-`pgi_detect.commands`, which imports this module only for those four commands.
+The console command itself (which tool runs, one-line errors; `python -m pgi_detect.cli.commands`) is
+`pgi_detect.cli.commands`, which imports this module only for those four commands.
 """
 from __future__ import annotations
 
