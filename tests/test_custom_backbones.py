@@ -111,7 +111,7 @@ def test_timm_experiment_config_parses(capsys: pytest.CaptureFixture[str]) -> No
 def test_detection_task_trains_a_custom_backbone_and_its_checkpoint_reloads(tmp_path) -> None:
     """DetectionTask(backbone=...) builds the backbone detector, takes a training step through the recipe loss, and
     its spec rebuilds the same architecture for inference."""
-    from pgi_detect.models import build_detector, spec_of
+    from pgi_detect.models import build_detector
     from pgi_detect.training import DetectionTask
 
     task = DetectionTask(model="tiny-custom", backbone=TinyBackbone(), neck="gelan-t", num_classes=2, batch_size=2)
@@ -127,7 +127,7 @@ def test_detection_task_trains_a_custom_backbone_and_its_checkpoint_reloads(tmp_
     changed = [k for k, v in task.detector.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("layers.0.") for k in changed), "backbone weights did not train"
 
-    rebuilt = build_detector(spec_of(task.detector))
+    rebuilt = build_detector(task.detector.spec)
     shapes = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in task.detector.state_dict().items()}
     rebuilt.load_state_dict(task.detector.state_dict())

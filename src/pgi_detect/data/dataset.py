@@ -60,7 +60,6 @@ class DetectionDataset(Dataset):
         self.images = ImageSource(self.records, self.img_size, train, cache_kind(cache_images), decode_reduced,
                                   truncate=self.official_rounding)
         self.bad_samples = BadSamples(on_bad_sample)
-        self.on_bad_sample = self.bad_samples.policy
         self.pixel_augmenter = aug.PixelAugmenter(self.config) if train else None
         self.rect_shapes: dict[int, tuple[int, int]] | None = None
         self._mosaic_flag = torch.ones(1, dtype=torch.uint8).share_memory_()
@@ -89,10 +88,6 @@ class DetectionDataset(Dataset):
         process and its DataLoader workers (shared memory, like the mosaic flag)."""
         return self.bad_samples.skipped
 
-    @property
-    def cache_images(self) -> str | None:
-        return self.images.cache_kind
-
     def sample_rng(self, epoch: int, index: int) -> np.random.Generator:
         """The augmentation randomness of one sample: a function of (seed, epoch, index) only, so a sample is the
         same whichever worker draws it, however many workers there are, and after a resume in the middle of an
@@ -104,10 +99,6 @@ class DetectionDataset(Dataset):
         self.rect_shapes = shapes
 
     # ------------------------------------------------------------------------------------------------ loading
-
-    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
-        """(image resized so the long side = img_size, original (h, w), boxes in resized pixels, classes)."""
-        return self.images.load(index)
 
     def cache_all(self, threads: int = 2) -> None:
         """Fill the image cache (data.cache_images); call before the DataLoader workers start."""

@@ -1,9 +1,16 @@
 """Pure-PyTorch GELAN / YOLOv9 architecture: blocks, heads, the zoo tables, the PGI auxiliary branch as a part any
 detector can carry, custom backbones, the spec and the one builder, layer freezing and FLOPs. Weight files of every
 kind live in `pgi_detect.weights`."""
-from pgi_detect.models.auxiliary import AUX_WEIGHT, AUXILIARY_FORMS, Architecture, AuxiliaryPart, auxiliary_part
+from pgi_detect.models.auxiliary import (
+    AUX_WEIGHT,
+    AUXILIARY_FORMS,
+    Architecture,
+    AuxiliaryForm,
+    AuxiliaryPart,
+    auxiliary_part,
+)
 from pgi_detect.models.backbones import Backbone, NeckSpec, TimmBackbone
-from pgi_detect.models.build import build_detector, build_model, instantiate_backbone, list_models, spec_of
+from pgi_detect.models.build import build_detector, build_model, instantiate_backbone, list_models
 from pgi_detect.models.configs import ZOO_MODELS, inference_name
 from pgi_detect.models.detector import Detector, inference_copy
 from pgi_detect.models.flops import count_gflops, count_parameters
@@ -15,6 +22,7 @@ __all__ = [
     "ARCHITECTURE_FIELDS",
     "AUXILIARY_FORMS",
     "AUX_WEIGHT",
+    "AuxiliaryForm",
     "Architecture",
     "AuxiliaryPart",
     "Backbone",
@@ -37,5 +45,4 @@ __all__ = [
     "inference_name",
     "instantiate_backbone",
     "list_models",
-    "spec_of",
 ]

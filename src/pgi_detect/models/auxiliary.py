@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from pgi_detect.models.blocks import AConv, CBFuse, CBLinear, Concat, Conv, RepNCSPELAN4, Silence, Upsample
 from pgi_detect.models.graph import IMAGE, Layer, MainTable, resolve
 from pgi_detect.models.heads import DualDetectHead
 
 AuxiliaryForm = Literal["fpn", "reversible", "deep_supervision"]
-AUXILIARY_FORMS: tuple[str, ...] = ("fpn", "reversible", "deep_supervision")
+AUXILIARY_FORMS: tuple[str, ...] = get_args(AuxiliaryForm)  # the one list of forms
 AUX_WEIGHT = 0.25  # the official loss weight of the auxiliary branch (main 1.0)
 LEVELS = ("p3", "p4", "p5")
 
@@ -162,9 +162,6 @@ class Architecture:
     def branch_weights(self) -> tuple[float, ...]:
         """Loss weight of each branch the head returns: `(aux, main)` or `(main,)`."""
         return (1.0,) if self.part is None else (self.part.weight, 1.0)
-
-    def main_only(self) -> Architecture:
-        return Architecture.assemble(self.main)
 
     @classmethod
     def assemble(cls, main: MainTable, part: AuxiliaryPart | None = None) -> Architecture:

@@ -39,11 +39,6 @@ def build_detector(spec: DetectorSpec, backbone: nn.Module | None = None) -> Det
     return Detector(architecture_of(spec, backbone), spec)
 
 
-def spec_of(detector: Detector) -> DetectorSpec:
-    """The spec that rebuilds `detector`'s architecture."""
-    return detector.spec
-
-
 def build_model(name: str, num_classes: int = 80, cls_width: int | None = None,
                 auxiliary: str | None = None) -> Detector:
     """A freshly initialised zoo model: gelan-{t,s,m,c,e} or yolov9-{t,s,m,c,e} (= the gelan model with its

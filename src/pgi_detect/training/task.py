@@ -22,7 +22,7 @@ from pgi_detect.evaluation import CocoDetectionMetric
 from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, NMSSettings
 from pgi_detect.inference import Detections
 from pgi_detect.loss import AssignmentMode, DetectionLoss, LossResult, as_loss_result
-from pgi_detect.models import AUX_WEIGHT, Backbone, DetectorSpec, build_detector, freeze_layers
+from pgi_detect.models import AUX_WEIGHT, AuxiliaryForm, Backbone, DetectorSpec, build_detector, freeze_layers
 from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, SettingError, check_ranges, option_prefix
 from pgi_detect.training.checkpoints import CheckpointError
@@ -84,7 +84,7 @@ class DetectionTask(pl.LightningModule):
         model: str = "gelan-c",
         backbone: Backbone | None = None,
         neck: str = "gelan-s",
-        auxiliary: Literal["fpn", "reversible", "deep_supervision"] | None = None,
+        auxiliary: AuxiliaryForm | None = None,
         aux_weight: float = AUX_WEIGHT,
         aux_widths: list[int] | None = None,
         assignment: AssignmentMode = "independent",
