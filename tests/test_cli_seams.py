@@ -78,7 +78,7 @@ def test_a_file_too_large_for_the_file_system_is_refused_by_the_os(tmp_path):
     script = f"""
 import resource, signal, torch
 from pathlib import Path
-from pgi_detect.training.checkpoints import AtomicCheckpointIO, CheckpointError
+from pgi_detect.training.checkpoint_io import AtomicCheckpointIO, CheckpointError
 target = Path({str(tmp_path)!r}) / "last.ckpt"
 io = AtomicCheckpointIO()
 io.save_checkpoint({{"epoch": 0, "w": torch.zeros(1000)}}, target)

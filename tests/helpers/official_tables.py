@@ -15,7 +15,7 @@ from pgi_detect.models.blocks import (
     SPPELAN,
     Upsample,
 )
-from pgi_detect.models.configs import GELAN_E, GELAN_S, GELAN_T
+from pgi_detect.models.zoo_tables import GELAN_E, GELAN_S, GELAN_T
 from pgi_detect.models.graph import Layer
 from pgi_detect.models.heads import DualDetectHead
 

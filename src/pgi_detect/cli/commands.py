@@ -29,8 +29,8 @@ LIGHTNING_COMMANDS = {
 USER_ERRORS = (
     ("pgi_detect.settings", "SettingError"),
     ("pgi_detect.data.problems", "DataError"),
-    ("pgi_detect.weights.errors", "WeightsError"),
-    ("pgi_detect.training.checkpoints", "CheckpointError"),
+    ("pgi_detect.weights.state_fit", "WeightsError"),
+    ("pgi_detect.training.checkpoint_io", "CheckpointError"),
     ("pgi_detect.training.run_folder", "RunFolderBusy"),
     ("wandb.errors", "UsageError"),
     # Lightning's own check of the trainer options (e.g. --trainer.devices 0 on CPU)

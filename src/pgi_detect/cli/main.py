@@ -32,7 +32,7 @@ from pgi_detect.settings import SettingError, option_prefix
 from pgi_detect.data.augment import AugmentationConfig
 from pgi_detect.geometry import NMSSettings
 from pgi_detect.training.optim import GuardSettings, OptimizerSettings
-from pgi_detect.training.checkpoints import (
+from pgi_detect.training.checkpoint_io import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
     CheckpointError,

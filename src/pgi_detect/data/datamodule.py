@@ -20,7 +20,7 @@ from pgi_detect.data.dataset import DetectionDataset
 from pgi_detect.data.dataset_yaml import DatasetYaml, read_dataset_yaml
 from pgi_detect.data.ground_truth import ground_truth_coco
 from pgi_detect.data.image_cache import cache_kind
-from pgi_detect.data.loading import load_source, require_objects
+from pgi_detect.data.sources import load_source, require_objects
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.data.resumable import EpochSampler, ResumableLoader

@@ -11,7 +11,7 @@ from pgi_detect.models.auxiliary import (
 )
 from pgi_detect.models.backbones import Backbone, NeckSpec, TimmBackbone
 from pgi_detect.models.build import build_detector, build_model, instantiate_backbone, list_models
-from pgi_detect.models.configs import ZOO_MODELS, inference_name
+from pgi_detect.models.zoo_tables import ZOO_MODELS, inference_name
 from pgi_detect.models.detector import Detector, inference_copy
 from pgi_detect.models.flops import count_gflops, count_parameters
 from pgi_detect.models.freeze import backbone_rows, freeze_layers

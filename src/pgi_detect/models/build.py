@@ -9,7 +9,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from pgi_detect.models.backbones import Backbone
-from pgi_detect.models.configs import ZOO_MODELS
+from pgi_detect.models.zoo_tables import ZOO_MODELS
 from pgi_detect.models.detector import Detector
 from pgi_detect.models.spec import DetectorSpec, architecture_of
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from pgi_detect.models.auxiliary import AUX_WEIGHT, AUXILIARY_FORMS, Architecture, auxiliary_part
 from pgi_detect.models.backbones import NeckSpec, gelan_neck_table
-from pgi_detect.models.configs import YOLOV9_MODELS, ZOO_MODELS, inference_name, zoo_parts
+from pgi_detect.models.zoo_tables import YOLOV9_MODELS, ZOO_MODELS, inference_name, zoo_parts
 
 # Options that change which tensors a detector has (a checkpoint's cannot be changed by a config); `aux_weight`
 # is a loss weight, not one of them.

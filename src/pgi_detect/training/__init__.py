@@ -4,7 +4,7 @@ from pgi_detect.training.contracts import DetectionDataSource
 from pgi_detect.training.data_monitor import DataMonitor
 from pgi_detect.training.recipe_loop import RecipeLoop
 from pgi_detect.training.task import DetectionTask
-from pgi_detect.training.reports import EvaluationReports, report_dir
+from pgi_detect.training.report_callback import EvaluationReports, report_dir
 from pgi_detect.training.optim import (
     AccumulationSchedule,
     DivergenceGuard,

@@ -14,7 +14,7 @@ from pgi_detect.evaluation import fitness, write_detections_json
 from pgi_detect.geometry import NMSSettings, postprocess
 from pgi_detect.text import counted
 from pgi_detect.training.contracts import EvalStage
-from pgi_detect.training.reports import report_dir
+from pgi_detect.training.report_callback import report_dir
 
 # Logged metric name -> key of the COCO statistics.
 EVAL_METRICS = {

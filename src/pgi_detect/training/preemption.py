@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from pgi_detect.training.checkpoints import CHECKPOINT_DIR
+from pgi_detect.training.checkpoint_io import CHECKPOINT_DIR
 
 
 class Preempted(Exception):

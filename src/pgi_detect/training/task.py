@@ -25,7 +25,7 @@ from pgi_detect.loss import AssignmentMode, DetectionLoss, LossResult, as_loss_r
 from pgi_detect.models import AUX_WEIGHT, AuxiliaryForm, Backbone, DetectorSpec, build_detector, freeze_layers
 from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, SettingError, check_ranges, option_prefix
-from pgi_detect.training.checkpoints import CheckpointError
+from pgi_detect.training.checkpoint_io import CheckpointError
 from pgi_detect.training.contracts import DetectionDataSource
 from pgi_detect.training.derived import DerivedModels
 from pgi_detect.training.eval_hooks import detections_of, finish_evaluation, start_evaluation

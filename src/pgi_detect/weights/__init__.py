@@ -1,9 +1,9 @@
 """Weight files, one module per kind, beside the architecture (`pgi_detect.models`): training-checkpoint records,
 our detector files, official YOLOv9 files and their conversion, which zoo model a file holds, and pretrained weights
 by name (download and cache). `read_weights` / `load_weights_into` accept any of them."""
-from pgi_detect.weights.checkpoint import CHECKPOINT_RECORD, checkpoint_record
+from pgi_detect.weights.checkpoint_record import CHECKPOINT_RECORD, checkpoint_record
 from pgi_detect.weights.detector_file import is_detector_file, load_detector, save_detector
-from pgi_detect.weights.errors import WeightsError
+from pgi_detect.weights.state_fit import WeightsError
 from pgi_detect.weights.hub import (
     PRETRAINED,
     WeightsDownloadError,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from pgi_detect.models import Detector, DetectorSpec, build_detector
-from pgi_detect.weights.errors import WeightsError
+from pgi_detect.weights.state_fit import WeightsError
 
 FILE_FORMAT = "pgi_detect.detector/2"
 LEGACY_FORMATS = ("pgi_detect.converted/1",)  # files of version 0.1: no spec, zoo models only

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pgi_detect.text import class_count
 from pgi_detect.weights.detector_file import save_detector
-from pgi_detect.weights.errors import WeightsError
+from pgi_detect.weights.state_fit import WeightsError
 from pgi_detect.weights.identify import identify_zoo_model
 from pgi_detect.weights.official import convert_official, read_official_file
 

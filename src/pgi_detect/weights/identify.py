@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pgi_detect.text import class_count
 from pgi_detect.models import ZOO_MODELS, DetectorSpec, architecture_of, build_model
-from pgi_detect.weights.errors import StateFit, WeightsError, shapes
+from pgi_detect.weights.state_fit import StateFit, WeightsError, shapes
 from pgi_detect.weights.official import official_key_map, official_num_classes
 
 Shapes = dict[str, tuple[int, ...]]

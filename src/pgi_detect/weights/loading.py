@@ -26,9 +26,9 @@ from torch import Tensor
 
 from pgi_detect.text import class_count
 from pgi_detect.models import Detector, DetectorSpec, build_detector, build_model
-from pgi_detect.weights.checkpoint import prefixed_state, read_checkpoint_record
+from pgi_detect.weights.checkpoint_record import prefixed_state, read_checkpoint_record
 from pgi_detect.weights.detector_file import detector_from_file, file_spec, is_detector_file
-from pgi_detect.weights.errors import StateFit, WeightsError, branch_hint, shapes
+from pgi_detect.weights.state_fit import StateFit, WeightsError, branch_hint, shapes
 from pgi_detect.weights.hub import resolve_weights
 from pgi_detect.weights.identify import identify_zoo_model, is_official_state
 from pgi_detect.weights.official import (

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pgi_detect.models import Detector, DetectorSpec, build_model
-from pgi_detect.weights.errors import StateFit, WeightsError, branch_hint, shapes
+from pgi_detect.weights.state_fit import StateFit, WeightsError, branch_hint, shapes
 
 
 # ---------------------------------------------------------------------- key translation

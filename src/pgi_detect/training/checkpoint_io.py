@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from pgi_detect.weights.checkpoint import read_checkpoint_record
+from pgi_detect.weights.checkpoint_record import read_checkpoint_record
 
 CHECKPOINT_DIR = "checkpoints"  # under trainer.default_root_dir, unless a ModelCheckpoint names its own dirpath
 # DetectionTask arguments the CLI links from the datamodule; never taken from a checkpoint's hyperparameters.
