@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from pgi_detect.data.dataset import DetectionDataset
-from pgi_detect.data.sources import load_source
+from pgi_detect.data.pipeline.dataset import DetectionDataset
+from pgi_detect.data.formats.sources import load_source
 
 
 def images_per_second(dataset: DetectionDataset, samples: int, seed: int = 0) -> float:

@@ -46,22 +46,22 @@ HYP_KEYS = ("mosaic", "mixup", "copy_paste", "degrees", "translate", "scale", "s
 # stage -> functions whose inclusive (cumulative) time it is: (file name ending, function name); '~' = builtin
 STAGES = {
     # the official utils/general.py replaces cv2.imread by its own imread (np.fromfile + cv2.imdecode)
-    "decode": {"ours": [("images.py", "decode_image")], "official": [("general.py", "imread")]},
+    "decode": {"ours": [("decode.py", "decode_image")], "official": [("general.py", "imread")]},
     "resize": {"ours": [("~", "resize")], "official": [("~", "resize")]},
-    "mosaic (tiles on canvas)": {"ours": [("augment.py", "paint_mosaic4"), ("augment.py", "mosaic4_boxes"),
-                                          ("augment.py", "mosaic4_segments")],
+    "mosaic (tiles on canvas)": {"ours": [("mosaic.py", "paint_mosaic4"), ("mosaic.py", "mosaic4_boxes"),
+                                          ("mosaic.py", "mosaic4_segments")],
                                  "official": []},  # derived below
-    "copy-paste": {"ours": [("augment.py", "choose_copy_paste"), ("augment.py", "paste_mirrored")],
+    "copy-paste": {"ours": [("transforms.py", "choose_copy_paste"), ("transforms.py", "paste_mirrored")],
                    "official": [("augmentations.py", "copy_paste")]},
-    "perspective": {"ours": [("augment.py", "random_perspective")],
+    "perspective": {"ours": [("transforms.py", "random_perspective")],
                     "official": [("augmentations.py", "random_perspective")]},
-    "mixup": {"ours": [("augment.py", "mixup")], "official": [("augmentations.py", "mixup")]},
+    "mixup": {"ours": [("transforms.py", "mixup")], "official": [("augmentations.py", "mixup")]},
     "letterbox": {"ours": [("letterbox.py", "apply")], "official": [("augmentations.py", "letterbox")]},
-    "albumentations": {"ours": [("augment.py", "__call__")], "official": [("augmentations.py", "__call__")]},
-    "HSV": {"ours": [("augment.py", "augment_hsv")], "official": [("augmentations.py", "augment_hsv")]},
-    "flip": {"ours": [("augment.py", "flip_left_right"), ("augment.py", "flip_up_down")],
+    "albumentations": {"ours": [("transforms.py", "__call__")], "official": [("augmentations.py", "__call__")]},
+    "HSV": {"ours": [("transforms.py", "augment_hsv")], "official": [("augmentations.py", "augment_hsv")]},
+    "flip": {"ours": [("transforms.py", "flip_left_right"), ("transforms.py", "flip_up_down")],
              "official": [("_twodim_base_impl.py", "fliplr"), ("_twodim_base_impl.py", "flipud")]},
-    "HWC -> CHW copy": {"ours": [("images.py", "channels_first")], "official": [("~", "ascontiguousarray")]},
+    "HWC -> CHW copy": {"ours": [("decode.py", "channels_first")], "official": [("~", "ascontiguousarray")]},
     "collate": {"ours": [("collate.py", "collate_detections")], "official": [("dataloaders.py", "collate_fn")]},
 }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pgi_detect.data.images import (decode_for_target, decode_image, reduction_factor, resize_from,
+from pgi_detect.data.images.decode import (decode_for_target, decode_image, reduction_factor, resize_from,
                                     resize_long_side)
 
 

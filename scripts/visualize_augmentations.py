@@ -11,8 +11,8 @@ import math
 import cv2
 import numpy as np
 
-from pgi_detect.data.dataset import DetectionDataset
-from pgi_detect.data.sources import load_source
+from pgi_detect.data.pipeline.dataset import DetectionDataset
+from pgi_detect.data.formats.sources import load_source
 
 COLOURS = [(255, 56, 56), (56, 255, 56), (56, 56, 255), (255, 157, 151), (255, 178, 29), (72, 249, 10),
            (0, 194, 255), (132, 56, 255), (255, 55, 199), (26, 147, 52)]

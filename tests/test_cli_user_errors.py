@@ -11,8 +11,8 @@ import pytest
 
 from helpers.runs import DEMO_CONFIG, demo_overrides, run_cli, tiny_data
 from pgi_detect.cli.commands import main
-from pgi_detect.data.augment import AugmentationConfig
-from pgi_detect.data.datamodule import DATA_RANGES
+from pgi_detect.data.augment.transforms import AugmentationConfig
+from pgi_detect.data.pipeline.datamodule import DATA_RANGES
 from pgi_detect.geometry import NMSSettings
 from pgi_detect.settings import Range
 from pgi_detect.training.task import TASK_RANGES

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pgi_detect.data import augment as aug
-from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.data.augment import transforms as aug
+from pgi_detect.data.augment.mosaic import mosaic4
+from pgi_detect.data.augment.transforms import AugmentationConfig
 
 
 def colour_bbox(image: np.ndarray, colour) -> np.ndarray:
@@ -19,7 +20,7 @@ def test_mosaic_places_quadrants_and_boxes_follow():
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     images = [np.full((40, 60, 3), c, np.uint8) for c in colours]
     boxes = [np.array([[10, 10, 30, 20]], np.float32) for _ in colours]
-    canvas, out, owners = aug.mosaic4(images, boxes, size=64, center=(70, 50))
+    canvas, out, owners = mosaic4(images, boxes, size=64, center=(70, 50))
     assert canvas.shape == (128, 128, 3) and canvas[0, 0].tolist() == [114] * 3
     assert owners.tolist() == [0, 1, 2, 3]
     for box, colour in zip(out, colours):
@@ -32,7 +33,7 @@ def test_mosaic_places_quadrants_and_boxes_follow():
 def test_mosaic_clips_boxes_to_canvas():
     images = [np.zeros((64, 64, 3), np.uint8)] * 4
     boxes = [np.array([[0, 0, 64, 64]], np.float32)] * 4
-    _, out, _ = aug.mosaic4(images, boxes, size=64, center=(32, 32))
+    _, out, _ = mosaic4(images, boxes, size=64, center=(32, 32))
     assert out.min() >= 0 and out.max() <= 128
     np.testing.assert_allclose(out[0], [0, 0, 32, 32])
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pgi_detect.cli.check_data import check_data_main
 from pgi_detect.data import DataError, DetectionDataModule, decode_image, load_source
-from pgi_detect.data.coco_json import load_coco_json
+from pgi_detect.data.formats.coco_json import load_coco_json
 from pgi_detect.cli.main import build_cli
 from conftest import REPO_ROOT
 from helpers.datasets import rectangles_coco

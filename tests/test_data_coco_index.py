@@ -10,9 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from pgi_detect.data import DataError, coco_json, index_cache, load_source
-from pgi_detect.data.coco_json import annotation_polygon
-from pgi_detect.data.ground_truth import ground_truth_dict
+from pgi_detect.data import DataError, index_cache, load_source
+from pgi_detect.data.formats import coco_json
+from pgi_detect.data.formats.coco_json import annotation_polygon
+from pgi_detect.data.formats.ground_truth import ground_truth_dict
 from pgi_detect.data.records import RecordTable
 from helpers.datasets import rectangles_coco
 

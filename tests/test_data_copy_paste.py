@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pgi_detect.data import AugmentationConfig, DetectionDataModule, DetectionDataset, load_source, make_synthetic_coco
-from pgi_detect.data import augment as aug
+from pgi_detect.data.augment import transforms as aug
 from pgi_detect.data.records import ImageRecord, RecordTable, merge_polygons, pack_segments
 
 RED = (250, 20, 20)

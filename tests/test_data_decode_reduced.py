@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pgi_detect.data import DetectionDataModule
-from pgi_detect.data.images import (decode_for_target, decode_image, reduction_factor, resize_from,
+from pgi_detect.data.images.decode import (decode_for_target, decode_image, reduction_factor, resize_from,
                                     resize_long_side)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from pgi_detect.cli.check_data import check_data_main
 from pgi_detect.data import DataError, check_dataset, load_source
 from pgi_detect.data.records import clip_boxes_to_image
-from pgi_detect.data.ground_truth import ground_truth_coco
+from pgi_detect.data.formats.ground_truth import ground_truth_coco
 
 
 def write_images(folder, names, size=(40, 60)):

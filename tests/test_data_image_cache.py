@@ -10,7 +10,7 @@ import torch
 
 from helpers.datasets import datamodule, rectangles_coco
 from pgi_detect.data import DataError
-from pgi_detect.data import image_cache
+from pgi_detect.data.images import cache as image_cache
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgi_detect.data.images import (ImageDecodeError, channels_first, decode_image, long_side_shape, read_image_size,
+from pgi_detect.data.images.decode import (ImageDecodeError, channels_first, decode_image, long_side_shape, read_image_size,
                                     resize_long_side)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgi_detect.data.images import long_side_shape, resize_long_side
+from pgi_detect.data.images.decode import long_side_shape, resize_long_side
 from pgi_detect.geometry import Letterbox
 from pgi_detect.cli.main import build_cli
 

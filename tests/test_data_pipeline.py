@@ -13,8 +13,8 @@ from PIL import Image
 
 from pgi_detect.data import (AugmentationConfig, DataError, DetectionDataModule, DetectionDataset, load_source,
                              make_synthetic_coco)
-from pgi_detect.data import augment as aug
-from pgi_detect.data.collate import collate_detections
+from pgi_detect.data.augment import transforms as aug
+from pgi_detect.data.pipeline.collate import collate_detections
 from helpers.datasets import datamodule, rectangles_coco
 
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgi_detect.data.samplers import RectShardSampler, rect_batches
+from pgi_detect.data.pipeline.samplers import RectShardSampler, rect_batches
 from helpers.datasets import datamodule, rectangles_coco
 
 SIZES = ((64, 96), (96, 40), (60, 90))  # h/w 0.67, 2.4, 0.67: several padded shapes

@@ -6,7 +6,7 @@ import argparse
 
 from pgi_detect.cli.options import argument_type
 from pgi_detect.data.check import check_dataset_splits
-from pgi_detect.data.dataset_yaml import SPLITS
+from pgi_detect.data.formats.dataset_yaml import SPLITS
 from pgi_detect.settings import NON_NEGATIVE
 
 

@@ -29,7 +29,7 @@ from pgi_detect.training.run_folder import RunFolderLock, check_new_fit
 from pgi_detect.models import DetectorSpec
 from pgi_detect.models.spec import as_plain_dict
 from pgi_detect.settings import SettingError, option_prefix
-from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.data.augment.transforms import AugmentationConfig
 from pgi_detect.geometry import NMSSettings
 from pgi_detect.training.optim import GuardSettings, OptimizerSettings
 from pgi_detect.training.checkpoint_io import (

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pgi_detect.data.dataset_yaml import SPLITS, DatasetYaml, is_dataset_yaml, read_dataset_yaml
-from pgi_detect.data.images import ImageSizeMismatchError, decode_annotated_image, read_image_size
-from pgi_detect.data.sources import no_objects_problem, read_source
+from pgi_detect.data.formats.dataset_yaml import SPLITS, DatasetYaml, is_dataset_yaml, read_dataset_yaml
+from pgi_detect.data.images.decode import ImageSizeMismatchError, decode_annotated_image, read_image_size
+from pgi_detect.data.formats.sources import no_objects_problem, read_source
 from pgi_detect.data.problems import DataError, DataProblem
 from pgi_detect.data.records import DetectionSource
 

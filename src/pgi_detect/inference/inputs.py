@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, pil_to_rgb8
+from pgi_detect.data.images.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image, pil_to_rgb8
 from pgi_detect.data.problems import DataError
 
 logger = logging.getLogger("pgi_detect.inference")

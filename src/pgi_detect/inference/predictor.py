@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from pgi_detect.data.images import channels_first
+from pgi_detect.data.images.decode import channels_first
 from pgi_detect.geometry import NMS_DETECT, Letterbox, NMSSettings, postprocess, stack_letterboxes
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.inputs import (ErrorHandler, Frame, Source, batched, is_image_file, iter_frames,

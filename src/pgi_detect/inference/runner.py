@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
+from pgi_detect.data.images.decode import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from pgi_detect.inference.detections import Detections
 from pgi_detect.inference.inputs import Frame, Source, count_frames, expand_source
 from pgi_detect.inference.predictor import Predictor

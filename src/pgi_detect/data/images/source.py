@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pgi_detect.data.image_cache import ImageCache, build_cache
-from pgi_detect.data.images import (decode_annotated_image, decode_for_target, long_side_shape, read_image_size,
+from pgi_detect.data.images.cache import ImageCache, build_cache
+from pgi_detect.data.images.decode import (decode_annotated_image, decode_for_target, long_side_shape, read_image_size,
                                     resize_from, resize_long_side)
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import RecordTable

@@ -6,14 +6,100 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pgi_detect.data import augment as aug
-from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.geometry import PAD_VALUE
+from pgi_detect.data.augment import transforms as aug
+from pgi_detect.data.augment.transforms import AugmentationConfig
 from pgi_detect.data.bad_samples import BadSamples
-from pgi_detect.data.image_source import ImageSource
+from pgi_detect.data.images.source import ImageSource
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import box_polygon
 
 MosaicResult = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], "tuple[int, int] | None"]
+
+
+# ---------------------------------------------------------------------------------- tiles on the canvas
+
+
+def tile_origin(tile: int, height: int, width: int, center: tuple[int, int]) -> tuple[int, int]:
+    """Canvas (left, top) of mosaic tile 0-3 (top-left, top-right, bottom-left, bottom-right) of size h x w: its
+    inner corner touches `center`."""
+    xc, yc = center
+    return (xc - width if tile in (0, 2) else xc), (yc - height if tile in (0, 1) else yc)
+
+
+def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
+            center: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste four images around `center` on a (2·size)² canvas filled with 114: top-left, top-right, bottom-left,
+    bottom-right, each touching the centre with its inner corner and cropped at the canvas border.
+
+    `boxes` are xyxy pixels of each (already resized) image. Returns (canvas, boxes on canvas clipped to it,
+    index of the source image per box).
+    """
+    shapes = [image.shape[:2] for image in images]
+    return (paint_mosaic4(images, shapes, size, center), *mosaic4_boxes(shapes, boxes, size, center))
+
+
+def mosaic4_tile_rects(shapes: list[tuple[int, int]], size: int,
+                       center: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Canvas (x1, y1, x2, y2) each tile of (h, w) `shapes` covers, cropped to the canvas (empty when outside)."""
+    canvas_size = 2 * size
+    rects = []
+    for i, (h, w) in enumerate(shapes):
+        left, top = tile_origin(i, h, w, center)
+        rects.append((max(left, 0), max(top, 0), min(left + w, canvas_size), min(top + h, canvas_size)))
+    return rects
+
+
+def mosaic4_content_box(rects: list[tuple[int, int, int, int]], pasted: list[np.ndarray],
+                        canvas_size: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) of a mosaic canvas outside which every pixel is PAD_VALUE grey: the tiles' `rects`
+    (mosaic4_tile_rects) and, after paste_mirrored of `pasted` polygons, the full width of the rows they span."""
+    shown = [r for r in rects if r[2] > r[0] and r[3] > r[1]]
+    if not shown:
+        return 0, 0, 0, 0
+    x1, y1 = min(r[0] for r in shown), min(r[1] for r in shown)
+    x2, y2 = max(r[2] for r in shown), max(r[3] for r in shown)
+    if pasted:
+        every = np.concatenate(pasted)
+        x1, x2 = 0, canvas_size
+        y1, y2 = min(y1, max(0, int(every[:, 1].min()))), max(y2, min(canvas_size, int(every[:, 1].max()) + 1))
+    return x1, y1, x2, y2
+
+
+def paint_mosaic4(images: list[np.ndarray | None], shapes: list[tuple[int, int]], size: int,
+                  center: tuple[int, int]) -> np.ndarray:
+    """mosaic4's canvas; a tile given as None (one no output pixel shows) is left grey."""
+    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, np.uint8)
+    for i, (image, (h, w), (x1, y1, x2, y2)) in enumerate(zip(images, shapes, mosaic4_tile_rects(shapes, size,
+                                                                                                   center))):
+        if image is not None and x2 > x1 and y2 > y1:
+            left, top = tile_origin(i, h, w, center)
+            canvas[y1:y2, x1:x2] = image[y1 - top:y2 - top, x1 - left:x2 - left]
+    return canvas
+
+
+def mosaic4_boxes(shapes: list[tuple[int, int]], boxes: list[np.ndarray], size: int,
+                  center: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """mosaic4's boxes (shifted to the canvas and clipped to it) and the tile each comes from; pixels not needed."""
+    all_boxes, owners = [], []
+    for i, ((h, w), image_boxes) in enumerate(zip(shapes, boxes)):
+        left, top = tile_origin(i, h, w, center)
+        all_boxes.append(image_boxes + np.asarray([left, top, left, top], np.float32))
+        owners.append(np.full(len(image_boxes), i, np.int64))
+    merged = np.concatenate(all_boxes).clip(0, 2 * size) if all_boxes else np.zeros((0, 4), np.float32)
+    return merged.astype(np.float32), np.concatenate(owners)
+
+
+def mosaic4_segments(shapes: list[tuple[int, int]], segments: list[list[np.ndarray]], size: int,
+                     center: tuple[int, int]) -> list[np.ndarray]:
+    """The polygons of each mosaic tile (`shapes` (h, w) of the resized images, pixels of each image) shifted like
+    mosaic4 shifts the boxes and clipped to the canvas; one list for all tiles, in mosaic4's box order."""
+    canvas_size = 2 * size
+    out = []
+    for i, ((h, w), tile_segments) in enumerate(zip(shapes, segments)):
+        shift = np.asarray(tile_origin(i, h, w, center), np.float32)
+        out.extend((np.asarray(s, np.float32) + shift).clip(0, canvas_size) for s in tile_segments)
+    return out
 
 
 class _Tile(NamedTuple):
@@ -62,30 +148,30 @@ class Mosaic:
             tiles = [_Tile(None, *self.source.resized_labels(i), i) for i in indices]
         shapes = [tile.shape for tile in tiles]
         center = (int(rng.uniform(size / 2, 3 * size / 2)), int(rng.uniform(size / 2, 3 * size / 2)))
-        canvas_boxes, _ = aug.mosaic4_boxes(shapes, [tile.boxes for tile in tiles], size, center)
+        canvas_boxes, _ = mosaic4_boxes(shapes, [tile.boxes for tile in tiles], size, center)
         canvas_classes = np.concatenate([tile.classes for tile in tiles])
         segments = [self._tile_segments(tile.index, tile.orig, tile.shape, tile.boxes) for tile in tiles]
         canvas_segments, pasted = None, []
         if any(s is not None for s in segments):  # tiles without polygons contribute their box rectangles
             polygons = [s if s is not None else [box_polygon(b) for b in tile.boxes]
                         for s, tile in zip(segments, tiles)]
-            canvas_segments = aug.mosaic4_segments(shapes, polygons, size, center)
+            canvas_segments = mosaic4_segments(shapes, polygons, size, center)
             canvas_boxes, canvas_classes, canvas_segments, pasted = aug.choose_copy_paste(
                 canvas_boxes, canvas_classes, canvas_segments, 2 * size, self.config.copy_paste, rng)
         border = -size // 2
         out_size = (2 * size + 2 * border,) * 2
         transform = aug.affine_matrix(rng, self.config, (2 * size, 2 * size), out_size)
-        rects = aug.mosaic4_tile_rects(shapes, size, center)
+        rects = mosaic4_tile_rects(shapes, size, center)
         if not decode_all:
             tiles = self._decode_shown_tiles(tiles, rects, index, aug.source_region(transform[0], out_size),
                                              mirrored=bool(pasted))
-        canvas = aug.paste_mirrored(aug.paint_mosaic4([tile.image for tile in tiles], shapes, size, center), pasted)
+        canvas = aug.paste_mirrored(paint_mosaic4([tile.image for tile in tiles], shapes, size, center), pasted)
         image, out_boxes, out_classes = aug.random_perspective(canvas, canvas_boxes, canvas_classes, self.config,
                                                                rng, border=border, segments=canvas_segments,
                                                                transform=transform)
         main_orig = next((tile.orig for i, tile in zip(reversed(indices), reversed(tiles)) if i == index),
                          (size, size))
-        content = aug.mosaic4_content_box(rects, pasted, 2 * size)
+        content = mosaic4_content_box(rects, pasted, 2 * size)
         return image, out_boxes, out_classes, main_orig, aug.content_rows(content, transform[0], out_size[1])
 
     def _decode_shown_tiles(self, tiles: list[_Tile], rects: list[tuple[int, int, int, int]], index: int,

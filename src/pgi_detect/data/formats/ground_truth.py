@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pgi_detect.data.coco_json import read_json
+from pgi_detect.data.formats.coco_json import read_json
 from pgi_detect.data.records import DetectionSource
 from pgi_detect.evaluation import index_coco
 

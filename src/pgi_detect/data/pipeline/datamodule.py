@@ -14,17 +14,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pgi_detect.text import class_count
-from pgi_detect.data.augment import AugmentationConfig
-from pgi_detect.data.collate import collate_detections, seed_worker
-from pgi_detect.data.dataset import DetectionDataset
-from pgi_detect.data.dataset_yaml import DatasetYaml, read_dataset_yaml
-from pgi_detect.data.ground_truth import ground_truth_coco
-from pgi_detect.data.image_cache import cache_kind
-from pgi_detect.data.sources import load_source, require_objects
+from pgi_detect.data.augment.transforms import AugmentationConfig
+from pgi_detect.data.pipeline.collate import collate_detections, seed_worker
+from pgi_detect.data.pipeline.dataset import DetectionDataset
+from pgi_detect.data.formats.dataset_yaml import DatasetYaml, read_dataset_yaml
+from pgi_detect.data.formats.ground_truth import ground_truth_coco
+from pgi_detect.data.images.cache import cache_kind
+from pgi_detect.data.formats.sources import load_source, require_objects
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
-from pgi_detect.data.resumable import EpochSampler, ResumableLoader
-from pgi_detect.data.samplers import RectShardSampler, rect_batches
+from pgi_detect.data.pipeline.resumable import EpochSampler, ResumableLoader
+from pgi_detect.data.pipeline.samplers import RectShardSampler, rect_batches
 from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, check_ranges, option_prefix
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from pgi_detect.data.images import IMAGE_SUFFIXES, ImageDecodeError, read_image_size
+from pgi_detect.data.images.decode import IMAGE_SUFFIXES, ImageDecodeError, read_image_size
 from pgi_detect.data.problems import DataError, DataProblem
 from pgi_detect.data.records import (DetectionSource, ImageRecord, RecordTable, box_areas, box_polygon,
                                      clip_boxes_to_image, empty_boxes, pack_segments, polygon_area, report_box_repairs)

@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from pgi_detect.text import class_count
-from pgi_detect.data.images import IMAGE_SUFFIXES
+from pgi_detect.data.images.decode import IMAGE_SUFFIXES
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource
-from pgi_detect.data.yolo_txt import labels_path_of, list_images, load_yolo_images, parse_class_names
+from pgi_detect.data.formats.yolo_txt import labels_path_of, list_images, load_yolo_images, parse_class_names
 
 SPLITS = ("train", "val", "test")
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -17,14 +17,14 @@ from torch.utils.data import Dataset
 
 from pgi_detect.geometry import Letterbox
 
-from pgi_detect.data import augment as aug
-from pgi_detect.data.augment import AugmentationConfig
+from pgi_detect.data.augment import transforms as aug
+from pgi_detect.data.augment.transforms import AugmentationConfig
 from pgi_detect.data.bad_samples import SKIP_COUNTER_SLOTS, BadSamples
-from pgi_detect.data.heap import bound_heap_retention
-from pgi_detect.data.image_cache import cache_kind
-from pgi_detect.data.image_source import ImageSource
-from pgi_detect.data.images import channels_first
-from pgi_detect.data.mosaic import Mosaic
+from pgi_detect.data.images.heap import bound_heap_retention
+from pgi_detect.data.images.cache import cache_kind
+from pgi_detect.data.images.source import ImageSource
+from pgi_detect.data.images.decode import channels_first
+from pgi_detect.data.augment.mosaic import Mosaic
 from pgi_detect.data.problems import DataError
 from pgi_detect.data.records import DetectionSource, ImageRecord, RecordTable, clip_boxes_to_image
 

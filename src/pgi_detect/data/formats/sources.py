@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pgi_detect.data.coco_json import load_coco_json
-from pgi_detect.data.dataset_yaml import DatasetYaml, is_dataset_yaml, load_yaml_split, read_dataset_yaml
+from pgi_detect.data.formats.coco_json import load_coco_json
+from pgi_detect.data.formats.dataset_yaml import DatasetYaml, is_dataset_yaml, load_yaml_split, read_dataset_yaml
 from pgi_detect.data.problems import DataError, DataProblem, enforce_policy
 from pgi_detect.data.records import DetectionSource
-from pgi_detect.data.yolo_txt import load_yolo_txt
+from pgi_detect.data.formats.yolo_txt import load_yolo_txt
 
 DataFormat = Literal["auto", "coco", "yolo"]
 EMPTY_LABELS_OPTION = "allow_empty_labels"

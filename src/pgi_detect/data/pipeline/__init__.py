@@ -1,0 +1,1 @@
+"""From records to batches: the dataset (samples), collate (Batch), samplers, the resumable loader, the datamodule."""
