@@ -74,6 +74,6 @@ def finish_evaluation(task: Any, stage: EvalStage) -> None:
     logged = {f"{stage}/{name}": metrics[key] for name, key in EVAL_METRICS.items() if name != "mAP"}
     logged[f"{stage}/fitness"] = fitness(metrics)
     # Identical on every rank (scored once, broadcast): the max over ranks is the value itself, exactly (a mean could
-    # round), and Lightning no longer advises sync_dist for epoch-level values.
+    # round), and an epoch-level value synced this way is what Lightning expects under DDP.
     task.log(f"{stage}/mAP", metrics["AP"], prog_bar=True, sync_dist=True, reduce_fx="max")
     task.log_dict(logged, sync_dist=True, reduce_fx="max")

@@ -97,8 +97,8 @@ class DetectionProgressBar(RichProgressBar):
 
 def evaluated_weights(trainer: pl.Trainer, pl_module: Any) -> str:
     """Which weights an evaluation line is about: during fit the epoch being trained; in validate/test the epoch of
-    the checkpoint (or of the fit that ran before in this process), never the trainer's fresh counters (a validate
-    of an epoch-2 checkpoint once said "epoch 0 (step 0)", a validate after 20 epochs "epoch 20")."""
+    the checkpoint (or of the fit that ran before in this process). The trainer's own counters say nothing there:
+    a fresh trainer is at epoch 0, and one after a 20-epoch fit at epoch 20, which it never trained."""
     if trainer.state.fn == "fit":
         return f"after epoch {trainer.current_epoch} (step {trainer.global_step})"
     trained = getattr(pl_module, "trained_through", None)
