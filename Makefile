@@ -19,8 +19,10 @@ $(STAMP): $(VENV)/bin/python setup.cfg constraints.txt
 
 install: $(STAMP)
 
+# Two lanes: tests/unit (in-process, one package each) and tests/e2e (the CLI in subprocesses, SLURM scripts, DDP).
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/e2e
 
 # The recorded-number tests again, on the kernels an old x86 CPU runs (no AVX/AVX2/AVX-512).
 test-cpu-baseline: install

@@ -31,7 +31,7 @@ On the GPU machine (one H200; the default `--budget-s 450` keeps the whole run u
 
 `--device cpu --quick` runs the same code paths tiny (gelan-t and yolov9-t at 64 px, batch 2, 1-2 timed steps, a
 handful of images, ONNX Runtime on the CPU provider) in well under two minutes on one core; the test suite runs it
-(tests/test_device_check.py), so the GPU code paths cannot rot unnoticed between GPU runs.
+(tests/e2e/test_device_check.py), so the GPU code paths cannot rot unnoticed between GPU runs.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ deterministic one keyed on the official parameter names (`--init keyed`, what th
 Printed per optimizer step: the loss items (box, cls, dfl) of both, lr and momentum of each parameter group, the
 gradient norm before clipping, and the largest relative difference of the raw and the EMA weights. Before training it
 checks the parameter groups and the BatchNorm settings of every block. `--golden FILE` records the official side's
-trajectory (loss items, group lr / momentum, gradient norms, weight checksums) so tests/test_training_official.py can
+trajectory (loss items, group lr / momentum, gradient norms, weight checksums) so tests/unit/training/test_training_official.py can
 check our training path against it without the official code.
 
     # the official code: the PyPI package `yolo9` (WongKinYiu/yolov9 as a package), in a scratch venv

@@ -1,5 +1,5 @@
 """The five yolov9 tables as literal rows, exactly as pgi_detect wrote them before the auxiliary branch became a
-declared part (models/auxiliary.py): the official yaml row for row. tests/test_models_auxiliary.py checks that the
+declared part (models/auxiliary.py): the official yaml row for row. tests/unit/models/test_models_auxiliary.py checks that the
 assembled tables (gelan table + auxiliary part) equal these."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The refactoring guard, in two parts that each hold on any CPU (tests/test_training_trajectory.py):
+"""The refactoring guard, in two parts that each hold on any CPU (tests/unit/training/test_training_trajectory.py):
 
 * **Data guard**: the first batches of two epochs of the shipped recipe (experiments/yolov9-t-coco.yaml through the
   CLI, its persistent DataLoader workers, on the shared coco128 images at 160 px: mosaic, copy-paste, mixup, affine,

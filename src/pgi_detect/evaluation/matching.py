@@ -5,7 +5,7 @@ accumulated arrays do not keep. Rather than a second matching implementation, th
 COCOeval once more, at a single IoU threshold and area "all", and reads its match pairs (`extra_calc`): greedy by
 score, each detection taking the best-overlapping unmatched box, crowd regions matched last and ignored, at most
 `max_dets` detections per image (and category). With `by_category=False` classes are ignored while matching (the
-confusion matrix). tests/test_evaluation_reports.py checks the result against pycocotools' `evalImgs`.
+confusion matrix). tests/unit/evaluation/test_evaluation_reports.py checks the result against pycocotools' `evalImgs`.
 """
 from __future__ import annotations
 

@@ -366,7 +366,7 @@ def augment_hsv(image: np.ndarray, rng: np.random.Generator, gains: tuple[float,
 
     `rows` (top, bottom): every pixel outside that band is PAD_VALUE grey (see `content_rows`). Only the band is
     converted and the other rows are filled with the converted grey: the same pixels as converting the whole image
-    (the conversion is per pixel and OpenCV converts row by row; tests/test_data_augment.py checks it), for less
+    (the conversion is per pixel and OpenCV converts row by row; tests/unit/data/test_data_augment.py checks it), for less
     work when a warp left whole rows of padding."""
     if not any(gains):
         return image

@@ -69,7 +69,7 @@ def test_string_image_id_is_named_instead_of_breaking_evaluation(tmp_path, capsy
     assert code == 1 and "image id '2' is a str" in out
 
 
-# Impossible data sizes (img_size, batch_size, ...) through the CLI: tests/test_cli_user_errors.py.
+# Impossible data sizes (img_size, batch_size, ...) through the CLI: tests/unit/cli/test_cli_user_errors.py.
 
 
 def test_negative_box_sizes_are_invalid_not_zero_area(tmp_path, capsys):

@@ -18,16 +18,15 @@ Re-record (official code in a scratch venv, see the script's docstring):
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_script_module
+from conftest import REPO_ROOT, load_script_module
 
 pytestmark = pytest.mark.numeric
 
-GOLDEN = Path(__file__).parent / "data" / "official_trajectory_yolov9-t.json"
+GOLDEN = REPO_ROOT / "tests" / "data" / "official_trajectory_yolov9-t.json"
 NUMERIC_STEPS = 2  # steps compared numerically; chaos separates any two implementations after that
 # The golden was recorded in float32 on another CPU, so these bounds hold float32 kernel noise of any CPU: on the
 # baseline kernels (make test-cpu-baseline) the first two steps' loss items differ from the golden by up to 2.4e-5

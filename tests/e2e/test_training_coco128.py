@@ -1,7 +1,7 @@
 """End to end on real data through the CLI: the gelan-t COCO experiment, shrunk to a few CPU steps on coco128,
 reduces the training loss, logs to (offline) wandb, checkpoints, writes the evaluation reports (files, wandb), and
 `validate` scores the stripped+fused model. (After 12 steps the EMA weights detect nothing yet;
-tests/test_training_demo.py checks `save_json` and `predict` with the evaluation NMS on a trained model.)"""
+tests/e2e/test_training_demo.py checks `save_json` and `predict` with the evaluation NMS on a trained model.)"""
 from __future__ import annotations
 
 import csv
@@ -12,9 +12,10 @@ import pytest
 
 from pgi_detect.cli.commands import run
 from pgi_detect.cli.main import build_cli
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def _overrides(coco128_dir: Path, tmp_path: Path) -> list[str]:

@@ -9,16 +9,15 @@ training, EMA, the stripped/fused evaluation model or the box mapping back to or
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
-from conftest import load_script_module
+from conftest import REPO_ROOT, load_script_module
 from helpers.rescoring import EVAL_NMS_FLAGS, coco_records, pycocotools_stats
 from pgi_detect.cli.commands import run
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 MIN_MAP50 = 0.25
 
 

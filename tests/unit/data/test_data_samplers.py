@@ -57,7 +57,7 @@ def test_rect_shard_sampler_edge_cases():
 
 def test_rect_loader_is_already_sharded_for_lightning(tmp_path):
     """Lightning (use_distributed_sampler=True) leaves a loader alone when its sampler is a DistributedSampler, and
-    otherwise replaces the sampler, which would break the rect batches. tests/test_training_ddp.py runs the real
+    otherwise replaces the sampler, which would break the rect batches. tests/e2e/test_training_ddp.py runs the real
     2-process case end to end."""
     from torch.utils.data import DistributedSampler
 

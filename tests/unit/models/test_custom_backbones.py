@@ -15,6 +15,7 @@ from pgi_detect.inference import Predictor
 from pgi_detect.loss import DetectionLoss
 from helpers.backbones import TinyBackbone
 from pgi_detect.models import Detector, TimmBackbone
+from conftest import REPO_ROOT
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -95,13 +96,12 @@ def test_checkpoint_with_backbone_spec_rebuilds(tmp_path) -> None:
 
 def test_timm_experiment_config_parses(capsys: pytest.CaptureFixture[str]) -> None:
     import inspect
-    from pathlib import Path
 
     from pgi_detect.cli.main import build_cli
     from pgi_detect.training import DetectionTask
 
     assert "backbone" in inspect.signature(DetectionTask).parameters
-    config = Path(__file__).resolve().parents[1] / "experiments" / "timm-backbone-synthetic.yaml"
+    config = REPO_ROOT / "experiments" / "timm-backbone-synthetic.yaml"
     with pytest.raises(SystemExit) as exit_info:
         build_cli(["fit", "--config", str(config), "--print_config"], run=True)
     assert exit_info.value.code in (0, None)

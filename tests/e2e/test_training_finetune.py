@@ -15,9 +15,10 @@ from helpers.weights_server import serve_weights
 from pgi_detect.cli.commands import run
 from pgi_detect.cli.main import build_cli
 from pgi_detect.weights.hub import HOME_ENV, URL_ENV
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 NAME = "yolov9-t-converted"  # its file holds gelan-t, the demo config's model
 
 

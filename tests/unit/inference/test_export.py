@@ -18,6 +18,7 @@ from pgi_detect.cli.export import export_main
 from pgi_detect.inference.export import NMSOutput, export_onnx, run_onnx
 from pgi_detect.models import build_model
 from pgi_detect.geometry import NMS_DETECT, NMSSettings, non_max_suppression
+from conftest import REPO_ROOT
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -156,7 +157,7 @@ def test_run_onnx_takes_numpy_arrays_and_returns_them(yolov9_t: nn.Module, raw_d
 
 def documented_export_commands() -> list[list[str]]:
     """The `pgi-detect export` lines of docs/inference.md, as words (comments dropped)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
+    text = (REPO_ROOT / "docs" / "inference.md").read_text()
     lines = [line.split("#")[0].split() for line in text.splitlines() if line.startswith(".venv/bin/pgi-detect export")]
     assert len(lines) >= 4, "docs/inference.md lost its export examples"
     return lines
@@ -177,7 +178,7 @@ def test_every_documented_export_runs_in_a_fresh_process(tmp_path: Path) -> None
     for index, words in enumerate(documented_export_commands()):
         args = words[2:]
         if "--checkpoint" in args and args[args.index("--checkpoint") + 1] != "best.ckpt":
-            continue  # a pretrained name: downloads, which tests never do (tests/test_models_hub.py covers names)
+            continue  # a pretrained name: downloads, which tests never do (tests/unit/weights/test_models_hub.py covers names)
         args = [str(checkpoint) if word == "best.ckpt" else word for word in args]
         if "--output" not in args:
             args += ["--output", str(tmp_path / f"variant{index}.onnx")]

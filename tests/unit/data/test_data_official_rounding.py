@@ -13,8 +13,9 @@ import torch
 from pgi_detect.data.images.decode import long_side_shape, resize_long_side
 from pgi_detect.geometry import Letterbox
 from pgi_detect.cli.main import build_cli
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 NO_AUGMENTATION = {key: 0.0 for key in ("mosaic", "copy_paste", "mixup", "degrees", "translate", "scale", "shear",
                                          "perspective", "hsv_h", "hsv_s", "hsv_v", "fliplr", "flipud", "blur",
                                          "median_blur", "to_gray", "clahe")}

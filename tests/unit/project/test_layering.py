@@ -7,8 +7,9 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SOURCE = REPO / "src" / "pgi_detect"
 
 

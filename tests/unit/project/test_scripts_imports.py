@@ -7,8 +7,9 @@ import importlib
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
 
 

@@ -11,9 +11,10 @@ import yaml
 
 from pgi_detect.cli.commands import main
 from pgi_detect.cli.main import build_cli
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml"))
 COCO_EXPERIMENTS = [p for p in EXPERIMENTS if p.name.endswith("-coco.yaml")]
 

@@ -2,7 +2,7 @@
 schedule), float32 loss, non-finite guard, EMA validation, COCO evaluation and exact resume after a kill.
 
 The fakes here (`SquaresDataModule`) are independent of pgi_detect.data so that these tests are deterministic;
-tests/test_training_coco128.py and tests/test_cli.py cover the real data module.
+tests/e2e/test_training_coco128.py and tests/unit/cli/test_cli.py cover the real data module.
 """
 from __future__ import annotations
 
