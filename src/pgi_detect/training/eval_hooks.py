@@ -1,5 +1,5 @@
-"""What `DetectionTask` does around a COCO evaluation: the model it evaluates, its detections per batch, and the
-scores it logs, keeps (`task.last_eval`, for reports) and writes (`save_json`)."""
+"""`EvaluationSteps`: what `DetectionTask` does in validate / test / predict: the model it evaluates, its
+detections per batch, and the scores it logs, keeps (`task.last_eval`, for reports) and writes (`save_json`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,6 +12,7 @@ from torch import Tensor
 from pgi_detect.data import Batch
 from pgi_detect.evaluation import fitness, write_detections_json
 from pgi_detect.geometry import NMSSettings, postprocess
+from pgi_detect.inference import Detections
 from pgi_detect.text import counted
 from pgi_detect.training.contracts import EvalStage
 from pgi_detect.training.report_callback import report_dir
@@ -77,3 +78,41 @@ def finish_evaluation(task: Any, stage: EvalStage) -> None:
     # round), and an epoch-level value synced this way is what Lightning expects under DDP.
     task.log(f"{stage}/mAP", metrics["AP"], prog_bar=True, sync_dist=True, reduce_fx="max")
     task.log_dict(logged, sync_dist=True, reduce_fx="max")
+
+
+class EvaluationSteps:
+    """The LightningModule hooks of evaluation and prediction, for a task with `detector`, `metric`, `eval_nms`,
+    `predict_nms`, `derived`, `class_names` and `network_input` (DetectionTask mixes this in)."""
+
+    def on_validation_epoch_start(self) -> None:
+        start_evaluation(self)
+        self.metric.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_predict_epoch_start(self) -> None:
+        start_evaluation(self)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
+        detections = detections_of(self, batch, self.eval_nms)
+        self.metric.update(detections, batch["image_ids"])
+        return {"detections": detections}
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
+        return self.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        finish_evaluation(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        finish_evaluation(self, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """Per image: `{"image_id", "path", "detections": inference.Detections}` in original pixels."""
+        rows = detections_of(self, batch, self.predict_nms)
+        return [
+            {"image_id": int(image_id), "path": path,
+             "detections": Detections.from_rows(r, tuple(shape.tolist()), self.class_names)}
+            for image_id, path, r, shape in zip(batch["image_ids"], batch["paths"], rows, batch["orig_shapes"])
+        ]

@@ -3,8 +3,9 @@ mAP (main branch, stripped and fused, EMA weights during fit).
 
 It is a base class with three hooks, as torchgeo's tasks are: `configure_models` builds `self.detector` (and its
 `spec`), `configure_losses` sets `self.criterion`, `configure_metrics` sets `self.metric`. Override one to train a
-custom backbone, loss or metric (docs/models.md). The recipe's step loop is `self.loop` (`RecipeLoop`), the
-evaluation bookkeeping `training/eval_hooks.py`; the datamodule is used through the `DetectionDataSource` protocol.
+custom backbone, loss or metric (docs/models.md). The recipe's step loop is `self.loop` (`RecipeLoop`);
+validate / test / predict are the `EvaluationSteps` it mixes in (`training/eval_hooks.py`); the datamodule is used
+through the `DetectionDataSource` protocol.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from torch import Tensor
 from pgi_detect.data import Batch
 from pgi_detect.evaluation import CocoDetectionMetric
 from pgi_detect.geometry import NMS_DETECT, NMS_EVAL, NMSSettings
-from pgi_detect.inference import Detections
 from pgi_detect.loss import AssignmentMode, DetectionLoss, LossResult, as_loss_result
 from pgi_detect.models import AUX_WEIGHT, AuxiliaryForm, Backbone, DetectorSpec, build_detector, freeze_layers
 from pgi_detect.models.spec import as_plain_dict
@@ -28,7 +28,7 @@ from pgi_detect.settings import AT_LEAST_ONE, NON_NEGATIVE, Range, SettingError,
 from pgi_detect.training.checkpoint_io import CheckpointError
 from pgi_detect.training.contracts import DetectionDataSource
 from pgi_detect.training.derived import DerivedModels
-from pgi_detect.training.eval_hooks import detections_of, finish_evaluation, start_evaluation
+from pgi_detect.training.eval_hooks import EvaluationSteps
 from pgi_detect.training.optim import GuardSettings, OptimizerSettings
 from pgi_detect.training.recipe_loop import RecipeLoop
 from pgi_detect.weights import CHECKPOINT_RECORD, checkpoint_record, load_weights_into
@@ -47,7 +47,7 @@ def as_settings(value: Any, kind: type[Settings], prefix: str) -> Settings:
         return value if isinstance(value, kind) else kind(**dict(value))
 
 
-class DetectionTask(pl.LightningModule):
+class DetectionTask(EvaluationSteps, pl.LightningModule):
     """Train / validate / test / predict a `pgi_detect` detector.
 
     Args:
@@ -287,41 +287,6 @@ class DetectionTask(pl.LightningModule):
         groups = self.optimizers(use_pl_optimizer=False).param_groups
         self.log_dict({"train/lr_bias": groups[0]["lr"], "train/lr": groups[1]["lr"]}, on_step=True,
                       on_epoch=False, batch_size=batch_size)
-
-    # ------------------------------------------------------------------ evaluation and prediction
-
-    def on_validation_epoch_start(self) -> None:
-        start_evaluation(self)
-        self.metric.reset()
-
-    def on_test_epoch_start(self) -> None:
-        self.on_validation_epoch_start()
-
-    def on_predict_epoch_start(self) -> None:
-        start_evaluation(self)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
-        detections = detections_of(self, batch, self.eval_nms)
-        self.metric.update(detections, batch["image_ids"])
-        return {"detections": detections}
-
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, list[Tensor]]:
-        return self.validation_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        finish_evaluation(self, "val")
-
-    def on_test_epoch_end(self) -> None:
-        finish_evaluation(self, "test")
-
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        """Per image: `{"image_id", "path", "detections": inference.Detections}` in original pixels."""
-        rows = detections_of(self, batch, self.predict_nms)
-        return [
-            {"image_id": int(image_id), "path": path,
-             "detections": Detections.from_rows(r, tuple(shape.tolist()), self.class_names)}
-            for image_id, path, r, shape in zip(batch["image_ids"], batch["paths"], rows, batch["orig_shapes"])
-        ]
 
     # ------------------------------------------------------------------ checkpoints
 
