@@ -22,7 +22,7 @@ The forms (paper section 4; the official configs):
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
@@ -132,20 +132,30 @@ def neck_widths(main: MainTable) -> tuple[int, int, int]:
     return tuple(int(main.row(f"neck.{level}").args[0]) for level in LEVELS)  # type: ignore[return-value]
 
 
+def _reversible(main: MainTable, weight: float, widths: Sequence[int] | None) -> AuxiliaryPart:
+    """The reversible form, its auxiliary blocks as deep as the neck's (1 for a custom neck without RepNCSPELAN4)."""
+    depth = int(main.row("neck.p3").args[-1]) if main.row("neck.p3").block is RepNCSPELAN4 else 1
+    return reversible_part(main, widths, depth=depth, weight=weight)
+
+
+# The registry of forms: name -> builder(main table, loss weight, aux widths); the names are AuxiliaryForm's.
+PART_BUILDERS: dict[str, Callable[[MainTable, float, Sequence[int] | None], AuxiliaryPart]] = {
+    "fpn": lambda main, weight, widths: fpn_part(main, weight),
+    "reversible": _reversible,
+    "deep_supervision": lambda main, weight, widths: deep_supervision_part(main, weight),
+}
+assert tuple(PART_BUILDERS) == AUXILIARY_FORMS, "every auxiliary form needs a builder, and only those"
+
+
 def auxiliary_part(form: str, main: MainTable, weight: float = AUX_WEIGHT,
                    widths: Sequence[int] | None = None) -> AuxiliaryPart:
     """The auxiliary part of `form` for `main` (`widths`: the reversible form's auxiliary backbone widths)."""
+    if form not in PART_BUILDERS:
+        raise ValueError(f"unknown auxiliary form {form!r}; use one of {', '.join(AUXILIARY_FORMS)} or None")
     if widths is not None and form != "reversible":
         raise ValueError(f"aux_widths sets the reversible form's auxiliary backbone; the {form!r} form takes its "
                          "widths from the neck")
-    if form == "fpn":
-        return fpn_part(main, weight)
-    if form == "reversible":
-        depth = int(main.row("neck.p3").args[-1]) if main.row("neck.p3").block is RepNCSPELAN4 else 1
-        return reversible_part(main, widths, depth=depth, weight=weight)
-    if form == "deep_supervision":
-        return deep_supervision_part(main, weight)
-    raise ValueError(f"unknown auxiliary form {form!r}; use one of {', '.join(AUXILIARY_FORMS)} or None")
+    return PART_BUILDERS[form](main, weight, widths)
 
 
 @dataclass(frozen=True)
