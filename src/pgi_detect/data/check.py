@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pgi_detect.data.formats.dataset_yaml import SPLITS, DatasetYaml, is_dataset_yaml, read_dataset_yaml
-from pgi_detect.data.images.decode import ImageSizeMismatchError, decode_annotated_image, read_image_size
+from pgi_detect.data.images.decode import ImageSizeMismatchError, check_header_size, decode_annotated_image
 from pgi_detect.data.formats.sources import no_objects_problem, read_source
 from pgi_detect.data.problems import DataError, DataProblem
 from pgi_detect.data.records import DetectionSource
@@ -138,11 +138,3 @@ def fill_report(report: DataReport, source: DetectionSource, decode: bool, progr
     missing_objects = no_objects_problem(source)
     if missing_objects is not None:
         report.problems.append(missing_objects)
-
-
-def check_header_size(path: Path, height: int | None, width: int | None) -> None:
-    """The annotated (height, width) against the file header's displayed size, without decoding the pixels."""
-    actual = read_image_size(path)
-    if height is not None and (height, width) != actual:
-        raise ImageSizeMismatchError(f"{path}: header size {actual[1]}x{actual[0]} (w x h, EXIF orientation "
-                                     f"applied) differs from the annotated size {width}x{height}")

@@ -71,11 +71,21 @@ def decode_annotated_image(path: str | Path, height: int | None, width: int | No
     """decode_image, then check the annotated (height, width) when known: boxes are in that frame, so another
     decoded size (typically an EXIF rotation the annotation tool ignored) makes the sample unusable."""
     image = decode_image(path)
-    decoded = image.shape[:2]
-    if height is not None and (height, width) != decoded:
-        raise ImageSizeMismatchError(f"{path}: decoded size {decoded[1]}x{decoded[0]} (w x h, EXIF orientation "
-                                     f"applied) differs from the annotated size {width}x{height}")
+    check_annotated_size(path, image.shape[:2], height, width, "decoded")
     return image
+
+
+def check_header_size(path: str | Path, height: int | None, width: int | None) -> None:
+    """The same check from the file header alone (check-data --no-decode): no pixels decoded."""
+    check_annotated_size(path, read_image_size(path), height, width, "header")
+
+
+def check_annotated_size(path: str | Path, actual: tuple[int, int], height: int | None, width: int | None,
+                         measured: str) -> None:
+    """ImageSizeMismatchError when the annotated (height, width), if known, is not the displayed size `actual`."""
+    if height is not None and (height, width) != tuple(actual):
+        raise ImageSizeMismatchError(f"{path}: {measured} size {actual[1]}x{actual[0]} (w x h, EXIF orientation "
+                                     f"applied) differs from the annotated size {width}x{height}")
 
 
 # JPEG's DCT can decode at 1/2, 1/4, 1/8 of the size almost for free (libjpeg's scaled IDCT).
