@@ -91,15 +91,9 @@ class Preemption(Callback):
         stepped = trainer.global_step > self._steps_before_batch
         if not (stepped or batch_idx + 1 == trainer.num_training_batches):
             return
-        requested = self.requested
-        if trainer.world_size > 1:  # the signal reaches the ranks at slightly different times: agree first
-            requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
-        if not requested:
+        if not any_rank(trainer, self.requested):  # the signal reaches the ranks at slightly different times
             return
-        if trainer.world_size > 1:
-            interrupted = bool(trainer.strategy.reduce_boolean_decision(self.interrupted, all=False))
-        else:
-            interrupted = self.interrupted
+        interrupted = any_rank(trainer, self.interrupted)
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full training state
         where = (f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/"
@@ -110,6 +104,13 @@ class Preemption(Callback):
         if self.requeue and trainer.is_global_zero and os.environ.get("SLURM_JOB_ID"):
             requeue_slurm_job()
         raise Preempted(f"Preemption: {self.signum.name} received; {where}; stopping")
+
+
+def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
+    """Whether `flag` is set on any rank (the same answer on every rank; no collective on one process)."""
+    if trainer.world_size > 1:
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+    return flag
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
